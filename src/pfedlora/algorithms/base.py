@@ -1,0 +1,152 @@
+"""The algorithm interface: a few pure-ish functions over payloads (named tensor dicts).
+
+A runtime (the in-process simulator, the Flower apps) moves payloads between these functions and
+never names an algorithm:
+
+* ``init_server(ctx) -> (server_state, broadcast)``
+* ``init_client(ctx, client_id) -> client_state``
+* ``client_update(ctx, client_id, client_state, broadcast, data, generator) -> ClientResult``
+  (new client state, the upload payload, the sample weight for aggregation, training stats)
+* ``aggregate(ctx, server_state, uploads) -> (server_state, broadcast)``
+* ``personalized_model(ctx, client_id, client_state, broadcast) -> nn.Module`` used for evaluation
+
+States and payloads are ``dict[str, Tensor]`` so they can be checkpointed, measured in bytes and
+sent over the wire as they are.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from pfedlora.config import Config
+from pfedlora.models.registry import build_model, parameter_count
+
+Payload = dict[str, torch.Tensor]
+State = dict[str, torch.Tensor]
+
+
+@dataclass
+class ClientData:
+    """One client's local data, already on the training device."""
+
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+
+    @property
+    def num_train(self) -> int:
+        return int(self.train_y.shape[0])
+
+
+@dataclass
+class TrainStats:
+    """What one call of the training loop did; the batch sizes let cost accounting count FLOPs."""
+
+    module: str = ""
+    num_samples: int = 0
+    num_steps: int = 0
+    loss_sum: float = 0.0
+    batch_sizes: dict[int, int] = field(default_factory=dict)
+
+    @property
+    def mean_loss(self) -> float:
+        return self.loss_sum / max(self.num_steps, 1)
+
+
+@dataclass
+class ClientResult:
+    state: State
+    upload: Payload
+    weight: float
+    stats: list[TrainStats] = field(default_factory=list)
+
+
+@dataclass
+class Upload:
+    client_id: int
+    payload: Payload
+    weight: float
+
+
+def derive_seed(*parts: int | str) -> int:
+    """A 63-bit seed from ``parts``; independent of call order, so clients can run in any order."""
+    words = [p if isinstance(p, int) else int.from_bytes(p.encode(), "little") % (2**32) for p in parts]
+    return int(np.random.SeedSequence(words).generate_state(2, dtype=np.uint64)[0] >> np.uint64(1))
+
+
+class FederationContext:
+    """What an algorithm may know about the federation: the config, data shapes, model builders.
+
+    Modules are cached per architecture so loading a client's state does not rebuild a model.
+    """
+
+    def __init__(self, config: Config, input_shape: tuple[int, int, int], num_classes: int, device: torch.device):
+        self.config = config
+        self.input_shape = input_shape
+        self.num_classes = num_classes
+        self.device = device
+        self._module_cache: dict[str, nn.Module] = {}
+
+    @property
+    def in_channels(self) -> int:
+        return self.input_shape[0]
+
+    @property
+    def image_size(self) -> int:
+        return self.input_shape[-1]
+
+    def client_arch(self, client_id: int) -> str:
+        return self.config.client_model(client_id)
+
+    def smallest_model(self) -> str:
+        """The pool's model with the fewest parameters (the default adapter/shared-model reference)."""
+        return min(dict.fromkeys(self.config.model_pool), key=self.model_parameters)
+
+    def model_parameters(self, arch: str) -> int:
+        return parameter_count(self.cached_module(("model", arch), lambda: self.new_model(arch, seed=0)))
+
+    def new_model(self, arch: str, seed: int) -> nn.Module:
+        """A freshly initialised model, deterministic in ``seed``."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = build_model(arch, self.in_channels, self.num_classes, self.image_size)
+        return model.to(self.device)
+
+    def cached_module(self, key: object, factory: Callable[[], nn.Module]) -> nn.Module:
+        """A reusable module instance per key; callers load the state they need into it."""
+        cache_key = repr(key)
+        if cache_key not in self._module_cache:
+            self._module_cache[cache_key] = factory().to(self.device)
+        return self._module_cache[cache_key]
+
+
+@dataclass(frozen=True)
+class Algorithm:
+    name: str
+    init_server: Callable[[FederationContext], tuple[State, Payload]]
+    init_client: Callable[[FederationContext, int], State]
+    client_update: Callable[[FederationContext, int, State, Payload, ClientData, torch.Generator], ClientResult]
+    aggregate: Callable[[FederationContext, State, list[Upload]], tuple[State, Payload]]
+    personalized_model: Callable[[FederationContext, int, State, Payload], nn.Module]
+    # extra facts for summary.json (e.g. adapter parameter count)
+    describe: Callable[[FederationContext], dict] = lambda ctx: {}
+
+
+def prefixed(prefix: str, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``{prefix + name: tensor}`` with tensors detached and cloned (safe to keep across rounds)."""
+    return {f"{prefix}{name}": tensor.detach().clone() for name, tensor in tensors.items()}
+
+
+def unprefixed(prefix: str, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {name[len(prefix):]: tensor for name, tensor in tensors.items() if name.startswith(prefix)}
+
+
+def load_into(module: nn.Module, state: dict[str, torch.Tensor]) -> nn.Module:
+    module.load_state_dict(state, strict=True)
+    return module

@@ -1,0 +1,84 @@
+"""The one training loop every algorithm uses.
+
+Algorithms differ in *what* they train and *which loss* they minimise, not in the loop: the
+trainable parameters and an optional loss function are arguments. Parameters of ``module`` that
+are not in ``trainable`` are frozen for the call (no gradient, no weight decay), so they come out
+bit-for-bit unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pfedlora.algorithms.base import TrainStats
+from pfedlora.config import TrainConfig
+
+LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
+
+
+def cross_entropy_loss(module: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(module(x), y)
+
+
+def train_epochs(
+    module: nn.Module,
+    trainable: Iterable[nn.Parameter],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    epochs: int,
+    train: TrainConfig,
+    generator: torch.Generator,
+    loss_fn: LossFn = cross_entropy_loss,
+    augment: Augment | None = None,
+    name: str = "",
+) -> TrainStats:
+    """Train ``trainable`` (parameters of ``module`` or of modules ``loss_fn`` uses) with SGD.
+
+    Mini-batches are drawn by a permutation from ``generator`` each epoch; the last batch may be
+    smaller. SGD with momentum and weight decay, gradients clipped to ``train.clip_norm``. A fresh
+    optimizer per call: no optimizer state persists across rounds, as in the authors' code.
+    """
+    trainable = list(trainable)
+    stats = TrainStats(module=name)
+    n = int(y.shape[0])
+    if epochs <= 0 or n == 0 or not trainable:
+        return stats
+    trainable_ids = {id(p) for p in trainable}
+    saved_flags = [(p, p.requires_grad) for p in module.parameters()]
+    for p, _ in saved_flags:
+        p.requires_grad_(id(p) in trainable_ids)
+    for p in trainable:
+        p.requires_grad_(True)
+    optimizer = torch.optim.SGD(trainable, lr=train.lr, momentum=train.momentum, weight_decay=train.weight_decay)
+    was_training = module.training
+    module.train()
+    loss_total = torch.zeros((), device=x.device)
+    try:
+        for _ in range(epochs):
+            order = torch.randperm(n, generator=generator).to(x.device)
+            for start in range(0, n, train.batch_size):
+                index = order[start : start + train.batch_size]
+                xb, yb = x[index], y[index]
+                if augment is not None:
+                    xb = augment(xb, generator)
+                loss = loss_fn(module, xb, yb)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(trainable, train.clip_norm)
+                optimizer.step()
+                loss_total += loss.detach()
+                stats.num_steps += 1
+                stats.num_samples += int(index.shape[0])
+                stats.batch_sizes[int(index.shape[0])] = stats.batch_sizes.get(int(index.shape[0]), 0) + 1
+    finally:
+        for p, flag in saved_flags:
+            p.requires_grad_(flag)
+        module.train(was_training)
+    stats.loss_sum = float(loss_total)
+    return stats

@@ -1,0 +1,97 @@
+"""``pfedlora run | ...``: the command line. User errors print one line and exit with code 2."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from pfedlora.errors import UserError
+
+
+def _add_config_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", metavar="FILE", help="YAML config file (default: the quickstart)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config key, e.g. --set adapter.rank=8 (repeatable)")
+
+
+def _default_out(prefix: str) -> Path:
+    return Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{prefix}"
+
+
+def _progress_bar(total: int, description: str):
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, desc=description, unit="round", dynamic_ncols=True, file=sys.stderr,
+               disable=None)
+
+    def update(round_index: int, rounds: int, row: dict) -> None:
+        if row:
+            bar.set_postfix(acc=f"{row['mean_acc']:.2f}%")
+        bar.update(1)
+
+    return bar, update
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from pfedlora.config import load_config
+    from pfedlora.federation.simulation import run
+
+    config = load_config(args.config, args.overrides)
+    out = Path(args.out) if args.out else _default_out(f"{config.algorithm}-{config.dataset.name}")
+    print(f"pfedlora run: {config.algorithm} on {config.dataset.name}, {config.num_clients} clients, "
+          f"{config.rounds} rounds -> {out}")
+    bar, update = _progress_bar(config.rounds, config.algorithm)
+    try:
+        summary = run(config, out, overwrite=args.overwrite, progress=update, log=bar.write)
+    finally:
+        bar.close()
+    print(format_summary(summary))
+    print(f"results: {out}")
+    return 0
+
+
+def format_summary(summary: dict) -> str:
+    rows = [
+        ("algorithm", summary["algorithm"]),
+        ("dataset", summary["dataset"]),
+        ("clients / rounds", f"{summary['num_clients']} / {summary['rounds']}"),
+        ("final accuracy", f"{summary['final_accuracy']:.2f}% (std over clients {summary['final_std']:.2f})"),
+        ("best accuracy", f"{summary['best_accuracy']:.2f}% (round {summary['best_round']})"),
+        ("wall time", f"{summary['wall_seconds']:.1f} s"),
+    ]
+    if "adapter_parameters" in summary:
+        rows.append(("adapter parameters", f"{summary['adapter_parameters']:,}"))
+    width = max(len(name) for name, _ in rows)
+    return "\n".join(f"  {name:<{width}}  {value}" for name, value in rows)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pfedlora", description="Model-heterogeneous personalized FL with LoRA-style adapters.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run_parser = commands.add_parser("run", help="run one federation (no arguments: the digits quickstart)")
+    _add_config_args(run_parser)
+    run_parser.add_argument("--out", metavar="DIR", help="run directory (default: runs/<time>-<algorithm>-<dataset>)")
+    run_parser.add_argument("--overwrite", action="store_true", help="allow writing into a non-empty run directory")
+    run_parser.set_defaults(handler=cmd_run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.handler(args)
+    except UserError as exc:
+        print(f"pfedlora: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("pfedlora: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,211 @@
+"""One typed, validated config object, from the CLI (YAML file + ``--set`` overrides) to the engine.
+
+Every user mistake (unknown key, bad value, unknown algorithm or model) becomes a
+:class:`~pfedlora.errors.UserError` whose message is one line naming the key and what is accepted.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from pfedlora.errors import UserError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DatasetConfig(_Section):
+    name: Literal["digits", "cifar10", "cifar100"] = "digits"
+    path: str | None = None
+    cache_dir: str | None = None
+    download: bool = False
+    augment: bool = False
+
+
+class PartitionConfig(_Section):
+    kind: Literal["pathological", "dirichlet", "iid"] = "pathological"
+    classes_per_client: int | None = Field(default=None, ge=1)
+    alpha: float = Field(default=0.5, gt=0)
+    share_low: float = Field(default=0.4, gt=0)
+    share_high: float = Field(default=0.6, gt=0)
+    min_samples: int = Field(default=10, ge=1)
+
+    @model_validator(mode="after")
+    def _shares_ordered(self) -> PartitionConfig:
+        if self.share_low > self.share_high:
+            raise ValueError(f"share_low ({self.share_low}) must be <= share_high ({self.share_high})")
+        return self
+
+
+class TrainConfig(_Section):
+    local_epochs: int = Field(default=1, ge=0)
+    adapter_epochs: int = Field(default=1, ge=0)
+    batch_size: int = Field(default=512, ge=1)
+    eval_batch_size: int = Field(default=1024, ge=1)
+    lr: float = Field(default=0.01, gt=0)
+    momentum: float = Field(default=0.9, ge=0, lt=1)
+    weight_decay: float = Field(default=1e-3, ge=0)
+    clip_norm: float = Field(default=50.0, gt=0)
+
+
+class AdapterConfig(_Section):
+    reference: str | None = None
+    construction: Literal["reduced", "factorized"] = "reduced"
+    rank: int = Field(default=16, ge=1)
+    placement: Literal["branch", "head"] = "branch"
+    mu: float = Field(default=0.5, ge=0, le=1)
+    schedule: Literal["iterative", "synchronous"] = "iterative"
+
+
+DEFAULT_POOL = ["cnn1", "cnn2", "cnn3", "cnn4", "cnn5"]
+
+
+class Config(_Section):
+    """The whole configuration of a run; defaults are the quickstart (digits, 10 clients, cnn1..5)."""
+
+    algorithm: str = "pfedlora"
+    seed: int = 0
+    rounds: int = Field(default=30, ge=1)
+    num_clients: int = Field(default=10, ge=1)
+    fraction: float = Field(default=1.0, gt=0, le=1)
+    eval_every: int = Field(default=1, ge=1)
+    device: Literal["auto", "cpu", "cuda"] = "cpu"
+    dataset: DatasetConfig = DatasetConfig()
+    partition: PartitionConfig = PartitionConfig()
+    model_pool: list[str] = Field(default_factory=lambda: list(DEFAULT_POOL), min_length=1)
+    client_models: list[str] | None = None
+    train: TrainConfig = TrainConfig()
+    adapter: AdapterConfig = AdapterConfig()
+
+    @field_validator("algorithm")
+    @classmethod
+    def _known_algorithm(cls, value: str) -> str:
+        from pfedlora.algorithms import algorithm_names
+
+        if value not in algorithm_names():
+            raise ValueError(f"unknown algorithm {value!r}; valid: {', '.join(algorithm_names())}")
+        return value
+
+    @field_validator("model_pool", "client_models")
+    @classmethod
+    def _known_models(cls, value: list[str] | None) -> list[str] | None:
+        from pfedlora.models.registry import model_names
+
+        for name in value or []:
+            if name not in model_names():
+                raise ValueError(f"unknown model {name!r}; valid: {', '.join(model_names())}")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Config:
+        if self.client_models is not None and len(self.client_models) != self.num_clients:
+            raise ValueError(
+                f"client_models has {len(self.client_models)} entries but num_clients is {self.num_clients}"
+            )
+        if self.adapter.reference is not None:
+            from pfedlora.models.registry import model_names
+
+            if self.adapter.reference not in model_names():
+                raise ValueError(
+                    f"adapter.reference: unknown model {self.adapter.reference!r}; valid: {', '.join(model_names())}"
+                )
+        return self
+
+    def client_model(self, client_id: int) -> str:
+        """The local model architecture of client ``client_id``."""
+        if self.client_models is not None:
+            return self.client_models[client_id]
+        return self.model_pool[client_id % len(self.model_pool)]
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+def _format_error(error: ValidationError) -> str:
+    first = error.errors()[0]
+    location = ".".join(str(part) for part in first["loc"]) or "config"
+    if first["type"] == "extra_forbidden":
+        section = _section_for(first["loc"][:-1])
+        valid = ", ".join(section.model_fields) if section is not None else "?"
+        return f"config: unknown key {location!r}; valid keys here: {valid}"
+    message = first["msg"].removeprefix("Value error, ")
+    got = first.get("input")
+    suffix = "" if isinstance(got, dict) or got is None else f" (got {got!r})"
+    return f"config: {location}: {message}{suffix}"
+
+
+def _section_for(location: tuple) -> type[BaseModel] | None:
+    model: type[BaseModel] = Config
+    for part in location:
+        field = model.model_fields.get(str(part))
+        annotation = getattr(field, "annotation", None)
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return None
+        model = annotation
+    return model
+
+
+def set_by_path(document: dict[str, Any], dotted_key: str, value: Any) -> None:
+    """Set ``a.b.c = value`` in a nested dict, creating sections as needed."""
+    *parents, leaf = dotted_key.split(".")
+    node = document
+    for part in parents:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise UserError(f"config: cannot set {dotted_key!r}: {part!r} is not a section")
+        node = child
+    node[leaf] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``KEY=VALUE`` with VALUE parsed as YAML (so 0.1 is a float, [a, b] a list)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise UserError(f"--set expects KEY=VALUE (e.g. adapter.rank=8), got {text!r}")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return key.strip(), value
+
+
+def load_document(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise UserError(f"config file {str(path)!r} cannot be read: {exc.strerror or exc}") from None
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        line = getattr(getattr(exc, "problem_mark", None), "line", None)
+        where = f" at line {line + 1}" if line is not None else ""
+        raise UserError(f"config file {str(path)!r} is not valid YAML{where}") from None
+    if document is None:
+        return {}
+    if not isinstance(document, dict):
+        raise UserError(f"config file {str(path)!r} must be a YAML mapping of keys, got {type(document).__name__}")
+    return document
+
+
+def build_config(document: dict[str, Any] | None = None, overrides: list[str] | None = None) -> Config:
+    """Validate ``document`` with ``KEY=VALUE`` overrides applied; raises UserError on bad input."""
+    document = dict(document or {})
+    for text in overrides or []:
+        key, value = parse_override(text)
+        set_by_path(document, key, value)
+    try:
+        return Config.model_validate(document)
+    except ValidationError as exc:
+        raise UserError(_format_error(exc)) from None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Load a YAML config file (or the defaults when ``path`` is None) plus overrides."""
+    document = load_document(path) if path is not None else {}
+    return build_config(document, overrides)

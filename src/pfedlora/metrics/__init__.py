@@ -1,0 +1,1 @@
+"""Accuracy, run directories, costs, reports."""

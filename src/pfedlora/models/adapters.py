@@ -1,0 +1,116 @@
+"""The homogeneous low-rank adapter of pFedLoRA (Yi et al., arXiv 2310.13283).
+
+Every client holds the same adapter architecture, derived from a reference local model:
+
+* ``reduced`` (direct dimension reduction): the reference CNN with every hidden width cut to
+  ``rank`` (conv filters, fc units), keeping input channels and classes.
+* ``factorized`` (matrix decomposition): every conv/linear weight of the reference replaced by a
+  rank-``rank`` product B.A, LoRA-style; a k x k conv becomes a k x k conv to ``rank`` channels
+  followed by a 1 x 1 conv to the original width.
+
+Two placements combine it with a client's local model F_k:
+
+* ``branch``: the adapter sees the input; prediction = (1 - mu) F_k(x) + mu A(x).
+* ``head``: a rank-``rank`` LoRA delta on the (homogeneous) classification header:
+  logits = (W_head + mu B A) h(x). B starts at zero so the delta starts at zero, as in LoRA.
+  With this placement ``construction`` does not apply: the delta is always a B.A product.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+from torch import nn
+
+from pfedlora.models.cnn import CNN, CNN_SPECS, CNNSpec
+from pfedlora.models.registry import build_model
+
+
+class LowRankLinear(nn.Sequential):
+    """in -> rank (no bias) -> out: the weight is the rank-``rank`` product B.A."""
+
+    def __init__(self, layer: nn.Linear, rank: int) -> None:
+        super().__init__(
+            nn.Linear(layer.in_features, rank, bias=False),
+            nn.Linear(rank, layer.out_features, bias=layer.bias is not None),
+        )
+
+
+class LowRankConv2d(nn.Sequential):
+    """k x k conv to ``rank`` channels, then a 1 x 1 conv to the original width."""
+
+    def __init__(self, layer: nn.Conv2d, rank: int) -> None:
+        super().__init__(
+            nn.Conv2d(layer.in_channels, rank, layer.kernel_size, layer.stride, layer.padding, bias=False),
+            nn.Conv2d(rank, layer.out_channels, 1, bias=layer.bias is not None),
+        )
+
+
+def factorize(module: nn.Module, rank: int) -> nn.Module:
+    """A copy of ``module`` with each Conv2d / Linear replaced by its rank-``rank`` factorization."""
+    module = copy.deepcopy(module)
+    for name, child in list(module.named_children()):
+        if isinstance(child, nn.Linear):
+            setattr(module, name, LowRankLinear(child, rank))
+        elif isinstance(child, nn.Conv2d):
+            setattr(module, name, LowRankConv2d(child, rank))
+        else:
+            setattr(module, name, factorize(child, rank))
+    return module
+
+
+class HeadLoRA(nn.Module):
+    """delta(h) = h A^T B^T with A: rank x dim, B: classes x rank (B zero-initialised)."""
+
+    def __init__(self, representation_dim: int, num_classes: int, rank: int) -> None:
+        super().__init__()
+        self.lora_A = nn.Parameter(torch.empty(rank, representation_dim))
+        self.lora_B = nn.Parameter(torch.zeros(num_classes, rank))
+        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
+
+    def forward(self, representation: torch.Tensor) -> torch.Tensor:
+        return (representation @ self.lora_A.t()) @ self.lora_B.t()
+
+
+def build_adapter(
+    *,
+    reference: str,
+    construction: str,
+    placement: str,
+    rank: int,
+    in_channels: int,
+    num_classes: int,
+    image_size: int = 32,
+) -> nn.Module:
+    """Build the adapter; the same arguments give the same architecture on every client."""
+    if placement == "head":
+        representation_dim = getattr(build_model(reference, in_channels, num_classes, image_size), "representation_dim")
+        return HeadLoRA(representation_dim, num_classes, rank)
+    if placement != "branch":
+        raise ValueError(f"unknown adapter placement {placement!r}; valid: branch, head")
+    if construction == "reduced":
+        if reference not in CNN_SPECS:
+            raise ValueError(f"construction 'reduced' needs a CNN reference ({', '.join(CNN_SPECS)}), got {reference!r}")
+        return CNN(CNNSpec(conv1=rank, conv2=rank, fc1=rank, fc2=rank), in_channels, num_classes, image_size)
+    if construction == "factorized":
+        return factorize(build_model(reference, in_channels, num_classes, image_size), rank)
+    raise ValueError(f"unknown adapter construction {construction!r}; valid: reduced, factorized")
+
+
+class PersonalizedModel(nn.Module):
+    """A client's personalized model: its local model F_k combined with the adapter."""
+
+    def __init__(self, local_model: nn.Module, adapter: nn.Module, mu: float, placement: str) -> None:
+        super().__init__()
+        self.local_model = local_model
+        self.adapter = adapter
+        self.mu = mu
+        self.placement = placement
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.placement == "head":
+            representation = self.local_model.represent(x)
+            return self.local_model.head(representation) + self.mu * self.adapter(representation)
+        return (1.0 - self.mu) * self.local_model(x) + self.mu * self.adapter(x)

@@ -1,0 +1,53 @@
+import pytest
+
+from pfedlora.config import Config, build_config, load_config
+from pfedlora.errors import UserError
+
+
+def test_defaults_are_the_quickstart_and_authors_training_setup():
+    config = Config()
+    assert config.algorithm == "pfedlora" and config.dataset.name == "digits" and config.num_clients == 10
+    assert config.model_pool == ["cnn1", "cnn2", "cnn3", "cnn4", "cnn5"]
+    assert config.partition.kind == "pathological"
+    assert (config.train.lr, config.train.momentum, config.train.weight_decay, config.train.clip_norm) == (0.01, 0.9, 1e-3, 50.0)
+    assert config.client_model(7) == "cnn3"
+
+
+def test_overrides_are_parsed_as_yaml_values():
+    config = build_config({}, ["adapter.rank=4", "adapter.mu=0.25", "model_pool=[cnn1, cnn5]", "fraction=0.5"])
+    assert config.adapter.rank == 4 and config.adapter.mu == 0.25
+    assert config.model_pool == ["cnn1", "cnn5"] and config.fraction == 0.5
+
+
+@pytest.mark.parametrize(
+    "overrides, expected",
+    [
+        (["adapter.rnak=4"], "unknown key 'adapter.rnak'; valid keys here: reference, construction, rank"),
+        (["algorithm=fedfoo"], "unknown algorithm 'fedfoo'; valid: pfedlora"),
+        (["model_pool=[cnn1, vgg]"], "unknown model 'vgg'; valid: cnn1"),
+        (["adapter.construction=svd"], "adapter.construction: Input should be 'reduced' or 'factorized'"),
+        (["fraction=1.5"], "fraction: Input should be less than or equal to 1"),
+        (["adapter.rank=0"], "adapter.rank: Input should be greater than or equal to 1"),
+        (["client_models=[cnn1]"], "client_models has 1 entries but num_clients is 10"),
+        (["rank"], "--set expects KEY=VALUE"),
+    ],
+)
+def test_bad_values_are_one_line_errors_naming_key_and_choices(overrides, expected):
+    with pytest.raises(UserError) as info:
+        build_config({}, overrides)
+    message = str(info.value)
+    assert expected in message
+    assert "\n" not in message
+
+
+def test_bad_files(tmp_path):
+    with pytest.raises(UserError, match="cannot be read"):
+        load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("rounds: [1,\n")
+    with pytest.raises(UserError, match="not valid YAML"):
+        load_config(bad)
+    listy = tmp_path / "list.yaml"
+    listy.write_text("- 1\n- 2\n")
+    with pytest.raises(UserError, match="mapping"):
+        load_config(listy)
