@@ -26,6 +26,11 @@ class DatasetConfig(_Section):
     cache_dir: str | None = None
     download: bool = False
     augment: bool = False
+    # robustness experiments: corrupt this fraction of every client's training labels
+    label_noise: float = Field(default=0.0, ge=0, lt=1)
+    noise_kind: Literal["symmetric", "pair"] = "symmetric"
+    # > 0: evaluate on a validation split carved from each client's training data (for tuning)
+    validation_fraction: float = Field(default=0.0, ge=0, le=0.5)
 
 
 class PartitionConfig(_Section):
@@ -35,6 +40,7 @@ class PartitionConfig(_Section):
     share_low: float = Field(default=0.4, gt=0)
     share_high: float = Field(default=0.6, gt=0)
     min_samples: int = Field(default=10, ge=1)
+    size_skew: float = Field(default=0.0, ge=0)
 
     @model_validator(mode="after")
     def _shares_ordered(self) -> PartitionConfig:

@@ -195,3 +195,21 @@ def test_partition_counts_json() -> None:
     assert len(c0["train"]) == 2 and sum(c0["train"].values()) == c0["num_train"] == len(splits[0].train_idx)
     assert sum(c0["test"].values()) == c0["num_test"]
     assert sum(sum(c["train"].values()) for c in back["clients"]) == len(TRAIN10)
+
+
+@pytest.mark.parametrize("kind", ["iid", "dirichlet", "pathological"])
+def test_size_skew_makes_client_sizes_long_tailed(kind):
+    rng = np.random.default_rng(0)
+    train_y, test_y = rng.integers(0, 10, size=20000), rng.integers(0, 10, size=4000)
+    even = partition_clients(train_y, test_y, 10, 10, kind=kind, alpha=5.0, seed=3)
+    skewed = partition_clients(train_y, test_y, 10, 10, kind=kind, alpha=5.0, size_skew=1.5, seed=3)
+    even_sizes = sorted(len(s.train_idx) for s in even)
+    skewed_sizes = sorted(len(s.train_idx) for s in skewed)
+    assert skewed_sizes[-1] / skewed_sizes[0] > 3 * even_sizes[-1] / even_sizes[0]
+    assert sum(skewed_sizes) == sum(even_sizes)
+    assert np.unique(np.concatenate([s.train_idx for s in skewed])).size == sum(skewed_sizes)
+
+
+def test_negative_size_skew_is_a_user_error():
+    with pytest.raises(UserError, match="size_skew"):
+        partition_clients(np.arange(100) % 10, np.arange(20) % 10, 10, 5, kind="iid", size_skew=-1)

@@ -4,6 +4,7 @@ import csv
 import json
 
 import pytest
+import torch
 import yaml
 
 from pfedlora.config import build_config
@@ -66,3 +67,19 @@ def test_client_sampling_is_seeded_and_sized_by_fraction():
     assert len(chosen) == 5 and len(set(chosen)) == 5
     assert chosen == sample_clients(config, 3)
     assert any(sample_clients(config, r) != chosen for r in range(4, 10))
+
+
+def test_validation_split_is_carved_from_training_data_and_labels_noised_only_in_training():
+    from pfedlora.federation.simulation import Federation
+
+    clean = Federation.build(build_config({"num_clients": 5}))
+    tuned = Federation.build(build_config({"num_clients": 5, "dataset": {"validation_fraction": 0.2, "label_noise": 0.4}}))
+    for before, after in zip(clean.clients, tuned.clients):
+        assert after.num_train + after.test_y.shape[0] == before.num_train
+        assert abs(after.test_y.shape[0] - 0.2 * before.num_train) <= 1
+        # evaluation images are training images of this client, disjoint from what it trains on
+        train_rows = {tuple(r.flatten().tolist()) for r in after.train_x}
+        assert not any(tuple(r.flatten().tolist()) in train_rows for r in after.test_x)
+        assert set(after.test_y.tolist()) <= set(before.train_y.tolist())  # clean labels, own classes
+    noisy_labels = sum(int((~torch.isin(c.train_y, c.test_y.unique())).sum()) for c in tuned.clients)
+    assert noisy_labels > 0

@@ -38,22 +38,32 @@ def partition_clients(
     share_low: float = 0.4,
     share_high: float = 0.6,
     min_samples: int = 10,
+    size_skew: float = 0.0,
     seed: int = 0,
 ) -> list[ClientSplit]:
-    """Partition train/test labels among ``num_clients`` clients; deterministic for a given seed."""
+    """Partition train/test labels among ``num_clients`` clients; deterministic for a given seed.
+
+    ``size_skew`` > 0 makes client sizes long-tailed: client weights follow a Zipf law
+    ``rank ** -size_skew`` over a random ranking of the clients, and every scheme splits samples
+    in proportion to them (0 keeps the scheme's own sizes).
+    """
     train_y = _labels(train_y, num_classes, "train")
     test_y = _labels(test_y, num_classes, "test")
     if not isinstance(num_clients, (int, np.integer)) or num_clients < 1:
         raise UserError(f"num_clients must be a positive integer, got {num_clients!r}")
+    if size_skew < 0:
+        raise UserError(f"partition.size_skew must be >= 0, got {size_skew}")
     rng = np.random.default_rng(seed)
+    weights = size_weights(num_clients, size_skew, np.random.default_rng([seed, 1]))
     if kind == "pathological":
-        train_parts = _pathological(train_y, num_classes, num_clients, classes_per_client, share_low, share_high, rng)
+        train_parts = _pathological(train_y, num_classes, num_clients, classes_per_client, share_low, share_high, rng, weights)
     elif kind == "dirichlet":
-        train_parts = _dirichlet(train_y, num_classes, num_clients, alpha, min_samples, rng)
+        train_parts = _dirichlet(train_y, num_classes, num_clients, alpha, min_samples, rng, weights)
     elif kind == "iid":
         if num_clients > len(train_y):
             raise UserError(f"iid partition: num_clients={num_clients} exceeds the {len(train_y)} training samples")
-        train_parts = np.array_split(rng.permutation(len(train_y)), num_clients)
+        sizes = 1 + _apportion(len(train_y) - num_clients, weights)
+        train_parts = np.split(rng.permutation(len(train_y)), np.cumsum(sizes)[:-1])
         test_parts = np.array_split(rng.permutation(len(test_y)), num_clients)
         return [ClientSplit(np.sort(a).astype(np.int64), np.sort(b).astype(np.int64)) for a, b in zip(train_parts, test_parts)]
     else:
@@ -98,6 +108,14 @@ def _labels(y: Any, num_classes: int, split: str) -> np.ndarray:
     return arr.astype(np.int64)
 
 
+def size_weights(num_clients: int, size_skew: float, rng: np.random.Generator) -> np.ndarray:
+    """Relative client sizes: all ones, or Zipf ``rank ** -size_skew`` over a random client ranking."""
+    if size_skew == 0:
+        return np.ones(num_clients)
+    ranks = rng.permutation(num_clients) + 1
+    return ranks.astype(np.float64) ** -size_skew
+
+
 def _apportion(total: int, weights: np.ndarray) -> np.ndarray:
     """Split ``total`` into integer parts proportional to ``weights`` (largest remainder)."""
     weights = np.asarray(weights, dtype=np.float64)
@@ -138,6 +156,7 @@ def _pathological(
     share_low: float,
     share_high: float,
     rng: np.random.Generator,
+    weights: np.ndarray,
 ) -> list[np.ndarray]:
     cpc = classes_per_client if classes_per_client is not None else (2 if num_classes <= 10 else 10)
     if cpc < 1 or cpc > num_classes:
@@ -150,7 +169,7 @@ def _pathological(
     if not 0 < share_low <= share_high:
         raise UserError(f"shares must satisfy 0 < share_low <= share_high, got {share_low}, {share_high}")
     classes = _assign_classes(num_classes, num_clients, cpc, rng)
-    shares = [rng.uniform(share_low, share_high, size=cpc) for _ in range(num_clients)]
+    shares = [rng.uniform(share_low, share_high, size=cpc) * weights[k] for k in range(num_clients)]
     holders: dict[int, list[tuple[int, float]]] = {}
     for k, (cls, sh) in enumerate(zip(classes, shares)):
         for c, s in zip(cls, sh):
@@ -178,6 +197,7 @@ def _dirichlet(
     alpha: float,
     min_samples: int,
     rng: np.random.Generator,
+    weights: np.ndarray,
 ) -> list[np.ndarray]:
     if not alpha > 0:
         raise UserError(f"dirichlet alpha must be > 0, got {alpha}")
@@ -195,7 +215,8 @@ def _dirichlet(
             if len(idx) == 0:
                 continue
             idx = rng.permutation(idx)
-            props = rng.dirichlet(np.full(num_clients, alpha))
+            props = rng.dirichlet(np.full(num_clients, alpha)) * weights
+            props /= props.sum()
             cuts = np.round(np.cumsum(props)[:-1] * len(idx)).astype(np.int64)
             for k, chunk in enumerate(np.split(idx, cuts)):
                 parts[k].append(chunk)

@@ -21,6 +21,7 @@ from pfedlora.algorithms.base import Algorithm, ClientData, FederationContext, P
 from pfedlora.config import Config
 from pfedlora.data import load_dataset, partition_clients, partition_counts
 from pfedlora.data.datasets import ArrayDataset
+from pfedlora.data.noise import corrupt_labels
 from pfedlora.metrics.accuracy import accuracy, summarize
 from pfedlora.metrics.run_dir import MetricsWriter, prepare_run_dir, write_json, write_yaml
 
@@ -78,17 +79,10 @@ class Federation:
             share_low=config.partition.share_low,
             share_high=config.partition.share_high,
             min_samples=config.partition.min_samples,
+            size_skew=config.partition.size_skew,
             seed=config.seed,
         )
-        clients = [
-            ClientData(
-                train_x=dataset.train_x[torch.as_tensor(split.train_idx, dtype=torch.long)].to(device),
-                train_y=dataset.train_y[torch.as_tensor(split.train_idx, dtype=torch.long)].to(device),
-                test_x=dataset.test_x[torch.as_tensor(split.test_idx, dtype=torch.long)].to(device),
-                test_y=dataset.test_y[torch.as_tensor(split.test_idx, dtype=torch.long)].to(device),
-            )
-            for split in splits
-        ]
+        clients = [client_data(config, dataset, k, split, device) for k, split in enumerate(splits)]
         context = FederationContext(config, dataset.input_shape, dataset.num_classes, device)
         counts = partition_counts(splits, dataset.train_y.numpy(), dataset.test_y.numpy(), dataset.num_classes)
         return cls(config, dataset, clients, context, get_algorithm(config.algorithm), counts)
@@ -99,6 +93,34 @@ class Federation:
         facts = {"local_model_parameters": {arch: self.context.model_parameters(arch) for arch in archs}}
         facts.update(self.algorithm.describe(self.context))
         return facts
+
+
+def client_data(config: Config, dataset: ArrayDataset, client_id: int, split, device: torch.device) -> ClientData:
+    """A client's tensors: its training split (labels noised if configured) and its evaluation split.
+
+    With ``dataset.validation_fraction`` > 0 the evaluation split is carved from the client's own
+    training data (never the test split), so hyper-parameters can be tuned without touching test.
+    """
+    train_idx, eval_x, eval_y = np.asarray(split.train_idx), dataset.test_x, dataset.test_y
+    eval_idx = np.asarray(split.test_idx)
+    fraction = config.dataset.validation_fraction
+    if fraction > 0:
+        shuffled = np.random.default_rng(derive_seed(config.seed, "validation", client_id)).permutation(train_idx)
+        cut = max(1, int(round(fraction * len(shuffled))))
+        eval_idx, train_idx = np.sort(shuffled[:cut]), np.sort(shuffled[cut:])
+        eval_x, eval_y = dataset.train_x, dataset.train_y
+    train_y = dataset.train_y[torch.as_tensor(train_idx, dtype=torch.long)]
+    if config.dataset.label_noise > 0:
+        rng = np.random.default_rng(derive_seed(config.seed, "label-noise", client_id))
+        noisy, _ = corrupt_labels(train_y.numpy(), dataset.num_classes, config.dataset.label_noise,
+                                  config.dataset.noise_kind, rng)
+        train_y = torch.as_tensor(noisy)
+    return ClientData(
+        train_x=dataset.train_x[torch.as_tensor(train_idx, dtype=torch.long)].to(device),
+        train_y=train_y.to(device),
+        test_x=eval_x[torch.as_tensor(eval_idx, dtype=torch.long)].to(device),
+        test_y=eval_y[torch.as_tensor(eval_idx, dtype=torch.long)].to(device),
+    )
 
 
 class ClientStore:
