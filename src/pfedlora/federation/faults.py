@@ -48,7 +48,8 @@ def client_fate(faults: FaultsConfig, seed: int, round_index: int, client_id: in
 
 def corrupt_upload(faults: FaultsConfig, client_id: int, upload: Payload, broadcast: Payload) -> Payload:
     """The upload a broken or malicious ``client_id`` sends instead of ``upload``."""
-    if not upload:
+    malicious = (faults.scale_clients, faults.nan_clients, faults.wrong_shape_clients, faults.oversized_clients)
+    if not upload or not any(client_id in ids for ids in malicious):
         return upload
     corrupted = dict(upload)
     first = next(iter(upload))
