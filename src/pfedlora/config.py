@@ -238,6 +238,8 @@ def load_document(path: str | Path) -> dict[str, Any]:
         text = path.read_text()
     except OSError as exc:
         raise UserError(f"config file {str(path)!r} cannot be read: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise UserError(f"config file {str(path)!r} is not UTF-8 text (a YAML config is expected)") from None
     try:
         document = yaml.safe_load(text)
     except yaml.YAMLError as exc:

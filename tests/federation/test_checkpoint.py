@@ -20,9 +20,9 @@ from pfedlora.federation.checkpoint import CHECKPOINT_NAME, checkpoint_round, lo
 from pfedlora.federation.simulation import run
 
 SRC = Path(__file__).resolve().parents[2] / "src"
-# 4 clients with the smallest CNN, 3 rounds: the smallest federation that still has a middle
-TINY = {"num_clients": 4, "rounds": 3, "model_pool": ["cnn5"], "train": {"batch_size": 32}, "checkpoint_every": 1}
-OVERRIDES = ["--set", "num_clients=4", "--set", "rounds=3", "--set", "model_pool=[cnn5]",
+# 5 clients (2 classes each) with the smallest CNN, 3 rounds: the smallest federation that still has a middle
+TINY = {"num_clients": 5, "rounds": 3, "model_pool": ["cnn5"], "train": {"batch_size": 32}, "checkpoint_every": 1}
+OVERRIDES = ["--set", "num_clients=5", "--set", "rounds=3", "--set", "model_pool=[cnn5]",
              "--set", "train.batch_size=32", "--set", "checkpoint_every=1"]
 
 
@@ -158,3 +158,15 @@ def test_resume_rejects_overrides_and_non_run_directories(tmp_path, capsys):
     assert "cannot be combined with --set" in capsys.readouterr().err
     assert main(["run", "--resume", str(tmp_path / "missing")]) == 2
     assert "not a run directory" in capsys.readouterr().err
+
+
+def test_bad_data_path_exits_2_and_an_existing_run_directory_is_untouched(tmp_path, capsys):
+    assert main(["run", "--set", "dataset.name=cifar10", "--set", f"dataset.path={tmp_path / 'no-such.tar.gz'}",
+                 "--out", str(tmp_path / "fresh")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "no-such.tar.gz" in err
+    out = _run_dir_with_checkpoint(tmp_path)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert main(["run", *OVERRIDES, "--out", str(out)]) == 2
+    assert "not empty" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before

@@ -3,6 +3,12 @@
 It owns the loop (sample clients, run their updates, aggregate, evaluate, log) and moves payloads
 between the algorithm's functions; it never names an algorithm. Randomness is derived from
 (seed, round, client) so results do not depend on the order clients are processed in.
+
+Reliability: faults from ``config.faults`` are injected around ``client_update``
+(:mod:`~pfedlora.federation.faults`); every upload passes the server's validator
+(:mod:`~pfedlora.federation.validation`) before aggregation; the whole federation state is
+checkpointed every ``checkpoint_every`` rounds (:mod:`~pfedlora.federation.checkpoint`) and
+:func:`resume` continues from it; SIGINT/SIGTERM stop the run cleanly at a round boundary.
 """
 
 from __future__ import annotations
