@@ -124,24 +124,32 @@ def test_attacker_ids_must_exist():
 
 # --- the attack on a real federation (digits, pFedLoRA)
 
-ATTACK = {"num_clients": 8, "rounds": 4, "model_pool": ["cnn5"], "train": {"batch_size": 32}, "checkpoint_every": 0}
-FAULTS = {"drop_prob": 0.3, "scale_clients": [1, 5], "scale_factor": 50.0}
-# measured (see README "Reliability"): clean 00.00%, attacked with validation 00.00%, without 00.00%
-MARGIN = 5.0
+ATTACK = {"num_clients": 8, "rounds": 6, "model_pool": ["cnn5"], "train": {"batch_size": 32}, "checkpoint_every": 0}
+FAULTS = {"drop_prob": 0.3, "scale_clients": [1, 5], "scale_factor": 1000.0}
+# Measured (final mean accuracy, seed 0 / seed 1; README "Reliability"): clean 87.5 / 76.7,
+# 30% dropped only 68.2 / 70.2, dropped + 2 scaling attackers with validation 65.9 / 70.7, the same
+# attack without validation 46.7 / 34.0. Drops cost accuracy (fewer local steps); the attackers,
+# once validated, cost at most 2.3 points more.
+MARGIN_CLEAN = 25.0  # attacked (validated) vs clean: measured gap 21.6 (seed 0), 6.0 (seed 1)
+MARGIN_DROPPED = 5.0  # attacked (validated) vs dropped-only: measured 2.3, 0.5
 
 
 @pytest.mark.slow
 def test_dropped_clients_and_scaling_attackers_stay_within_margin_of_the_clean_run(tmp_path):
     quiet = {"log": lambda _: None}
-    clean = run(build_config(ATTACK), tmp_path / "clean", **quiet)
-    attacked = run(build_config({**ATTACK, "faults": FAULTS}), tmp_path / "attacked", **quiet)
+    clean = run(build_config(ATTACK), tmp_path / "clean", **quiet)["final_accuracy"]
+    dropped = run(build_config({**ATTACK, "faults": {"drop_prob": 0.3}}), tmp_path / "dropped", **quiet)["final_accuracy"]
+    attacked = run(build_config({**ATTACK, "faults": FAULTS}), tmp_path / "attacked", **quiet)["final_accuracy"]
     rows = read_metrics(tmp_path / "attacked" / "metrics.csv")
     assert all(r["expected"] == 8 for r in rows)
-    assert sum(r["received"] for r in rows) < 32  # clients were dropped
-    assert sum(r["rejected"] for r in rows) >= 1
-    assert attacked["final_accuracy"] >= clean["final_accuracy"] - MARGIN, (clean["final_accuracy"], attacked["final_accuracy"])
-    # without validation the same attack does real damage, so the margin above is the validator's doing
+    assert sum(r["received"] for r in rows) < 8 * 6  # clients were dropped
+    faults = build_config({**ATTACK, "faults": FAULTS}).faults
+    attacks = sum(not client_fate(faults, 0, r, k).dropped for r in range(1, 7) for k in (1, 5))
+    assert sum(r["rejected"] for r in rows) == attacks > 0  # every attack that arrived, nothing else
+    assert attacked >= clean - MARGIN_CLEAN, (clean, attacked)
+    assert abs(attacked - dropped) <= MARGIN_DROPPED, (dropped, attacked)
+    # without validation the same attack does real damage: the margins above are the validator's doing
     unguarded = run(build_config({**ATTACK, "faults": FAULTS, "validation": {"norm_factor": None}}),
-                    tmp_path / "unguarded", **quiet)
-    assert unguarded["final_accuracy"] < clean["final_accuracy"] - 2 * MARGIN, (clean["final_accuracy"], unguarded["final_accuracy"])
-    assert math.isfinite(unguarded["final_accuracy"])
+                    tmp_path / "unguarded", **quiet)["final_accuracy"]
+    assert unguarded <= attacked - 10.0, (attacked, unguarded)
+    assert math.isfinite(unguarded)
