@@ -8,7 +8,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from pfedlora.errors import UserError
+from pfedlora.errors import RunInterrupted, UserError
 
 
 def _add_config_args(parser: argparse.ArgumentParser) -> None:
@@ -30,22 +30,38 @@ def _progress_bar(total: int, description: str):
     def update(round_index: int, rounds: int, row: dict) -> None:
         if row:
             bar.set_postfix(acc=f"{row['mean_acc']:.2f}%")
-        bar.update(1)
+        bar.update(round_index - bar.n)  # a resumed run starts past 0
 
     return bar, update
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from pfedlora.config import load_config
-    from pfedlora.federation.simulation import run
+    from pfedlora.federation.simulation import load_resumable, resume, run
 
-    config = load_config(args.config, args.overrides)
-    out = Path(args.out) if args.out else _default_out(f"{config.algorithm}-{config.dataset.name}")
-    print(f"pfedlora run: {config.algorithm} on {config.dataset.name}, {config.num_clients} clients, "
-          f"{config.rounds} rounds -> {out}")
+    if args.resume is not None:
+        # the run's own config.yaml is the config; anything else could silently change the results
+        given = [flag for flag, value in (("--config", args.config), ("--set", args.overrides),
+                                          ("--out", args.out), ("--overwrite", args.overwrite)) if value]
+        if given:
+            raise UserError(f"--resume uses RUN_DIR/config.yaml and writes into RUN_DIR; "
+                            f"it cannot be combined with {', '.join(given)}")
+        out = Path(args.resume)
+        config, checkpoint = load_resumable(out)
+        done = checkpoint["round"] if checkpoint is not None else 0
+        print(f"pfedlora run --resume: {config.algorithm} on {config.dataset.name}, round {done + 1} "
+              f"of {config.rounds} -> {out}")
+    else:
+        config = load_config(args.config, args.overrides)
+        out = Path(args.out) if args.out else _default_out(f"{config.algorithm}-{config.dataset.name}")
+        print(f"pfedlora run: {config.algorithm} on {config.dataset.name}, {config.num_clients} clients, "
+              f"{config.rounds} rounds -> {out}")
     bar, update = _progress_bar(config.rounds, config.algorithm)
     try:
-        summary = run(config, out, overwrite=args.overwrite, progress=update, log=bar.write)
+        if args.resume is not None:
+            summary = resume(out, progress=update, log=bar.write)
+        else:
+            summary = run(config, out, overwrite=args.overwrite, progress=update, log=bar.write)
     finally:
         bar.close()
     print(format_summary(summary))
@@ -76,6 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(run_parser)
     run_parser.add_argument("--out", metavar="DIR", help="run directory (default: runs/<time>-<algorithm>-<dataset>)")
     run_parser.add_argument("--overwrite", action="store_true", help="allow writing into a non-empty run directory")
+    run_parser.add_argument("--resume", metavar="RUN_DIR",
+                            help="continue an interrupted run from its last checkpoint (uses RUN_DIR/config.yaml)")
     run_parser.set_defaults(handler=cmd_run)
     return parser
 
@@ -87,6 +105,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.handler(args)
     except UserError as exc:
         print(f"pfedlora: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except RunInterrupted as exc:
+        print(f"pfedlora: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("pfedlora: interrupted", file=sys.stderr)

@@ -69,6 +69,46 @@ class AdapterConfig(_Section):
     schedule: Literal["iterative", "synchronous"] = "iterative"
 
 
+# --- reliability: update validation and fault injection -------------------------------------------
+
+
+class ValidationConfig(_Section):
+    """Server-side checks on every upload (see pfedlora.federation.validation)."""
+
+    norm_factor: float | None = Field(default=10.0, gt=1)  # reject norm > factor x round median; null: off
+    max_norm: float | None = Field(default=None, gt=0)  # absolute bound on an update's L2 norm
+    min_for_median: int = Field(default=3, ge=2)  # uploads needed before the median rule applies
+
+
+class FaultsConfig(_Section):
+    """Faults the simulator injects around client updates (the algorithm never knows)."""
+
+    drop_prob: float = Field(default=0.0, ge=0, le=1)  # a selected client never answers
+    crash_prob: float = Field(default=0.0, ge=0, le=1)  # a client crashes mid-training: work lost
+    straggler_prob: float = Field(default=0.0, ge=0, le=1)  # a client is slow this round
+    straggler_slowdown: float = Field(default=4.0, ge=1)  # a straggler takes U(1, slowdown) x normal time
+    deadline: float | None = Field(default=None, ge=1)  # round deadline in normal client times; null: wait
+    nan_clients: list[int] = Field(default_factory=list)  # send NaN values
+    wrong_shape_clients: list[int] = Field(default_factory=list)  # send a tensor of the wrong shape
+    oversized_clients: list[int] = Field(default_factory=list)  # send a tensor twice the expected size
+    scale_clients: list[int] = Field(default_factory=list)  # model poisoning: update scaled by scale_factor
+    scale_factor: float = Field(default=50.0)
+
+    @field_validator("nan_clients", "wrong_shape_clients", "oversized_clients", "scale_clients")
+    @classmethod
+    def _client_ids(cls, value: list[int]) -> list[int]:
+        if any(k < 0 for k in value):
+            raise ValueError("client ids must be >= 0")
+        return value
+
+    @property
+    def any(self) -> bool:
+        return bool(self.drop_prob or self.crash_prob or self.straggler_prob or self.nan_clients
+                    or self.wrong_shape_clients or self.oversized_clients or self.scale_clients)
+
+
+# --- end reliability ------------------------------------------------------------------------------
+
 DEFAULT_POOL = ["cnn1", "cnn2", "cnn3", "cnn4", "cnn5"]
 
 # `pfedlora run` without --config: the digits quickstart. Digits clients hold ~135 images, so the
@@ -96,6 +136,11 @@ class Config(_Section):
     client_models: list[str] | None = None
     train: TrainConfig = TrainConfig()
     adapter: AdapterConfig = AdapterConfig()
+    # reliability
+    checkpoint_every: int = Field(default=1, ge=0)  # rounds between checkpoints; 0: only on signals
+    min_clients: int = Field(default=1, ge=1)  # fewer valid updates: the global state is kept
+    validation: ValidationConfig = ValidationConfig()
+    faults: FaultsConfig = FaultsConfig()
 
     @field_validator("algorithm")
     @classmethod
@@ -122,6 +167,10 @@ class Config(_Section):
             raise ValueError(
                 f"client_models has {len(self.client_models)} entries but num_clients is {self.num_clients}"
             )
+        attackers = (self.faults.nan_clients + self.faults.wrong_shape_clients + self.faults.oversized_clients
+                     + self.faults.scale_clients)
+        if any(k >= self.num_clients for k in attackers):
+            raise ValueError(f"faults: client ids must be < num_clients ({self.num_clients}), got {max(attackers)}")
         if self.adapter.reference is not None:
             from pfedlora.models.registry import model_names
 
@@ -195,6 +244,8 @@ def load_document(path: str | Path) -> dict[str, Any]:
         text = path.read_text()
     except OSError as exc:
         raise UserError(f"config file {str(path)!r} cannot be read: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise UserError(f"config file {str(path)!r} is not UTF-8 text (a YAML config is expected)") from None
     try:
         document = yaml.safe_load(text)
     except yaml.YAMLError as exc:

@@ -381,23 +381,15 @@ def test_real_cifar10(real_cifar: tuple[Path, Path, ArrayDataset]) -> None:
     assert torch.allclose(m, torch.zeros(3), atol=1e-3)
 
 
-def test_real_cifar10_cached_load_fast(real_cifar: tuple[Path, Path, ArrayDataset]) -> None:
-    # Timed in a fresh process: that is how the cache is used (a later run), and it keeps the
-    # figure free of this process's memory churn from the decode.
+def test_real_cifar10_second_load_reads_the_cache(real_cifar, monkeypatch) -> None:
+    # The speed of that load is measured by benchmarks/data_load.py, not asserted here.
     archive, cache, first = real_cifar
-    code = (
-        "import sys, time\n"
-        "from pfedlora.data import load_dataset\n"
-        "t = time.perf_counter()\n"
-        "d = load_dataset('cifar10', sys.argv[1], cache_dir=sys.argv[2])\n"
-        "print(time.perf_counter() - t, len(d.train_y), len(d.test_y))\n"
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", code, str(archive), str(cache)], capture_output=True, text=True, timeout=120, check=True
-    )
-    elapsed, n_train, n_test = out.stdout.split()
-    assert (int(n_train), int(n_test)) == (50000, 10000)
-    assert float(elapsed) < 2.0, f"cached CIFAR-10 load took {float(elapsed):.2f}s"
+    import pfedlora.data.datasets as datasets
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("the second load decoded images instead of reading the cache")
+
+    monkeypatch.setattr(datasets, "_decode_image", no_decoding)
     d = load_dataset("cifar10", archive, cache_dir=cache)
     assert torch.equal(d.test_x[:100], first.test_x[:100]) and torch.equal(d.train_y, first.train_y)
     meta = json.loads(next(cache.rglob("meta.json")).read_text())

@@ -9,6 +9,8 @@ never names an algorithm:
   (new client state, the upload payload, the sample weight for aggregation, training stats)
 * ``aggregate(ctx, server_state, uploads) -> (server_state, broadcast)``
 * ``personalized_model(ctx, client_id, client_state, broadcast) -> nn.Module`` used for evaluation
+* optional ``upload_spec(ctx, broadcast) -> UploadSpec | None``: what a valid upload looks like,
+  checked by the server's validator (:mod:`pfedlora.federation.validation`) before aggregation
 
 States and payloads are ``dict[str, Tensor]`` so they can be checkpointed, measured in bytes and
 sent over the wire as they are.
@@ -127,6 +129,29 @@ class FederationContext:
 
 
 @dataclass(frozen=True)
+class TensorSpec:
+    """What one uploaded tensor must look like.
+
+    ``shape``: exact shape; an entry ``None`` is a free dimension (rank still checked); ``shape``
+    itself ``None`` accepts any shape. ``max_numel`` bounds the element count when the shape is
+    not fully fixed (an upload larger than that is "oversized").
+    """
+
+    shape: tuple[int | None, ...] | None
+    dtype: torch.dtype
+    max_numel: int | None = None
+
+
+# tensor name -> spec; every key is required and no other key is accepted
+UploadSpec = dict[str, TensorSpec]
+
+
+def spec_like(payload: Payload) -> UploadSpec:
+    """The spec "same keys, shapes and dtypes as ``payload``"."""
+    return {name: TensorSpec(tuple(tensor.shape), tensor.dtype) for name, tensor in payload.items()}
+
+
+@dataclass(frozen=True)
 class Algorithm:
     name: str
     init_server: Callable[[FederationContext], tuple[State, Payload]]
@@ -136,6 +161,17 @@ class Algorithm:
     personalized_model: Callable[[FederationContext, int, State, Payload], nn.Module]
     # extra facts for summary.json (e.g. adapter parameter count)
     describe: Callable[[FederationContext], dict] = lambda ctx: {}
+    # What a valid upload looks like, given the round's broadcast. None (the field, or the value it
+    # returns) means "same keys, shapes and dtypes as the broadcast" (FedAvg-style algorithms).
+    # Override it when uploads differ from the broadcast, e.g. per-class prototypes
+    # ``{"protos": TensorSpec((C, None), torch.float32), "counts": TensorSpec((C,), torch.float32)}``
+    # or SVD factors with a varying rank: ``TensorSpec((d, None), torch.float32, max_numel=d * r_max)``.
+    upload_spec: Callable[[FederationContext, Payload], UploadSpec | None] | None = None
+
+    def expected_upload(self, ctx: FederationContext, broadcast: Payload) -> UploadSpec:
+        """The upload spec the server validates against this round."""
+        spec = self.upload_spec(ctx, broadcast) if self.upload_spec is not None else None
+        return spec_like(broadcast) if spec is None else spec
 
 
 def prefixed(prefix: str, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -3,10 +3,19 @@
 It owns the loop (sample clients, run their updates, aggregate, evaluate, log) and moves payloads
 between the algorithm's functions; it never names an algorithm. Randomness is derived from
 (seed, round, client) so results do not depend on the order clients are processed in.
+
+Reliability: faults from ``config.faults`` are injected around ``client_update``
+(:mod:`~pfedlora.federation.faults`); every upload passes the server's validator
+(:mod:`~pfedlora.federation.validation`) before aggregation; the whole federation state is
+checkpointed every ``checkpoint_every`` rounds (:mod:`~pfedlora.federation.checkpoint`) and
+:func:`resume` continues from it; SIGINT/SIGTERM stop the run cleanly at a round boundary.
 """
 
 from __future__ import annotations
 
+import signal
+import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,10 +27,14 @@ import torch
 
 from pfedlora.algorithms import get_algorithm
 from pfedlora.algorithms.base import Algorithm, ClientData, FederationContext, Payload, State, Upload, derive_seed
-from pfedlora.config import Config
+from pfedlora.config import Config, load_config
+from pfedlora.errors import RunInterrupted, UserError
 from pfedlora.data import load_dataset, partition_clients, partition_counts
 from pfedlora.data.datasets import ArrayDataset
 from pfedlora.data.noise import corrupt_labels
+from pfedlora.federation.checkpoint import load_checkpoint, restore_rng, save_checkpoint
+from pfedlora.federation.faults import client_fate, corrupt_upload
+from pfedlora.federation.validation import Rejection, UpdateValidator, all_finite
 from pfedlora.metrics.accuracy import accuracy, summarize
 from pfedlora.metrics.run_dir import MetricsWriter, prepare_run_dir, write_json, write_yaml
 
@@ -30,8 +43,6 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        from pfedlora.errors import UserError
-
         raise UserError("device: 'cuda' requested but no CUDA device is available; use 'auto' or 'cpu'")
     return torch.device(name)
 
@@ -139,36 +150,81 @@ class ClientStore:
     def put(self, client_id: int, state: State) -> None:
         self._states[client_id] = state
 
+    def states(self) -> dict[int, State]:
+        """Every client state created so far (for checkpoints)."""
+        return dict(self._states)
+
 
 @dataclass
 class RoundResult:
     round: int
     selected: list[int]
-    uploads: list[Upload]
+    uploads: list[Upload]  # the accepted (aggregated) uploads
     train_loss: float
     stats: dict[int, list] = field(default_factory=dict)
+    # reliability: updates expected (selected), received (not dropped/crashed/late), rejected
+    expected: int = 0
+    received: int = 0
+    rejections: list[Rejection] = field(default_factory=list)
+    aggregated: bool = True  # False: too few valid updates (or a non-finite result), state kept
 
 
 def run_round(federation: Federation, store: ClientStore, server_state: State, broadcast: Payload,
-              round_index: int) -> tuple[State, Payload, RoundResult]:
-    """One round: selected clients update from ``broadcast``; the server aggregates their uploads."""
+              round_index: int, *, validator: UpdateValidator | None = None,
+              log: Callable[[str], None] | None = None) -> tuple[State, Payload, RoundResult]:
+    """One round: selected clients update from ``broadcast``; the server validates their uploads
+    and aggregates the valid ones (faults from ``config.faults`` are injected around the clients)."""
     algorithm, ctx, config = federation.algorithm, federation.context, federation.config
+    faults = config.faults
+    if validator is None:
+        validator = validator_for(config)
     selected = sample_clients(config, round_index)
-    uploads: list[Upload] = []
+    received: list[Upload] = []
     losses: list[float] = []
     stats: dict[int, list] = {}
     for client_id in selected:
+        fate = client_fate(faults, config.seed, round_index, client_id)
+        if fate.dropped:
+            continue
         result = algorithm.client_update(
             ctx, client_id, store.get(client_id), broadcast, federation.clients[client_id],
             client_generator(config, round_index, client_id),
         )
+        if fate.crashed:  # the work is lost with the client's process
+            continue
         store.put(client_id, result.state)
-        uploads.append(Upload(client_id, result.upload, result.weight))
         stats[client_id] = result.stats
         losses.extend(s.mean_loss for s in result.stats if s.num_steps)
-    server_state, broadcast = algorithm.aggregate(ctx, server_state, uploads)
+        if fate.late:
+            continue
+        upload = corrupt_upload(faults, client_id, result.upload, broadcast)
+        received.append(Upload(client_id, upload, result.weight))
+    report = validator.validate(received, algorithm.expected_upload(ctx, broadcast), broadcast)
+    for rejection in report.rejected:
+        if log is not None:
+            log(f"round {round_index}: {rejection}")
+    aggregated = len(report.accepted) >= config.min_clients
+    if aggregated:
+        new_state, new_broadcast = algorithm.aggregate(ctx, server_state, report.accepted)
+        # never let the global state become NaN/Inf, whatever got through
+        if all_finite(new_state) and all_finite(new_broadcast):
+            server_state, broadcast = new_state, new_broadcast
+        else:
+            aggregated = False
+            if log is not None:
+                log(f"round {round_index}: aggregate is not finite; keeping the previous global state")
+    elif log is not None:
+        log(f"round {round_index}: {len(report.accepted)} valid updates < min_clients={config.min_clients}; "
+            "keeping the previous global state")
     train_loss = float(np.mean(losses)) if losses else float("nan")
-    return server_state, broadcast, RoundResult(round_index, selected, uploads, train_loss, stats)
+    return server_state, broadcast, RoundResult(round_index, selected, report.accepted, train_loss, stats,
+                                                expected=len(selected), received=len(received),
+                                                rejections=report.rejected, aggregated=aggregated)
+
+
+def validator_for(config: Config) -> UpdateValidator:
+    return UpdateValidator(config.validation.norm_factor, config.validation.max_norm,
+                           config.validation.min_for_median)
 
 
 def evaluate_clients(federation: Federation, store: ClientStore, broadcast: Payload) -> list[float]:
@@ -187,6 +243,52 @@ def run(config: Config, out_dir: str | Path, *, overwrite: bool = False,
         log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run a whole federation, writing the run directory; returns the summary dict."""
     out = prepare_run_dir(out_dir, overwrite=overwrite)
+    return _execute(config, out, None, progress=progress, log=log)
+
+
+def resume(run_dir: str | Path, *, progress: Callable[[int, int, dict], None] | None = None,
+           log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Continue the run in ``run_dir`` from its last checkpoint (from round 1 if it has none)."""
+    config, checkpoint = load_resumable(run_dir)
+    return _execute(config, Path(run_dir), checkpoint, progress=progress, log=log)
+
+
+def load_resumable(run_dir: str | Path) -> tuple[Config, dict[str, Any] | None]:
+    """The run's config and its checkpoint (None when there is none yet); UserError when unusable."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").is_file():
+        raise UserError(f"cannot resume {str(run_dir)!r}: not a run directory (no config.yaml)")
+    config = load_config(run_dir / "config.yaml")
+    return config, load_checkpoint(run_dir, config)
+
+
+class _StopOnSignal:
+    """SIGINT/SIGTERM set a flag; the run stops at the next round boundary. A second SIGINT aborts."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopOnSignal:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if self.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signum = signum
+        sys.stderr.write(f"\n{signal.Signals(signum).name}: stopping after the current round "
+                         "(Ctrl-C again to abort without a new checkpoint)\n")
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def _execute(config: Config, out: Path, checkpoint: dict[str, Any] | None, *,
+             progress: Callable[[int, int, dict], None] | None, log: Callable[[str], None]) -> dict[str, Any]:
     torch.manual_seed(config.seed)
     started = time.perf_counter()
     federation = Federation.build(config)
@@ -199,23 +301,69 @@ def run(config: Config, out_dir: str | Path, *, overwrite: bool = False,
         if key != "local_model_parameters":
             log(f"{key}: {value:,}" if isinstance(value, int) else f"{key}: {value}")
 
+    def event(line: str) -> None:  # rejections etc.: shown and kept in events.log
+        log(line)
+        with (out / "events.log").open("a") as handle:
+            handle.write(line + "\n")
+
     store = ClientStore(federation)
     server_state, broadcast = federation.algorithm.init_server(federation.context)
     metrics = MetricsWriter(out / "metrics.csv")
     history: list[dict[str, Any]] = []
     client_accuracies: list[float] = []
-    for round_index in range(1, config.rounds + 1):
-        server_state, broadcast, result = run_round(federation, store, server_state, broadcast, round_index)
-        if round_index % config.eval_every == 0 or round_index == config.rounds:
-            client_accuracies = evaluate_clients(federation, store, broadcast)
-            row = {"round": round_index, **summarize(client_accuracies), "train_loss": result.train_loss,
-                   "wall_s": time.perf_counter() - started}
-            metrics.write(row)
-            history.append(row)
-            if progress is not None:
-                progress(round_index, config.rounds, row)
-        elif progress is not None:
-            progress(round_index, config.rounds, {})
+    # update counts since the last metrics row
+    pending = {"expected": 0, "received": 0, "rejected": 0}
+    first_round, elapsed_before = 1, 0.0
+    if checkpoint is not None:
+        device = federation.context.device
+        server_state = _to_device(checkpoint["server_state"], device)
+        broadcast = _to_device(checkpoint["broadcast"], device)
+        for client_id, state in checkpoint["client_states"].items():
+            store.put(int(client_id), _to_device(state, device))
+        history = list(checkpoint["history"])
+        client_accuracies = list(checkpoint["client_accuracies"])
+        pending = dict(checkpoint["pending"])
+        first_round, elapsed_before = int(checkpoint["round"]) + 1, float(checkpoint["elapsed"])
+        restore_rng(checkpoint["rng"])
+        log(f"resuming after round {checkpoint['round']} of {config.rounds}")
+    metrics.rewrite(history)  # a resumed run drops rows written after its checkpoint
+    if progress is not None and first_round > 1:
+        progress(first_round - 1, config.rounds, history[-1] if history else {})
+    validator = validator_for(config)
+
+    with _StopOnSignal() as stop:
+        for round_index in range(first_round, config.rounds + 1):
+            server_state, broadcast, result = run_round(federation, store, server_state, broadcast, round_index,
+                                                        validator=validator, log=event)
+            pending["expected"] += result.expected
+            pending["received"] += result.received
+            pending["rejected"] += len(result.rejections)
+            if round_index % config.eval_every == 0 or round_index == config.rounds:
+                client_accuracies = evaluate_clients(federation, store, broadcast)
+                # the metrics row: one per evaluated round (update counts since the previous row)
+                row = {"round": round_index, **summarize(client_accuracies), "train_loss": result.train_loss,
+                       **pending, "wall_s": elapsed_before + time.perf_counter() - started}
+                pending = {key: 0 for key in pending}
+                metrics.write(row)
+                history.append(row)
+                if progress is not None:
+                    progress(round_index, config.rounds, row)
+            elif progress is not None:
+                progress(round_index, config.rounds, {})
+            every = config.checkpoint_every
+            if (every and round_index % every == 0) or round_index == config.rounds or stop.signum is not None:
+                save_checkpoint(out, config, {
+                    "round": round_index,
+                    "server_state": server_state,
+                    "broadcast": broadcast,
+                    "client_states": store.states(),
+                    "history": history,
+                    "client_accuracies": client_accuracies,
+                    "pending": pending,
+                    "elapsed": elapsed_before + time.perf_counter() - started,
+                })
+            if stop.signum is not None and round_index < config.rounds:
+                raise RunInterrupted(round_index, stop.signum, str(out))
 
     best = max(history, key=lambda row: row["mean_acc"])
     summary = {
@@ -228,9 +376,13 @@ def run(config: Config, out_dir: str | Path, *, overwrite: bool = False,
         "final_std": history[-1]["std_acc"],
         "best_accuracy": best["mean_acc"],
         "best_round": int(best["round"]),
-        "wall_seconds": time.perf_counter() - started,
+        "wall_seconds": elapsed_before + time.perf_counter() - started,
         **counts,
         "client_accuracies": client_accuracies,
     }
     write_json(out / "summary.json", summary)
     return summary
+
+
+def _to_device(state: State, device: torch.device) -> State:
+    return {name: tensor.to(device) for name, tensor in state.items()}

@@ -7,6 +7,7 @@ half-written file; metrics.csv is appended and flushed row by row.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import tempfile
@@ -46,7 +47,7 @@ def prepare_run_dir(path: str | Path, overwrite: bool = False) -> Path:
     if path.is_dir() and any(path.iterdir()):
         if not overwrite:
             raise UserError(f"run directory {str(path)!r} is not empty; pass --overwrite or choose another --out")
-        for name in ("metrics.csv", "summary.json", "partition.json", "config.yaml"):
+        for name in ("metrics.csv", "summary.json", "partition.json", "config.yaml", "checkpoint.pt", "events.log"):
             (path / name).unlink(missing_ok=True)
     path.mkdir(parents=True, exist_ok=True)
     return path
@@ -58,6 +59,20 @@ class MetricsWriter:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._fields: list[str] | None = None
+
+    def rewrite(self, rows: list[dict[str, Any]]) -> None:
+        """Replace the file by ``rows`` (atomically): a resumed run drops rows after its checkpoint."""
+        self._fields = None
+        if not rows:
+            self.path.unlink(missing_ok=True)
+            return
+        self._fields = list(rows[0])
+        buffer = io.StringIO(newline="")
+        writer = csv.DictWriter(buffer, fieldnames=self._fields, extrasaction="raise")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: _fmt(v) for k, v in row.items()})
+        write_atomic(self.path, buffer.getvalue())
 
     def write(self, row: dict[str, Any]) -> None:
         new_file = self._fields is None
