@@ -69,7 +69,7 @@ class AdapterConfig(_Section):
 class FDConfig(_Section):
     """Federated Distillation (Jeong et al., 2018)."""
 
-    gamma: float = Field(default=1.0, ge=0)  # weight of the distillation term
+    gamma: float = Field(default=1.0, ge=0)  # weight of the distillation term (the paper gives none)
     temperature: float = Field(default=1.0, gt=0)
 
 
@@ -99,7 +99,7 @@ class FedKDConfig(_Section):
 class FedGHConfig(_Section):
     """FedGH (Yi et al., 2023)."""
 
-    server_lr: float = Field(default=0.01, gt=0)
+    server_lr: float = Field(default=0.01, gt=0)  # the clients' lr, as in the paper
     server_epochs: int = Field(default=1, ge=1)
     server_batch_size: int = Field(default=1, ge=1)  # 1: one SGD step per (client, class) representation
 
