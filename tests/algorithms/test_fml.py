@@ -1,10 +1,13 @@
 """FML: mutual learning trains both models; the shared model is FedAvg'd."""
 
+import pytest
 import torch
 
 from pfedlora.algorithms import fml
 from pfedlora.algorithms.base import Upload
 from pfedlora.algorithms.distillation import ModelPair
+from pfedlora.config import build_config
+from pfedlora.errors import UserError
 
 
 def test_mutual_loss_sends_gradients_to_both_models_including_through_the_kl(make_context, make_data):
@@ -34,3 +37,9 @@ def test_client_trains_private_and_shared_model_and_uploads_the_shared_one(make_
 
 def test_shared_model_is_configurable(make_context):
     assert fml.shared_arch(make_context(fml={"shared_model": "cnn2"})) == "cnn2"
+
+
+def test_an_unknown_shared_model_is_a_one_line_config_error():
+    for section in ("fml", "fedkd"):
+        with pytest.raises(UserError, match=f"{section}.shared_model: unknown model 'vgg'; valid: cnn1"):
+            build_config({section: {"shared_model": "vgg"}})
