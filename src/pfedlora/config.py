@@ -108,6 +108,49 @@ class FaultsConfig(_Section):
 
 
 # --- end reliability ------------------------------------------------------------------------------
+# --- baselines: one section per algorithm (defaults from each paper) ---------------------------
+
+
+class FDConfig(_Section):
+    """Federated Distillation (Jeong et al., 2018)."""
+
+    gamma: float = Field(default=1.0, ge=0)  # weight of the distillation term (the paper gives none)
+    temperature: float = Field(default=1.0, gt=0)
+
+
+class FedProtoConfig(_Section):
+    """FedProto (Tan et al., 2022)."""
+
+    lam: float = Field(default=1.0, ge=0)  # λ, weight of the prototype regulariser
+
+
+class FMLConfig(_Section):
+    """Federated Mutual Learning (Shen et al., 2020)."""
+
+    alpha: float = Field(default=0.5, ge=0, le=1)  # private model: α·CE + (1−α)·KL
+    beta: float = Field(default=0.5, ge=0, le=1)  # shared model: β·CE + (1−β)·KL
+    shared_model: str | None = None  # default: the smallest model in the pool
+
+
+class FedKDConfig(_Section):
+    """FedKD (Wu et al., 2022)."""
+
+    shared_model: str | None = None  # the student; default: the smallest model in the pool
+    energy_start: float = Field(default=0.95, gt=0, le=1)  # SVD energy threshold, first round
+    energy_end: float = Field(default=0.98, gt=0, le=1)  # ... annealed linearly to this, last round
+    temperature: float = Field(default=1.0, gt=0)
+
+
+class FedGHConfig(_Section):
+    """FedGH (Yi et al., 2023)."""
+
+    server_lr: float = Field(default=0.01, gt=0)  # the clients' lr, as in the paper
+    server_epochs: int = Field(default=1, ge=1)
+    server_batch_size: int = Field(default=1, ge=1)  # 1: one SGD step per (client, class) representation
+
+
+# --- end baselines ------------------------------------------------------------------------------
+
 
 DEFAULT_POOL = ["cnn1", "cnn2", "cnn3", "cnn4", "cnn5"]
 
@@ -141,6 +184,11 @@ class Config(_Section):
     min_clients: int = Field(default=1, ge=1)  # fewer valid updates: the global state is kept
     validation: ValidationConfig = ValidationConfig()
     faults: FaultsConfig = FaultsConfig()
+    fd: FDConfig = FDConfig()
+    fedproto: FedProtoConfig = FedProtoConfig()
+    fml: FMLConfig = FMLConfig()
+    fedkd: FedKDConfig = FedKDConfig()
+    fedgh: FedGHConfig = FedGHConfig()
 
     @field_validator("algorithm")
     @classmethod
@@ -178,7 +226,22 @@ class Config(_Section):
                 raise ValueError(
                     f"adapter.reference: unknown model {self.adapter.reference!r}; valid: {', '.join(model_names())}"
                 )
+        self._check_baselines()
         return self
+
+    def _check_baselines(self) -> None:
+        from pfedlora.models.registry import model_names
+
+        for key, value in (("fml.shared_model", self.fml.shared_model), ("fedkd.shared_model", self.fedkd.shared_model)):
+            if value is not None and value not in model_names():
+                raise ValueError(f"{key}: unknown model {value!r}; valid: {', '.join(model_names())}")
+        if self.algorithm == "fedavg":
+            archs = sorted({self.client_model(k) for k in range(self.num_clients)})
+            if len(archs) > 1:
+                raise ValueError(
+                    f"fedavg needs one architecture for every client, got {', '.join(archs)}; "
+                    "set e.g. model_pool=[cnn5]"
+                )
 
     def client_model(self, client_id: int) -> str:
         """The local model architecture of client ``client_id``."""

@@ -118,3 +118,29 @@ def test_random_payloads_are_accepted_or_cleanly_rejected(items, norm_factor, ma
     for upload in report.accepted:
         assert set(upload.payload) == set(SPEC) and all_finite(upload.payload)
         assert all(upload.payload[n].shape == s.shape and upload.payload[n].dtype == s.dtype for n, s in SPEC.items())
+
+
+def test_every_algorithm_upload_passes_its_own_spec_and_a_missing_tensor_is_rejected():
+    from pfedlora.algorithms import algorithm_names, get_algorithm
+    from pfedlora.algorithms.base import ClientData, FederationContext, Upload
+    from pfedlora.config import build_config
+    from pfedlora.federation.validation import UpdateValidator
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(24, 1, 32, 32, generator=g), torch.arange(24) % 10
+    data = ClientData(x, y, x[:4], y[:4])
+    for name in algorithm_names():
+        pool = ["cnn5"] if name == "fedavg" else ["cnn4", "cnn5"]
+        config = build_config({"algorithm": name, "num_clients": 2, "model_pool": pool, "train": {"batch_size": 8}})
+        ctx = FederationContext(config, (1, 32, 32), 10, torch.device("cpu"))
+        algorithm = get_algorithm(name)
+        _, broadcast = algorithm.init_server(ctx)
+        result = algorithm.client_update(ctx, 0, algorithm.init_client(ctx, 0), broadcast, data, g)
+        spec = algorithm.expected_upload(ctx, broadcast)
+        report = UpdateValidator(norm_factor=None).validate([Upload(0, result.upload, result.weight)], spec, broadcast)
+        assert not report.rejected, (name, report.rejected)
+        required = [key for key, tensor_spec in spec.items() if not tensor_spec.optional]
+        if required:
+            broken = {k: v for k, v in result.upload.items() if k != required[0]}
+            report = UpdateValidator(norm_factor=None).validate([Upload(0, broken, 1.0)], spec, broadcast)
+            assert [r.reason for r in report.rejected] == ["missing_keys"], name

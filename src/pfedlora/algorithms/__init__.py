@@ -12,6 +12,15 @@ from pfedlora.algorithms.base import Algorithm
 # name -> module under pfedlora.algorithms
 ALGORITHM_MODULES: dict[str, str] = {
     "pfedlora": "pfedlora",
+    # baselines
+    "standalone": "standalone",
+    "lg_fedavg": "lg_fedavg",
+    "fd": "fd",
+    "fedproto": "fedproto",
+    "fml": "fml",
+    "fedkd": "fedkd",
+    "fedgh": "fedgh",
+    "fedavg": "fedavg",
 }
 
 

@@ -134,15 +134,17 @@ class TensorSpec:
 
     ``shape``: exact shape; an entry ``None`` is a free dimension (rank still checked); ``shape``
     itself ``None`` accepts any shape. ``max_numel`` bounds the element count when the shape is
-    not fully fixed (an upload larger than that is "oversized").
+    not fully fixed (an upload larger than that is "oversized"). ``optional`` tensors may be
+    absent (e.g. FedKD sends a tensor either dense or as SVD factors).
     """
 
     shape: tuple[int | None, ...] | None
     dtype: torch.dtype
     max_numel: int | None = None
+    optional: bool = False
 
 
-# tensor name -> spec; every key is required and no other key is accepted
+# tensor name -> spec; every non-optional key is required and no other key is accepted
 UploadSpec = dict[str, TensorSpec]
 
 

@@ -79,7 +79,7 @@ class UpdateValidator:
         weight = getattr(upload, "weight", None)
         if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight < 0:
             return Rejection(client_id, "bad_weight", f"weight must be a finite number >= 0, got {weight!r}")
-        missing = sorted(set(spec) - set(payload))
+        missing = sorted(name for name, tensor_spec in spec.items() if not tensor_spec.optional and name not in payload)
         if missing:
             return Rejection(client_id, "missing_keys", f"missing {_names(missing)}")
         unexpected = sorted(set(payload) - set(spec))
@@ -87,6 +87,8 @@ class UpdateValidator:
             return Rejection(client_id, "unexpected_keys", f"unexpected {_names(unexpected)}")
         squared = 0.0
         for name, expected in spec.items():
+            if name not in payload:  # an optional tensor that was not sent
+                continue
             tensor = payload[name]
             problem = _check_tensor(name, tensor, expected)
             if problem is not None:

@@ -1,0 +1,79 @@
+"""Per-class statistics exchanged by FD, FedProto and FedGH.
+
+A client's per-class quantity travels as a ``[num_classes, d]`` tensor of means plus a
+``[num_classes]`` tensor of sample counts; count 0 means the client has no sample of that class
+(its row is zero and carries no information).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import torch
+
+from pfedlora.algorithms.base import Upload
+
+
+@torch.inference_mode()
+def class_means(
+    features: Callable[[torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    num_classes: int,
+    batch_size: int = 1024,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-class means of ``features(x)`` and per-class counts, in one pass over ``x``."""
+    sums: torch.Tensor | None = None
+    counts = torch.zeros(num_classes, dtype=torch.float64, device=y.device)
+    for start in range(0, int(y.shape[0]), batch_size):
+        values = features(x[start : start + batch_size]).to(torch.float64)
+        labels = y[start : start + batch_size]
+        if sums is None:
+            sums = torch.zeros(num_classes, values.shape[1], dtype=torch.float64, device=values.device)
+        sums.index_add_(0, labels, values)
+        counts += torch.bincount(labels, minlength=num_classes).to(torch.float64)
+    if sums is None:
+        raise ValueError("class means of an empty dataset")
+    means = sums / counts.clamp(min=1).unsqueeze(1)
+    return means.to(torch.float32), counts.to(torch.float32)
+
+
+def average_class_means(
+    uploads: Iterable[Upload],
+    means_key: str,
+    counts_key: str,
+    *,
+    by_samples: bool,
+    previous: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Average per-class means over the uploads that hold each class.
+
+    ``by_samples=True`` weights a client's mean of class c by its count of c (the mean over all
+    samples of c); ``False`` weights every client that holds c equally. Classes no upload holds get
+    count 0 and a zero row, or keep their row from ``previous`` (means, counts) when given.
+    Returned counts are the total samples of each class behind the average.
+    """
+    total: torch.Tensor | None = None
+    weights: torch.Tensor | None = None
+    counts: torch.Tensor | None = None
+    for upload in uploads:
+        means = upload.payload[means_key].to(torch.float64)
+        class_counts = upload.payload[counts_key].to(torch.float64)
+        weight = class_counts if by_samples else (class_counts > 0).to(torch.float64)
+        if total is None:
+            total, weights, counts = torch.zeros_like(means), torch.zeros_like(weight), torch.zeros_like(weight)
+        total += means * weight.unsqueeze(1)
+        weights += weight
+        counts += class_counts
+    if total is None:
+        if previous is None:
+            raise ValueError("class means of no uploads")
+        return previous
+    average = total / weights.clamp(min=1e-12).unsqueeze(1)
+    average, counts = average.to(torch.float32), counts.to(torch.float32)
+    absent = counts <= 0
+    if previous is not None:
+        average[absent], counts[absent] = previous[0][absent], previous[1][absent]
+    else:
+        average[absent] = 0.0
+    return average, counts

@@ -1,0 +1,119 @@
+"""FedGH: a global header trained on the server from clients' per-class representations.
+
+Yi, L., Wang, G., Liu, X., Shi, Z., Yu, H. "FedGH: Heterogeneous Federated Learning with
+Generalized Global Header." ACM Multimedia 2023.
+
+A selected client replaces its local header with the global header, trains its whole local model
+(CE), and uploads the mean 500-d representation of each class it holds (one pass over its
+training data after training) with its class counts. The server treats every (client, class)
+mean representation as a labelled sample and trains the global header on them with SGD
+(``fedgh.server_lr``, ``fedgh.server_epochs``, ``fedgh.server_batch_size``; momentum and weight
+decay as on the clients), really stepping its optimizer, then broadcasts it. Evaluation uses
+each client's model as it left its last local training (never selected: the global header).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from pfedlora.algorithms.base import (
+    Algorithm,
+    ClientData,
+    ClientResult,
+    FederationContext,
+    Payload,
+    State,
+    TensorSpec,
+    TrainStats,
+    Upload,
+    UploadSpec,
+    derive_seed,
+    load_into,
+    prefixed,
+)
+from pfedlora.algorithms.class_stats import class_means
+from pfedlora.algorithms.local_models import LOCAL, head_state, init_local_state, load_local
+from pfedlora.algorithms.training import train_epochs
+from pfedlora.models.cnn import REPRESENTATION_DIM
+
+REPRESENTATIONS = "class_representations"
+COUNTS = "class_counts"
+ROUND = "round"  # server state: rounds aggregated so far (seeds the server's batch order)
+TRAINED = "trained"  # client-state flag: the client has trained its own header at least once
+
+
+def _header_workspace(ctx: FederationContext) -> nn.Module:
+    return ctx.cached_module(("fedgh-header",), lambda: nn.Linear(REPRESENTATION_DIM, ctx.num_classes))
+
+
+init_client = init_local_state  # a private local model, nothing else
+
+
+def init_server(ctx: FederationContext) -> tuple[State, Payload]:
+    model = ctx.new_model(ctx.smallest_model(), seed=derive_seed(ctx.config.seed, "global_header"))
+    header = head_state(model)
+    return header | {ROUND: torch.zeros(())}, header
+
+
+def train_global_header(ctx: FederationContext, header: State, representations: torch.Tensor, labels: torch.Tensor,
+                        generator: torch.Generator) -> tuple[State, TrainStats]:
+    """SGD on the header with (representation, label) samples; returns the new header and stats."""
+    cfg = ctx.config
+    server_train = cfg.train.model_copy(update={"lr": cfg.fedgh.server_lr, "batch_size": cfg.fedgh.server_batch_size})
+    module = load_into(_header_workspace(ctx), header)
+    stats = train_epochs(module, module.parameters(), representations, labels, epochs=cfg.fedgh.server_epochs,
+                         train=server_train, generator=generator, name="global_header")
+    return prefixed("", module.state_dict()), stats
+
+
+def client_update(ctx: FederationContext, client_id: int, state: State, broadcast: Payload,
+                  data: ClientData, generator: torch.Generator) -> ClientResult:
+    cfg = ctx.config
+    model = load_local(ctx, client_id, state)
+    model.head.load_state_dict(broadcast)
+    stats = train_epochs(model, model.parameters(), data.train_x, data.train_y, epochs=cfg.train.local_epochs,
+                         train=cfg.train, generator=generator, name="local_model")
+    model.eval()
+    means, counts = class_means(model.represent, data.train_x, data.train_y, ctx.num_classes, cfg.train.eval_batch_size)
+    return ClientResult(state=prefixed(LOCAL, model.state_dict()) | {TRAINED: torch.ones(())},
+                        upload={REPRESENTATIONS: means, COUNTS: counts}, weight=float(data.num_train), stats=[stats])
+
+
+def aggregate(ctx: FederationContext, server_state: State, uploads: list[Upload]) -> tuple[State, Payload]:
+    header = {name: t for name, t in server_state.items() if name != ROUND}
+    round_index = int(server_state[ROUND]) + 1
+    representations, labels = [], []
+    for upload in uploads:
+        present = upload.payload[COUNTS] > 0
+        representations.append(upload.payload[REPRESENTATIONS][present])
+        labels.append(present.nonzero().flatten())
+    if representations:
+        generator = torch.Generator().manual_seed(derive_seed(ctx.config.seed, "fedgh-server", round_index))
+        header, _ = train_global_header(ctx, header, torch.cat(representations), torch.cat(labels), generator)
+    return header | {ROUND: torch.tensor(float(round_index))}, header
+
+
+def personalized_model(ctx: FederationContext, client_id: int, state: State, broadcast: Payload) -> nn.Module:
+    model = load_local(ctx, client_id, state)
+    if TRAINED not in state:
+        model.head.load_state_dict(broadcast)
+    return model
+
+
+def upload_spec(ctx: FederationContext, broadcast: Payload) -> UploadSpec:
+    return {
+        REPRESENTATIONS: TensorSpec((ctx.num_classes, REPRESENTATION_DIM), torch.float32),
+        COUNTS: TensorSpec((ctx.num_classes,), torch.float32),
+    }
+
+
+ALGORITHM = Algorithm(
+    name="fedgh",
+    upload_spec=upload_spec,
+    init_server=init_server,
+    init_client=init_client,
+    client_update=client_update,
+    aggregate=aggregate,
+    personalized_model=personalized_model,
+)

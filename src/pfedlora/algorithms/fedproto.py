@@ -1,0 +1,100 @@
+"""FedProto: federated prototype learning.
+
+Tan, Y., Long, G., Liu, L., Zhou, T., Lu, Q., Jiang, J., Zhang, C. "FedProto: Federated Prototype
+Learning across Heterogeneous Clients." AAAI 2022.
+
+A prototype is the mean 500-d representation (``represent(x)``) of one class. A selected client
+trains its local model with ``CE + fedproto.lam · ‖rep − global_proto(y)‖²`` (the squared
+distance as mean squared error over the 500 dimensions, as in the authors' code; samples of
+classes without a global prototype yet get no regulariser), then uploads its per-class
+prototypes (one pass over its training data after training) with its class counts. The server
+averages each class's prototypes weighted by those counts; classes no selected client holds keep
+their previous global prototype.
+
+Deviation: evaluation uses each client's own model and classifier (``head``), not the paper's
+nearest-global-prototype rule, so every baseline is evaluated the same way.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pfedlora.algorithms.base import (
+    Algorithm,
+    ClientData,
+    ClientResult,
+    FederationContext,
+    Payload,
+    State,
+    Upload,
+    prefixed,
+)
+from pfedlora.algorithms.class_stats import average_class_means, class_means
+from pfedlora.algorithms.local_models import LOCAL, init_local_state, load_local
+from pfedlora.algorithms.training import train_epochs
+from pfedlora.models.cnn import REPRESENTATION_DIM
+
+PROTOTYPES = "prototypes"
+COUNTS = "class_counts"
+
+
+init_client = init_local_state  # a private local model, nothing else
+
+
+def init_server(ctx: FederationContext) -> tuple[State, Payload]:
+    state = {
+        PROTOTYPES: torch.zeros(ctx.num_classes, REPRESENTATION_DIM, device=ctx.device),
+        COUNTS: torch.zeros(ctx.num_classes, device=ctx.device),
+    }
+    return state, dict(state)
+
+
+def prototype_loss(prototypes: torch.Tensor, counts: torch.Tensor, lam: float):
+    """CE on the model's own classifier plus λ · MSE(rep, prototype of the label)."""
+
+    def loss_fn(module: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        rep = module.represent(x)
+        loss = F.cross_entropy(module.head(rep), y)
+        known = counts[y] > 0
+        if lam > 0 and bool(known.any()):
+            loss = loss + lam * F.mse_loss(rep[known], prototypes[y[known]])
+        return loss
+
+    return loss_fn
+
+
+def client_update(ctx: FederationContext, client_id: int, state: State, broadcast: Payload,
+                  data: ClientData, generator: torch.Generator) -> ClientResult:
+    cfg = ctx.config
+    model = load_local(ctx, client_id, state)
+    loss_fn = prototype_loss(broadcast[PROTOTYPES], broadcast[COUNTS], cfg.fedproto.lam)
+    stats = train_epochs(model, model.parameters(), data.train_x, data.train_y, epochs=cfg.train.local_epochs,
+                         train=cfg.train, generator=generator, loss_fn=loss_fn, name="local_model")
+    model.eval()
+    prototypes, counts = class_means(model.represent, data.train_x, data.train_y, ctx.num_classes,
+                                     cfg.train.eval_batch_size)
+    return ClientResult(state=prefixed(LOCAL, model.state_dict()), upload={PROTOTYPES: prototypes, COUNTS: counts},
+                        weight=float(data.num_train), stats=[stats])
+
+
+def aggregate(ctx: FederationContext, server_state: State, uploads: list[Upload]) -> tuple[State, Payload]:
+    prototypes, counts = average_class_means(uploads, PROTOTYPES, COUNTS, by_samples=True,
+                                             previous=(server_state[PROTOTYPES], server_state[COUNTS]))
+    state = {PROTOTYPES: prototypes, COUNTS: counts}
+    return state, dict(state)
+
+
+def personalized_model(ctx: FederationContext, client_id: int, state: State, broadcast: Payload) -> nn.Module:
+    return load_local(ctx, client_id, state)
+
+
+ALGORITHM = Algorithm(
+    name="fedproto",
+    init_server=init_server,
+    init_client=init_client,
+    client_update=client_update,
+    aggregate=aggregate,
+    personalized_model=personalized_model,
+)

@@ -1,0 +1,36 @@
+"""Helpers for algorithms whose clients each keep a private local model (``local_model.*`` state)."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from pfedlora.algorithms.base import FederationContext, State, derive_seed, load_into, prefixed, unprefixed
+
+LOCAL = "local_model."
+SHARED = "shared_model."
+
+
+def local_workspace(ctx: FederationContext, client_id: int) -> nn.Module:
+    """The reusable module of client ``client_id``'s architecture (load a state into it before use)."""
+    arch = ctx.client_arch(client_id)
+    return ctx.cached_module(("model", arch), lambda: ctx.new_model(arch, seed=0))
+
+
+def shared_workspace(ctx: FederationContext, arch: str) -> nn.Module:
+    """A module for the shared model, distinct from the local workspace even for the same arch."""
+    return ctx.cached_module(("shared_model", arch), lambda: ctx.new_model(arch, seed=0))
+
+
+def init_local_state(ctx: FederationContext, client_id: int) -> State:
+    """A freshly initialised private model, seeded by (seed, client)."""
+    model = ctx.new_model(ctx.client_arch(client_id), seed=derive_seed(ctx.config.seed, "client", client_id))
+    return prefixed(LOCAL, model.state_dict())
+
+
+def load_local(ctx: FederationContext, client_id: int, state: State) -> nn.Module:
+    return load_into(local_workspace(ctx, client_id), unprefixed(LOCAL, state))
+
+
+def head_state(model: nn.Module) -> State:
+    """The classification header's parameters (``weight``, ``bias``), detached copies."""
+    return prefixed("", model.head.state_dict())

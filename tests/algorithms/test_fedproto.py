@@ -1,0 +1,53 @@
+"""FedProto: count-weighted prototype averaging and the prototype regulariser."""
+
+import torch
+import torch.nn.functional as F
+
+from pfedlora.algorithms import fedproto
+from pfedlora.algorithms.base import Upload
+
+
+def _upload(value, counts):
+    prototypes = torch.zeros(10, 500)
+    class_counts = torch.zeros(10)
+    for c, n in counts.items():
+        prototypes[c], class_counts[c] = value, n
+    return {fedproto.PROTOTYPES: prototypes, fedproto.COUNTS: class_counts}
+
+
+def test_server_averages_prototypes_weighted_by_class_counts(make_context):
+    ctx = make_context()
+    server_state, _ = fedproto.init_server(ctx)
+    uploads = [Upload(0, _upload(1.0, {4: 30, 6: 5}), 35.0), Upload(1, _upload(5.0, {4: 10}), 10.0)]
+    _, broadcast = fedproto.aggregate(ctx, server_state, uploads)
+    assert torch.allclose(broadcast[fedproto.PROTOTYPES][4], torch.full((500,), 2.0))  # (30·1 + 10·5) / 40
+    assert torch.allclose(broadcast[fedproto.PROTOTYPES][6], torch.full((500,), 1.0))
+    assert broadcast[fedproto.COUNTS].tolist()[4] == 40 and broadcast[fedproto.COUNTS][0] == 0
+
+
+def test_loss_is_ce_plus_lambda_times_distance_to_the_label_prototype(make_context, make_data):
+    ctx = make_context()
+    model = fedproto.personalized_model(ctx, 0, fedproto.init_client(ctx, 0), {})
+    data = make_data(n=8)
+    x, y = data.train_x, data.train_y
+    prototypes = torch.randn(10, 500)
+    rep = model.represent(x)
+    ce = F.cross_entropy(model.head(rep), y)
+    unknown = fedproto.prototype_loss(prototypes, torch.zeros(10), lam=3.0)
+    assert torch.allclose(unknown(model, x, y), ce)
+    known = fedproto.prototype_loss(prototypes, torch.ones(10), lam=3.0)
+    expected = ce + 3.0 * ((rep - prototypes[y]) ** 2).mean()
+    assert torch.allclose(known(model, x, y), expected, atol=1e-5)
+
+
+def test_upload_is_the_mean_representation_per_held_class(make_context, make_data):
+    ctx = make_context()
+    _, broadcast = fedproto.init_server(ctx)
+    data = make_data(classes=(1, 8))
+    result = fedproto.client_update(ctx, 0, fedproto.init_client(ctx, 0), broadcast, data,
+                                    torch.Generator().manual_seed(0))
+    model = fedproto.personalized_model(ctx, 0, result.state, broadcast)
+    with torch.no_grad():
+        expected = model.represent(data.train_x[data.train_y == 8]).mean(0)
+    assert torch.allclose(result.upload[fedproto.PROTOTYPES][8], expected, atol=1e-5)
+    assert result.upload[fedproto.COUNTS].nonzero().flatten().tolist() == [1, 8]
