@@ -63,6 +63,14 @@ class AdapterConfig(_Section):
     schedule: Literal["iterative", "synchronous"] = "iterative"
 
 
+class FlowerConfig(_Section):
+    """Flower runtime (``pfedlora.federation.flower``): how long to wait and how many replies suffice."""
+
+    min_clients: int = Field(default=1, ge=1)  # fewer replies in a round: keep the previous global state
+    round_timeout: float = Field(default=600.0, gt=0)  # seconds to wait for a round's replies
+    connect_timeout: float = Field(default=120.0, gt=0)  # seconds to wait for num_clients SuperNodes
+
+
 DEFAULT_POOL = ["cnn1", "cnn2", "cnn3", "cnn4", "cnn5"]
 
 # `pfedlora run` without --config: the digits quickstart. Digits clients hold ~135 images, so the
@@ -90,6 +98,7 @@ class Config(_Section):
     client_models: list[str] | None = None
     train: TrainConfig = TrainConfig()
     adapter: AdapterConfig = AdapterConfig()
+    flower: FlowerConfig = FlowerConfig()
 
     @field_validator("algorithm")
     @classmethod
