@@ -115,6 +115,7 @@ def _replies(grid: Grid, messages: list[Message], timeout: float, client_of: dic
     """(client id, reply) for each reply without error; errors and silence are logged."""
     sent = {m.metadata.dst_node_id: client_of[m.metadata.dst_node_id] for m in messages}
     answered: set[int] = set()
+    started = time.monotonic()
     for reply in grid.send_and_receive(messages, timeout=timeout):
         node = reply.metadata.src_node_id
         if node not in sent:
@@ -125,7 +126,9 @@ def _replies(grid: Grid, messages: list[Message], timeout: float, client_of: dic
             continue
         yield sent[node], reply
     for node in sorted(set(sent) - answered):
-        log(f"{what}: client {sent[node]} (node {node}) did not reply within {timeout:.0f} s", logging.WARNING)
+        # silence: the timeout passed, or the SuperLink dropped the message (node gone)
+        log(f"{what}: no reply from client {sent[node]} (node {node}) after {time.monotonic() - started:.0f} s "
+            f"(round_timeout {timeout:.0f} s)", logging.WARNING)
 
 
 def run_server(grid: Grid, config: Config, out_dir: str | Path, *, overwrite: bool = False) -> dict[str, Any]:
