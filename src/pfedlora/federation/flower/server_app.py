@@ -63,6 +63,7 @@ class NodeMap:
         self.node_of: dict[int, int] = {}
         self.info: dict[int, dict[str, Any]] = {}
         self.asked: set[int] = set()
+        self.errors: list[str] = []
 
     def refresh(self, grid: Grid, config_text: str, timeout: float, log: RunLog) -> None:
         """Query SuperNodes not asked yet; a reconnected node (new id) takes over its partition."""
@@ -76,9 +77,12 @@ class NodeMap:
             node = reply.metadata.src_node_id
             if reply.has_error():
                 log(f"node {node} did not describe itself: {reply.error.reason}", logging.WARNING)
+                self.errors.append(str(reply.error.reason))
                 continue
             info = dict(reply.content[protocol.INFO])
             client_id = int(info["partition-id"])
+            if client_id in self.node_of and self.node_of[client_id] != node:
+                log(f"node {node} replaces node {self.node_of[client_id]} for client {client_id}", logging.WARNING)
             self.node_of[client_id] = node
             self.info[client_id] = info
             log(f"node {node} holds client {client_id} ({info['model']}, {info['num-train']} training samples)")
@@ -149,7 +153,8 @@ def run_server(grid: Grid, config: Config, out_dir: str | Path, *, overwrite: bo
     nodes = NodeMap()
     nodes.refresh(grid, config_text, timeout, log)
     if not nodes.info:
-        raise RuntimeError("no SuperNode described itself; cannot start the federation")
+        reason = f" (first error: {nodes.errors[0]})" if nodes.errors else ""
+        raise RuntimeError(f"no SuperNode described itself; cannot start the federation{reason}")
     first = next(iter(nodes.info.values()))
     # the server never loads data: shapes come from the clients
     ctx = FederationContext(config, tuple(int(v) for v in first["input-shape"]), int(first["num-classes"]),
