@@ -150,6 +150,11 @@ class FedGHConfig(_Section):
 
 
 # --- end baselines ------------------------------------------------------------------------------
+class FlowerConfig(_Section):
+    """Flower runtime (``pfedlora.federation.flower``): how long to wait and how many replies suffice."""
+
+    round_timeout: float = Field(default=600.0, gt=0)  # seconds to wait for a round's replies
+    connect_timeout: float = Field(default=120.0, gt=0)  # seconds to wait for num_clients SuperNodes
 
 
 DEFAULT_POOL = ["cnn1", "cnn2", "cnn3", "cnn4", "cnn5"]
@@ -189,6 +194,7 @@ class Config(_Section):
     fml: FMLConfig = FMLConfig()
     fedkd: FedKDConfig = FedKDConfig()
     fedgh: FedGHConfig = FedGHConfig()
+    flower: FlowerConfig = FlowerConfig()
 
     @field_validator("algorithm")
     @classmethod

@@ -1,0 +1,120 @@
+"""The Flower ClientApp: one SuperNode = one pfedlora client (partition).
+
+The node config says which partition this node holds (``partition-id``, ``num-partitions``), and
+optionally its local model architecture (``model``) and where its data is (``dataset-path``). The
+federation config comes from the server with every message. The client's algorithm state (e.g.
+its local model and adapter) persists across rounds in Flower's ``Context.state``; training runs
+the algorithm's own ``client_update`` with the simulator's per-(round, client) generator.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from pfedlora.algorithms.base import ClientData, FederationContext
+from pfedlora.config import Config, build_config
+from pfedlora.errors import UserError
+from pfedlora.federation.flower import protocol
+from pfedlora.federation.flower.payload import from_array_record, to_array_record
+from pfedlora.federation.simulation import Federation, client_generator
+from pfedlora.metrics.accuracy import accuracy
+
+app = ClientApp()
+
+
+def node_config_for(config: Config, node_config: dict) -> tuple[Config, int]:
+    """The config as this node sees it (its own architecture, data path) and its client id."""
+    if protocol.NODE_PARTITION not in node_config:
+        raise UserError(f"node config: {protocol.NODE_PARTITION!r} is missing; start the SuperNode with "
+                        f"--node-config \"partition-id=K num-partitions=N\"")
+    client_id = int(node_config[protocol.NODE_PARTITION])
+    num = int(node_config.get(protocol.NODE_NUM_PARTITIONS, config.num_clients))
+    if num != config.num_clients:
+        raise UserError(f"node config: num-partitions={num} but the run has num_clients={config.num_clients}")
+    if not 0 <= client_id < config.num_clients:
+        raise UserError(f"node config: partition-id={client_id} is not in 0..{config.num_clients - 1}")
+    updates: dict = {}
+    model = node_config.get(protocol.NODE_MODEL)
+    if model:
+        models = [config.client_model(k) for k in range(config.num_clients)]
+        models[client_id] = str(model)
+        updates["client_models"] = models
+    path = node_config.get(protocol.NODE_DATASET_PATH)
+    if path:
+        updates["dataset"] = {**config.dataset.model_dump(), "path": str(path)}
+    if updates:
+        config = build_config(config.to_dict() | updates)
+    return config, client_id
+
+
+@lru_cache(maxsize=2)
+def _federation(config_text: str) -> Federation:
+    # cached: a ClientApp process that serves several messages (simulation runtime) loads data once
+    return Federation.build(protocol.config_from_text(config_text))
+
+
+def _setup(msg: Message, context: Context) -> tuple[Federation, int, ClientData]:
+    server_config = protocol.config_from_text(str(msg.content[protocol.CONFIG]["config"]))
+    config, client_id = node_config_for(server_config, dict(context.node_config))
+    federation = _federation(protocol.config_to_text(config))
+    return federation, client_id, federation.clients[client_id]
+
+
+def _load_state(federation: Federation, context: Context, client_id: int):
+    if protocol.STATE_KEY in context.state:
+        return from_array_record(context.state[protocol.STATE_KEY], federation.context.device)
+    return federation.algorithm.init_client(federation.context, client_id)
+
+
+@app.query()
+def query(msg: Message, context: Context) -> Message:
+    """This node's partition, architecture and data facts (the server maps nodes to client ids)."""
+    federation, client_id, data = _setup(msg, context)
+    ctx: FederationContext = federation.context
+    info = ConfigRecord({
+        "partition-id": client_id,
+        "model": ctx.client_arch(client_id),
+        "model-parameters": ctx.model_parameters(ctx.client_arch(client_id)),
+        "input-shape": [int(v) for v in ctx.input_shape],
+        "num-classes": int(ctx.num_classes),
+        "num-train": data.num_train,
+        "partition": json.dumps(federation.partition["clients"][client_id]),
+    })
+    return Message(RecordDict({protocol.INFO: info}), reply_to=msg)
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    federation, client_id, data = _setup(msg, context)
+    sent = msg.content[protocol.CONFIG]
+    if int(sent["client-id"]) != client_id:
+        raise UserError(f"message for client {sent['client-id']} reached partition {client_id}")
+    round_index = int(sent["round"])
+    device = federation.context.device
+    broadcast = from_array_record(msg.content[protocol.PAYLOAD], device)
+    state = _load_state(federation, context, client_id)
+    result = federation.algorithm.client_update(
+        federation.context, client_id, state, broadcast, data, client_generator(federation.config, round_index, client_id)
+    )
+    context.state[protocol.STATE_KEY] = to_array_record(result.state)
+    losses = [float(s.mean_loss) for s in result.stats if s.num_steps]
+    metrics = MetricRecord({"weight": float(result.weight), "num-losses": len(losses)})
+    if losses:
+        metrics["train-losses"] = losses
+    return Message(RecordDict({protocol.PAYLOAD: to_array_record(result.upload), protocol.METRICS: metrics}),
+                   reply_to=msg)
+
+
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    """Accuracy (percent) of this client's personalized model on its local test split."""
+    federation, client_id, data = _setup(msg, context)
+    broadcast = from_array_record(msg.content[protocol.PAYLOAD], federation.context.device)
+    state = _load_state(federation, context, client_id)
+    model = federation.algorithm.personalized_model(federation.context, client_id, state, broadcast)
+    acc = accuracy(model, data.test_x, data.test_y, federation.config.train.eval_batch_size)
+    return Message(RecordDict({protocol.METRICS: MetricRecord({"accuracy": float(acc)})}), reply_to=msg)

@@ -1,0 +1,254 @@
+"""The Flower ServerApp: the simulator's round loop over real SuperNodes (Flower Message API).
+
+Per round it selects clients with the simulator's seeded ``sample_clients`` (by partition id; a
+query message maps each SuperNode to its partition), sends them the algorithm's broadcast as an
+ArrayRecord, aggregates the uploads that arrived with the algorithm's ``aggregate``, and asks
+every client to evaluate its personalized model. Only payloads cross the network; the bytes are
+counted from the arrays actually sent and received. A round with fewer than
+``min_clients`` valid updates keeps the previous global state. The run directory is the
+simulator's (config.yaml, partition.json, metrics.csv, summary.json) plus ``global_state.pt``
+(the final server state) and ``server.log``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
+from flwr.common import log as flwr_log
+from flwr.serverapp import Grid, ServerApp
+
+from pfedlora.algorithms import get_algorithm
+from pfedlora.algorithms.base import FederationContext, Payload, Upload
+from pfedlora.config import Config
+from pfedlora.federation.flower import protocol
+from pfedlora.federation.flower.payload import from_array_record, record_bytes, to_array_record
+from pfedlora.federation.simulation import sample_clients, validator_for
+from pfedlora.metrics.accuracy import summarize
+from pfedlora.metrics.run_dir import MetricsWriter, prepare_run_dir, write_json, write_yaml
+
+app = ServerApp()
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    config, out_dir, overwrite = protocol.config_from_run_config(dict(context.run_config))
+    run_server(grid, config, out_dir, overwrite=overwrite)
+
+
+class RunLog:
+    """Logs to Flower's logger and to ``server.log`` in the run directory."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __call__(self, message: str, level: int = logging.INFO) -> None:
+        flwr_log(level, "pfedlora: %s", message)
+        with self.path.open("a") as handle:
+            handle.write(f"{time.strftime('%H:%M:%S')} {logging.getLevelName(level)} {message}\n")
+
+
+class NodeMap:
+    """Which SuperNode holds which client (partition id), learnt by query messages."""
+
+    def __init__(self) -> None:
+        self.node_of: dict[int, int] = {}
+        self.info: dict[int, dict[str, Any]] = {}
+        self.asked: set[int] = set()
+        self.errors: list[str] = []
+
+    def refresh(self, grid: Grid, config_text: str, timeout: float, log: RunLog) -> None:
+        """Query SuperNodes not asked yet; a reconnected node (new id) takes over its partition."""
+        new = sorted(set(grid.get_node_ids()) - self.asked)
+        if not new:
+            return
+        self.asked.update(new)
+        messages = [Message(RecordDict({protocol.CONFIG: ConfigRecord({"config": config_text})}),
+                            dst_node_id=node, message_type=MessageType.QUERY) for node in new]
+        for reply in grid.send_and_receive(messages, timeout=timeout):
+            node = reply.metadata.src_node_id
+            if reply.has_error():
+                log(f"node {node} did not describe itself: {reply.error.reason}", logging.WARNING)
+                self.errors.append(str(reply.error.reason))
+                continue
+            info = dict(reply.content[protocol.INFO])
+            client_id = int(info["partition-id"])
+            if client_id in self.node_of and self.node_of[client_id] != node:
+                log(f"node {node} replaces node {self.node_of[client_id]} for client {client_id}", logging.WARNING)
+            self.node_of[client_id] = node
+            self.info[client_id] = info
+            log(f"node {node} holds client {client_id} ({info['model']}, {info['num-train']} training samples)")
+
+    @property
+    def client_of(self) -> dict[int, int]:
+        return {node: client for client, node in self.node_of.items()}
+
+
+def wait_for_nodes(grid: Grid, wanted: int, timeout: float, log: RunLog) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        count = len(list(grid.get_node_ids()))
+        if count >= wanted:
+            log(f"{count} SuperNodes connected")
+            return
+        if time.monotonic() > deadline:
+            log(f"only {count} of {wanted} SuperNodes connected after {timeout:.0f} s; going on", logging.WARNING)
+            return
+        time.sleep(0.5)
+
+
+def _message(payload: Payload, config_text: str, round_index: int, client_id: int, node: int,
+             message_type: str) -> Message:
+    content = RecordDict({
+        protocol.PAYLOAD: to_array_record(payload),
+        protocol.CONFIG: ConfigRecord({"config": config_text, "round": round_index, "client-id": client_id}),
+    })
+    return Message(content, dst_node_id=node, message_type=message_type, group_id=f"{message_type}-{round_index}")
+
+
+def _replies(grid: Grid, messages: list[Message], timeout: float, client_of: dict[int, int],
+             what: str, log: RunLog) -> Iterable[tuple[int, Message]]:
+    """(client id, reply) for each reply without error; errors and silence are logged."""
+    sent = {m.metadata.dst_node_id: client_of[m.metadata.dst_node_id] for m in messages}
+    answered: set[int] = set()
+    started = time.monotonic()
+    for reply in grid.send_and_receive(messages, timeout=timeout):
+        node = reply.metadata.src_node_id
+        if node not in sent:
+            continue
+        answered.add(node)
+        if reply.has_error():
+            log(f"{what}: client {sent[node]} (node {node}) failed: {reply.error.reason}", logging.WARNING)
+            continue
+        yield sent[node], reply
+    for node in sorted(set(sent) - answered):
+        # silence: the timeout passed, or the SuperLink dropped the message (node gone)
+        log(f"{what}: no reply from client {sent[node]} (node {node}) after {time.monotonic() - started:.0f} s "
+            f"(round_timeout {timeout:.0f} s)", logging.WARNING)
+
+
+def run_server(grid: Grid, config: Config, out_dir: str | Path, *, overwrite: bool = False) -> dict[str, Any]:
+    """The whole federation over ``grid``; writes the run directory and returns the summary."""
+    out = prepare_run_dir(out_dir, overwrite=overwrite)
+    for name in ("server.log", "global_state.pt"):
+        (out / name).unlink(missing_ok=True)
+    log = RunLog(out / "server.log")
+    torch.manual_seed(config.seed)
+    started = time.perf_counter()
+    algorithm = get_algorithm(config.algorithm)
+    config_text = protocol.config_to_text(config)
+    timeout = config.flower.round_timeout
+    write_yaml(out / "config.yaml", config.to_dict())
+    log(f"{config.algorithm} on {config.dataset.name}: {config.num_clients} clients, {config.rounds} rounds -> {out}")
+
+    wait_for_nodes(grid, config.num_clients, config.flower.connect_timeout, log)
+    nodes = NodeMap()
+    nodes.refresh(grid, config_text, timeout, log)
+    if not nodes.info:
+        reason = f" (first error: {nodes.errors[0]})" if nodes.errors else ""
+        raise RuntimeError(f"no SuperNode described itself; cannot start the federation{reason}")
+    first = next(iter(nodes.info.values()))
+    # the server never loads data: shapes come from the clients
+    ctx = FederationContext(config, tuple(int(v) for v in first["input-shape"]), int(first["num-classes"]),
+                            torch.device("cpu"))
+    write_json(out / "partition.json", {
+        "num_clients": config.num_clients, "num_classes": ctx.num_classes,
+        "clients": [json.loads(nodes.info[k]["partition"]) for k in sorted(nodes.info)],
+    })
+    counts: dict[str, Any] = {"local_model_parameters": {
+        str(info["model"]): int(info["model-parameters"]) for info in nodes.info.values()}}
+    counts.update(algorithm.describe(ctx))
+
+    server_state, broadcast = algorithm.init_server(ctx)
+    validator = validator_for(config)
+    metrics = MetricsWriter(out / "metrics.csv")
+    history: list[dict[str, Any]] = []
+    client_accuracies: list[float] = []
+    up_bytes = down_bytes = 0
+    kept_rounds: list[int] = []
+    for round_index in range(1, config.rounds + 1):
+        nodes.refresh(grid, config_text, timeout, log)
+        selected = sample_clients(config, round_index)
+        absent = [k for k in selected if k not in nodes.node_of]
+        if absent:
+            log(f"round {round_index}: selected clients {absent} have no SuperNode", logging.WARNING)
+        messages = [_message(broadcast, config_text, round_index, k, nodes.node_of[k], MessageType.TRAIN)
+                    for k in selected if k in nodes.node_of]
+        down_bytes += sum(record_bytes(m.content[protocol.PAYLOAD]) for m in messages)
+        uploads: list[Upload] = []
+        losses: list[float] = []
+        for client_id, reply in _replies(grid, messages, timeout, nodes.client_of, f"round {round_index}", log):
+            record = reply.content[protocol.PAYLOAD]
+            up_bytes += record_bytes(record)
+            reported = reply.content[protocol.METRICS]
+            uploads.append(Upload(client_id, from_array_record(record), float(reported["weight"])))
+            if int(reported["num-losses"]):
+                losses.extend(float(v) for v in reported["train-losses"])
+        uploads.sort(key=lambda u: u.client_id)  # the simulator's order
+        report = validator.validate(uploads, algorithm.expected_upload(ctx, broadcast), broadcast)
+        for rejection in report.rejected:
+            log(f"round {round_index}: {rejection}", logging.WARNING)
+        uploads = report.accepted
+        if len(uploads) >= config.min_clients:
+            server_state, broadcast = algorithm.aggregate(ctx, server_state, uploads)
+            log(f"round {round_index}: aggregated {len(uploads)} of {len(selected)} selected clients "
+                f"{[u.client_id for u in uploads]}")
+        else:
+            kept_rounds.append(round_index)
+            log(f"round {round_index}: only {len(uploads)} of {len(selected)} selected clients sent a valid update "
+                f"(min_clients={config.min_clients}); keeping the previous global state", logging.WARNING)
+
+        if round_index % config.eval_every == 0 or round_index == config.rounds:
+            clients = sorted(nodes.node_of)
+            eval_messages = [_message(broadcast, config_text, round_index, k, nodes.node_of[k], MessageType.EVALUATE)
+                             for k in clients]
+            results = {k: float(reply.content[protocol.METRICS]["accuracy"])
+                       for k, reply in _replies(grid, eval_messages, timeout, nodes.client_of,
+                                                f"evaluate {round_index}", log)}
+            if not results:
+                log(f"evaluate {round_index}: no client replied; no metrics row", logging.WARNING)
+                continue
+            client_accuracies = [results[k] for k in sorted(results)]
+            row = {"round": round_index, **summarize(client_accuracies),
+                   "train_loss": float(np.mean(losses)) if losses else math.nan,
+                   "wall_s": time.perf_counter() - started,
+                   "up_bytes": up_bytes, "down_bytes": down_bytes,
+                   "replied": len(uploads), "evaluated": len(results)}
+            metrics.write(row)
+            history.append(row)
+            up_bytes = down_bytes = 0
+            log(f"round {round_index}: mean accuracy {row['mean_acc']:.2f}% over {len(results)} clients")
+
+    torch.save(server_state, out / "global_state.pt")
+    if not history:
+        raise RuntimeError("no round was evaluated; see server.log")
+    best = max(history, key=lambda row: row["mean_acc"])
+    summary = {
+        "algorithm": config.algorithm,
+        "dataset": config.dataset.name,
+        "num_clients": config.num_clients,
+        "rounds": config.rounds,
+        "seed": config.seed,
+        "final_accuracy": history[-1]["mean_acc"],
+        "final_std": history[-1]["std_acc"],
+        "best_accuracy": best["mean_acc"],
+        "best_round": int(best["round"]),
+        "wall_seconds": time.perf_counter() - started,
+        **counts,
+        "client_accuracies": client_accuracies,
+        "runtime": "flower",
+        "up_bytes_total": int(sum(r["up_bytes"] for r in history)),
+        "down_bytes_total": int(sum(r["down_bytes"] for r in history)),
+        "rounds_without_quorum": kept_rounds,
+    }
+    write_json(out / "summary.json", summary)
+    log(f"done: final accuracy {summary['final_accuracy']:.2f}%")
+    return summary

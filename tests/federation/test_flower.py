@@ -1,0 +1,238 @@
+"""Real Flower deployments on 127.0.0.1: a SuperLink and 3 SuperNodes as subprocesses, `flwr run`.
+
+Two runs (each a few minutes on a loaded 2-core machine, well under a minute idle):
+* TLS (local CA from scripts/make_certs.sh), 2 rounds of pFedLoRA on digits with node-config
+  architectures cnn5/cnn4/cnn3: the final global adapter, client accuracies and byte counts equal
+  the in-process simulator's for the same config and seed.
+* insecure, one SuperNode killed after round 1: the server aggregates the 2 replies of round 2
+  (min_clients=2) exactly as the simulator would with clients {0, 1}, logs it and finishes.
+
+Every process runs in its own session and is killed by process group in a fixture finalizer, so
+nothing outlives a failing test; every wait has a deadline.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("flwr")
+
+from pfedlora.config import build_config  # noqa: E402
+from pfedlora.federation import simulation  # noqa: E402
+from pfedlora.federation.flower import APP_DIR  # noqa: E402
+from pfedlora.federation.flower.payload import payload_bytes  # noqa: E402
+from pfedlora.metrics.run_dir import read_metrics  # noqa: E402
+
+pytestmark = pytest.mark.flower
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+MODELS = ["cnn5", "cnn4", "cnn3"]  # partition k's architecture, given by its SuperNode's node config
+RUN = {
+    "num_clients": 3, "rounds": 2, "model_pool": "cnn3,cnn4,cnn5", "partition.kind": "dirichlet",
+    "train.batch_size": 32, "eval_every": 2,
+}
+RUN_DEADLINE = 900.0  # seconds for one whole Flower run (a loaded shared machine is slow)
+
+
+def _sim_config(**extra) -> object:
+    return build_config({"num_clients": 3, "rounds": 2, "model_pool": ["cnn3", "cnn4", "cnn5"],
+                         "client_models": MODELS, "partition": {"kind": "dirichlet"},
+                         "train": {"batch_size": 32}, "eval_every": 2, **extra})
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _toml_value(value) -> str:
+    return json.dumps(value) if isinstance(value, str) else repr(value).lower() if isinstance(value, bool) else repr(value)
+
+
+class Cluster:
+    """A SuperLink and SuperNodes started as subprocesses; ``close`` kills every process group."""
+
+    def __init__(self, root: Path, tls: bool) -> None:
+        self.root = root
+        self.tls = tls
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.port = _free_port()
+        home = root / "flwr-home"
+        home.mkdir(parents=True)
+        self.env = dict(os.environ, FLWR_HOME=str(home), PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+                        PYTHONPATH=os.pathsep.join(filter(None, [str(REPO / "src"), os.environ.get("PYTHONPATH")])),
+                        OMP_NUM_THREADS="1")
+        connection = f'[superlink]\ndefault = "test"\n\n[superlink.test]\naddress = "127.0.0.1:{self.port}"\n'
+        if tls:
+            certs = root / "certs"
+            subprocess.run(["bash", str(REPO / "scripts" / "make_certs.sh"), str(certs)], check=True,
+                           capture_output=True, timeout=60)
+            self.ca = certs / "ca.crt"
+            connection += f'root-certificates = "{self.ca}"\n'
+            self.security = ["--ssl-ca-certfile", str(self.ca), "--ssl-certfile", str(certs / "server.pem"),
+                             "--ssl-keyfile", str(certs / "server.key")]
+            self.node_security = ["--root-certificates", str(self.ca)]
+        else:
+            connection += "insecure = true\n"
+            self.security = self.node_security = ["--insecure"]
+        (home / "config.toml").write_text(connection)
+
+    def _start(self, name: str, args: list[str]) -> None:
+        log = (self.root / f"{name}.log").open("w")
+        self.procs[name] = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=self.env,
+                                            cwd=self.root, start_new_session=True)
+
+    def start(self) -> None:
+        self._start("superlink", [str(BIN / "flower-superlink"), *self.security, "--port", str(self.port),
+                                  "--disable-runtime-dependency-installation"])
+        for k, model in enumerate(MODELS):
+            self._start(f"supernode{k}", [
+                str(BIN / "flower-supernode"), *self.node_security, "--superlink", f"127.0.0.1:{self.port}",
+                "--port", str(_free_port()), "--max-wait-time", "120",
+                "--node-config", f'partition-id={k} num-partitions={len(MODELS)} model="{model}"'])
+
+    def flwr_run(self, out: Path, **overrides) -> None:
+        run_config = {**RUN, **overrides, "out-dir": str(out)}
+        text = " ".join(f"{key}={_toml_value(value)}" for key, value in run_config.items())
+        # `flwr run` submits the run and returns; the SuperLink may still be starting, so retry
+        deadline = time.monotonic() + 120
+        while True:
+            done = subprocess.run([str(BIN / "flwr"), "run", str(APP_DIR), "test", "--run-config", text],
+                                  env=self.env, cwd=self.root, capture_output=True, text=True, timeout=120)
+            if done.returncode == 0 and "Successfully started run" in done.stdout:
+                return
+            if time.monotonic() > deadline:
+                raise AssertionError(f"flwr run failed:\n{done.stdout}\n{done.stderr}")
+            time.sleep(2)
+
+    def kill(self, name: str) -> None:
+        proc = self.procs[name]
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+
+    def close(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        for proc in self.procs.values():
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
+        for proc in self.procs.values():
+            try:  # the group also holds the SuperExec and ServerApp/ClientApp children
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.wait(timeout=10)
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in sorted(self.root.glob("*.log")))
+
+
+@pytest.fixture
+def cluster_factory(tmp_path):
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed (needed for the TLS certificates)")
+    made: list[Cluster] = []
+
+    def make(tls: bool) -> Cluster:
+        cluster = Cluster(tmp_path / f"cluster{len(made)}", tls)
+        made.append(cluster)
+        cluster.start()
+        return cluster
+
+    yield make
+    for cluster in made:
+        cluster.close()
+
+
+def _wait_for(cluster: Cluster, condition, what: str, deadline: float = RUN_DEADLINE) -> None:
+    end = time.monotonic() + deadline
+    while not condition():
+        for name, proc in cluster.procs.items():
+            if name == "superlink" and proc.poll() is not None:
+                raise AssertionError(f"the SuperLink exited while waiting for {what}\n{cluster.logs()}")
+        if "ServerApp raised an exception" in (cluster.root / "superlink.log").read_text():
+            raise AssertionError(f"the ServerApp failed while waiting for {what}\n{cluster.logs()}")
+        if time.monotonic() > end:
+            raise AssertionError(f"timed out after {deadline:.0f} s waiting for {what}\n{cluster.logs()}")
+        time.sleep(1)
+
+
+def _simulate(config, selections: dict[int, list[int]] | None = None, monkeypatch=None):
+    """The in-process simulator's final global state and client accuracies."""
+    if selections is not None:
+        monkeypatch.setattr(simulation, "sample_clients", lambda cfg, r: selections[r])
+    federation = simulation.Federation.build(config)
+    store = simulation.ClientStore(federation)
+    torch.manual_seed(config.seed)
+    state, broadcast = federation.algorithm.init_server(federation.context)
+    for round_index in range(1, config.rounds + 1):
+        state, broadcast, _ = simulation.run_round(federation, store, state, broadcast, round_index)
+    return state, simulation.evaluate_clients(federation, store, broadcast)
+
+
+def _assert_same_state(flower_state, sim_state) -> None:
+    assert list(flower_state) == list(sim_state)
+    for name in sim_state:
+        assert flower_state[name].dtype == sim_state[name].dtype
+        torch.testing.assert_close(flower_state[name], sim_state[name], rtol=1e-5, atol=1e-6)
+
+
+def test_tls_deployment_matches_the_in_process_simulator(cluster_factory, tmp_path):
+    cluster = cluster_factory(tls=True)
+    out = tmp_path / "run"
+    cluster.flwr_run(out)
+    _wait_for(cluster, lambda: (out / "summary.json").exists(), "summary.json")
+
+    sim_state, sim_accuracies = _simulate(_sim_config())
+    _assert_same_state(torch.load(out / "global_state.pt"), sim_state)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["client_accuracies"] == pytest.approx(sim_accuracies, abs=1e-6)
+    assert set(summary["local_model_parameters"]) == set(MODELS)
+    rows = read_metrics(out / "metrics.csv")
+    assert [row["round"] for row in rows] == [2]
+    # only the adapter crossed the network: 2 rounds x 3 clients x adapter bytes, each way
+    adapter = payload_bytes(sim_state)
+    assert rows[0]["up_bytes"] == rows[0]["down_bytes"] == 2 * 3 * adapter
+    assert rows[0]["replied"] == 3
+    assert (out / "partition.json").exists() and (out / "config.yaml").exists()
+    assert "Starting insecure" not in (cluster.root / "supernode0.log").read_text()
+
+
+def test_killed_supernode_round_aggregates_the_replies_that_arrived(cluster_factory, tmp_path, monkeypatch):
+    cluster = cluster_factory(tls=False)
+    out = tmp_path / "run"
+    cluster.flwr_run(out, **{"min_clients": 2, "flower.round_timeout": 120.0})
+    log = out / "server.log"
+    _wait_for(cluster, lambda: log.exists() and "round 1: aggregated 3" in log.read_text(), "round 1")
+    cluster.kill("supernode2")
+    _wait_for(cluster, lambda: (out / "summary.json").exists(), "summary.json after the kill")
+
+    text = log.read_text()
+    assert "round 2: aggregated 2 of 3 selected clients [0, 1]" in text
+    assert "client 2" in text and "round 2:" in text
+    sim_state, sim_accuracies = _simulate(_sim_config(), {1: [0, 1, 2], 2: [0, 1]}, monkeypatch)
+    _assert_same_state(torch.load(out / "global_state.pt"), sim_state)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["client_accuracies"] == pytest.approx(sim_accuracies[:2], abs=1e-6)
+    row = read_metrics(out / "metrics.csv")[-1]
+    assert row["replied"] == 2 and row["evaluated"] == 2
+    assert row["up_bytes"] == 5 * payload_bytes(sim_state)
+    assert cluster.procs["superlink"].poll() is None  # the server survived
