@@ -21,7 +21,10 @@ from pfedlora.algorithms.base import Algorithm, ClientData, FederationContext, P
 from pfedlora.config import Config
 from pfedlora.data import load_dataset, partition_clients, partition_counts
 from pfedlora.data.datasets import ArrayDataset
+from pfedlora.federation.payload import transmit
 from pfedlora.metrics.accuracy import accuracy, summarize
+from pfedlora.metrics.costs import CostMeter, time_to_target
+from pfedlora.metrics.flops import count_server_flops
 from pfedlora.metrics.run_dir import MetricsWriter, prepare_run_dir, write_json, write_yaml
 
 
@@ -125,6 +128,10 @@ class RoundResult:
     uploads: list[Upload]
     train_loss: float
     stats: dict[int, list] = field(default_factory=dict)
+    # costs (pfedlora.metrics.costs): wire bytes over all selected clients, server FLOPs
+    up_bytes: int = 0
+    down_bytes: int = 0
+    server_flops: int = 0
 
 
 def run_round(federation: Federation, store: ClientStore, server_state: State, broadcast: Payload,
@@ -135,21 +142,28 @@ def run_round(federation: Federation, store: ClientStore, server_state: State, b
     uploads: list[Upload] = []
     losses: list[float] = []
     stats: dict[int, list] = {}
+    # every payload really goes through the wire format (payload_dtype), both directions
+    received, broadcast_bytes = transmit(broadcast, config.payload_dtype)
+    up_bytes = 0
     for client_id in selected:
         result = algorithm.client_update(
-            ctx, client_id, store.get(client_id), broadcast, federation.clients[client_id],
+            ctx, client_id, store.get(client_id), received, federation.clients[client_id],
             client_generator(config, round_index, client_id),
         )
         store.put(client_id, result.state)
-        uploads.append(Upload(client_id, result.upload, result.weight))
+        upload, upload_bytes = transmit(result.upload, config.payload_dtype)
+        up_bytes += upload_bytes
+        uploads.append(Upload(client_id, upload, result.weight))
         stats[client_id] = result.stats
         losses.extend(s.mean_loss for s in result.stats if s.num_steps)
-    server_state, broadcast = algorithm.aggregate(ctx, server_state, uploads)
+    (server_state, broadcast), server_flops = count_server_flops(algorithm.aggregate, ctx, server_state, uploads)
     train_loss = float(np.mean(losses)) if losses else float("nan")
-    return server_state, broadcast, RoundResult(round_index, selected, uploads, train_loss, stats)
+    return server_state, broadcast, RoundResult(round_index, selected, uploads, train_loss, stats,
+                                                up_bytes, broadcast_bytes * len(selected), server_flops)
 
 
-def evaluate_clients(federation: Federation, store: ClientStore, broadcast: Payload) -> list[float]:
+def evaluate_clients(federation: Federation, store: ClientStore, broadcast: Payload,
+                     meter: CostMeter | None = None) -> list[float]:
     """Every client's personalized model on its own test split (accuracy in percent)."""
     algorithm, ctx = federation.algorithm, federation.context
     batch = federation.config.train.eval_batch_size
@@ -157,6 +171,8 @@ def evaluate_clients(federation: Federation, store: ClientStore, broadcast: Payl
     for client_id, data in enumerate(federation.clients):
         model = algorithm.personalized_model(ctx, client_id, store.get(client_id), broadcast)
         accuracies.append(accuracy(model, data.test_x, data.test_y, batch))
+        if meter is not None:
+            meter.add_evaluation(model, data.test_x, batch)
     return accuracies
 
 
@@ -182,12 +198,14 @@ def run(config: Config, out_dir: str | Path, *, overwrite: bool = False,
     metrics = MetricsWriter(out / "metrics.csv")
     history: list[dict[str, Any]] = []
     client_accuracies: list[float] = []
+    costs = CostMeter(config.payload_dtype)
     for round_index in range(1, config.rounds + 1):
         server_state, broadcast, result = run_round(federation, store, server_state, broadcast, round_index)
+        costs.add_round(result)
         if round_index % config.eval_every == 0 or round_index == config.rounds:
-            client_accuracies = evaluate_clients(federation, store, broadcast)
+            client_accuracies = evaluate_clients(federation, store, broadcast, meter=costs)
             row = {"round": round_index, **summarize(client_accuracies), "train_loss": result.train_loss,
-                   "wall_s": time.perf_counter() - started}
+                   "wall_s": time.perf_counter() - started, **costs.row()}
             metrics.write(row)
             history.append(row)
             if progress is not None:
@@ -208,7 +226,10 @@ def run(config: Config, out_dir: str | Path, *, overwrite: bool = False,
         "best_round": int(best["round"]),
         "wall_seconds": time.perf_counter() - started,
         **counts,
+        **costs.totals(),
         "client_accuracies": client_accuracies,
     }
+    if config.target_accuracy is not None:
+        summary["time_to_target"] = time_to_target(history, config.target_accuracy)
     write_json(out / "summary.json", summary)
     return summary
