@@ -69,7 +69,8 @@ def test_algorithm_list_validation():
 def test_compare_command_runs_seeds_writes_tables_and_report_and_reuses_runs(tmp_path, capsys):
     out = tmp_path / "cmp"
     args = ["compare", "--algorithms", "pfedlora", "--seeds", "0,1", "--set", "num_clients=2", "--set", "rounds=2",
-            "--set", "model_pool=[cnn5]", "--set", "partition.kind=iid", "--out", str(out)]
+            "--set", "model_pool=[cnn5]", "--set", "partition.kind=iid", "--set", "train.batch_size=256",
+            "--out", str(out)]
     assert main(args) == 0
     printed = capsys.readouterr().out
     assert "[1/2] pfedlora seed 0" in printed and "[2/2] pfedlora seed 1" in printed

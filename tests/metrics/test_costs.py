@@ -9,7 +9,7 @@ from pfedlora.federation.simulation import run
 from pfedlora.metrics.costs import time_to_target
 
 TINY = {"num_clients": 3, "rounds": 2, "eval_every": 2, "model_pool": ["cnn5"], "partition": {"kind": "iid"},
-        "train": {"batch_size": 64}, "payload_dtype": "float16", "target_accuracy": 1.0}
+        "train": {"batch_size": 256}, "payload_dtype": "float16", "target_accuracy": 1.0}
 
 
 @pytest.fixture(scope="module")
