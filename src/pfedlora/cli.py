@@ -69,10 +69,10 @@ def format_summary(summary: dict) -> str:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from pfedlora.config import load_document, QUICKSTART
-    from pfedlora.metrics.compare import compare, comparison_markdown, resolve_algorithms, resolve_seeds
-
     import copy
+
+    from pfedlora.config import QUICKSTART, load_document
+    from pfedlora.metrics.compare import compare, comparison_markdown, resolve_algorithms, resolve_seeds
 
     document = load_document(args.config) if args.config else copy.deepcopy(QUICKSTART)
     algorithms = resolve_algorithms(args.algorithms)

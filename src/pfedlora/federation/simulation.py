@@ -157,6 +157,8 @@ def run_round(federation: Federation, store: ClientStore, server_state: State, b
         stats[client_id] = result.stats
         losses.extend(s.mean_loss for s in result.stats if s.num_steps)
     (server_state, broadcast), server_flops = count_server_flops(algorithm.aggregate, ctx, server_state, uploads)
+    # what clients hold from now on (evaluation too) is the broadcast as received
+    broadcast, _ = transmit(broadcast, config.payload_dtype)
     train_loss = float(np.mean(losses)) if losses else float("nan")
     return server_state, broadcast, RoundResult(round_index, selected, uploads, train_loss, stats,
                                                 up_bytes, broadcast_bytes * len(selected), server_flops)

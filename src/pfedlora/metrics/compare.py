@@ -3,7 +3,8 @@
 Every (algorithm, seed) run uses the same config apart from ``algorithm``, and partitions derive
 from (config, seed) only, so all algorithms see the same clients and data. Each run writes its
 own run directory under ``OUT/<algorithm>/seed<seed>``; a run whose directory already holds a
-``summary.json`` for the identical config is reused, so an interrupted comparison continues.
+``summary.json`` for the identical config is reused, so an interrupted comparison continues (a
+run directory with a different config is run again, replacing it).
 
 Definitions (also in the README):
 
