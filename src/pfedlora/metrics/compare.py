@@ -264,7 +264,8 @@ def comparison_markdown(table: dict[str, Any], title: str = "Comparison") -> str
         if row["is_best_baseline"]:
             name += " (best baseline)"
         delta = "–" if row["delta_to_best_baseline"] is None else f"{row['delta_to_best_baseline']:+.2f}"
-        rounds = "–" if row["rounds_to_target"] is None else f"{row['rounds_to_target']:.1f} ({row['target_reached']})"
+        rounds = "–" if row["rounds_to_target"] is None else f"{row['rounds_to_target']:.1f}"
+        rounds += f" ({row['target_reached']})"
         lines.append(
             f"| {name} | {row['final_acc_mean']:.2f} ± {row['final_acc_std']:.2f} "
             f"| {row['best_acc_mean']:.2f} ± {row['best_acc_std']:.2f} | {delta} "
