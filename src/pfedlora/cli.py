@@ -84,6 +84,43 @@ def format_summary(summary: dict) -> str:
     return "\n".join(f"  {name:<{width}}  {value}" for name, value in rows)
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    import copy
+
+    from pfedlora.config import QUICKSTART, load_document
+    from pfedlora.metrics.compare import compare, comparison_markdown, resolve_algorithms, resolve_seeds
+
+    document = load_document(args.config) if args.config else copy.deepcopy(QUICKSTART)
+    algorithms = resolve_algorithms(args.algorithms)
+    seeds = resolve_seeds(args.seeds)
+    out = Path(args.out) if args.out else _default_out("compare")
+    print(f"pfedlora compare: {', '.join(algorithms)} x seeds {', '.join(map(str, seeds))} -> {out}")
+
+    def runner(config, run_dir, label):
+        from pfedlora.federation.simulation import run
+
+        bar, update = _progress_bar(config.rounds, label)
+        try:
+            return run(config, run_dir, overwrite=True, progress=update, log=lambda _: None)
+        finally:
+            bar.close()
+
+    table = compare(document, args.overrides, algorithms, seeds, out, target_accuracy=args.target,
+                    target_fraction=args.target_fraction, runner=runner)
+    print(comparison_markdown(table))
+    print(f"results: {out / 'comparison.md'}, {out / 'comparison.csv'}, {out / 'report.md'}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from pfedlora.metrics.report import write_report
+
+    out = Path(args.out) if args.out else (Path(args.run_dirs[0]) if len(args.run_dirs) == 1 else _default_out("report"))
+    report = write_report(args.run_dirs, out)
+    print(f"report: {report}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pfedlora", description="Model-heterogeneous personalized FL with LoRA-style adapters.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -95,6 +132,21 @@ def build_parser() -> argparse.ArgumentParser:
     run_parser.add_argument("--resume", metavar="RUN_DIR",
                             help="continue an interrupted run from its last checkpoint (uses RUN_DIR/config.yaml)")
     run_parser.set_defaults(handler=cmd_run)
+
+    compare_parser = commands.add_parser("compare", help="run several algorithms on identical partitions and seeds; tabulate accuracy and costs")
+    _add_config_args(compare_parser)
+    compare_parser.add_argument("--algorithms", default="all", metavar="A,B,C|all", help="algorithms to compare (default: all)")
+    compare_parser.add_argument("--seeds", default="0,1,2", metavar="S,S", help="seeds (default: 0,1,2)")
+    compare_parser.add_argument("--out", metavar="DIR", help="output directory (default: runs/<time>-compare); finished runs in it are reused")
+    compare_parser.add_argument("--target", type=float, metavar="ACC", help="target mean accuracy in percent (default: config target_accuracy, else --target-fraction)")
+    compare_parser.add_argument("--target-fraction", type=float, default=0.9, metavar="F",
+                                help="target = F x the best baseline's final accuracy (default: 0.9)")
+    compare_parser.set_defaults(handler=cmd_compare)
+
+    report_parser = commands.add_parser("report", help="plots and report.md for run directories")
+    report_parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    report_parser.add_argument("--out", metavar="DIR", help="output directory (default: the run directory when one is given, else runs/<time>-report)")
+    report_parser.set_defaults(handler=cmd_report)
     return parser
 
 

@@ -195,6 +195,11 @@ class Config(_Section):
     fedkd: FedKDConfig = FedKDConfig()
     fedgh: FedGHConfig = FedGHConfig()
     flower: FlowerConfig = FlowerConfig()
+    # --- costs (pfedlora.metrics.costs) ---
+    # dtype of floating tensors in every payload sent, both directions
+    payload_dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    # mean accuracy (percent) for time-to-target in summary.json; None: not reported
+    target_accuracy: float | None = Field(default=None, gt=0, le=100)
 
     @field_validator("algorithm")
     @classmethod

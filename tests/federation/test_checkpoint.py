@@ -106,7 +106,7 @@ def test_sigterm_stops_at_a_round_boundary_with_exit_143_and_resumes(reference, 
 def _fake_checkpoint(run_dir: Path, config) -> None:
     save_checkpoint(run_dir, config, {"round": 1, "server_state": {"w": torch.zeros(2)}, "broadcast": {"w": torch.zeros(2)},
                                       "client_states": {0: {"w": torch.ones(2)}}, "history": [], "client_accuracies": [],
-                                      "pending": {}, "elapsed": 0.0})
+                                      "pending": {}, "costs": {}, "elapsed": 0.0})
 
 
 def test_checkpoint_round_trip_and_config_hash(tmp_path):

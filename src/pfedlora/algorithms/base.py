@@ -55,6 +55,8 @@ class TrainStats:
     num_steps: int = 0
     loss_sum: float = 0.0
     batch_sizes: dict[int, int] = field(default_factory=dict)
+    # forward+backward FLOPs of all steps, measured (pfedlora.metrics.flops)
+    flops: int = 0
 
     @property
     def mean_loss(self) -> float:

@@ -16,6 +16,7 @@ from torch import nn
 
 from pfedlora.algorithms.base import TrainStats
 from pfedlora.config import TrainConfig
+from pfedlora.metrics import flops as flop_count
 
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
@@ -59,6 +60,9 @@ def train_epochs(
     was_training = module.training
     module.train()
     loss_total = torch.zeros((), device=x.device)
+    # FLOPs of one step per batch shape: counted on the first real step with that key, then cached
+    static_key: tuple | None = None
+    step_flops: dict[tuple, int | None] = {}
     try:
         for _ in range(epochs):
             order = torch.randperm(n, generator=generator).to(x.device)
@@ -67,9 +71,22 @@ def train_epochs(
                 xb, yb = x[index], y[index]
                 if augment is not None:
                     xb = augment(xb, generator)
-                loss = loss_fn(module, xb, yb)
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                shape = (tuple(xb.shape), tuple(yb.shape))
+                if shape not in step_flops:
+                    if static_key is None:
+                        static_key = flop_count.step_key(module, trainable, loss_fn, xb[:0], yb[:0])
+                    step_flops[shape] = flop_count.cached_step_flops((static_key, shape))
+                if step_flops[shape] is None:
+                    with flop_count.counting() as counter:
+                        loss = loss_fn(module, xb, yb)
+                        loss.backward()
+                    step_flops[shape] = int(counter.get_total_flops())
+                    flop_count.store_step_flops((static_key, shape), step_flops[shape])
+                else:
+                    loss = loss_fn(module, xb, yb)
+                    loss.backward()
+                stats.flops += step_flops[shape]
                 torch.nn.utils.clip_grad_norm_(trainable, train.clip_norm)
                 optimizer.step()
                 loss_total += loss.detach()

@@ -87,7 +87,8 @@ def load_checkpoint(run_dir: str | Path, config: Config) -> dict[str, Any] | Non
         reason = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
         raise UserError(f"checkpoint {str(path)!r} is corrupted or truncated ({reason}); "
                         "delete it to restart the run, or restore a good copy") from None
-    required = {"format", "config_hash", "round", "server_state", "broadcast", "client_states", "history"}
+    required = {"format", "config_hash", "round", "server_state", "broadcast", "client_states", "history",
+                "client_accuracies", "pending", "costs", "elapsed", "rng"}
     if not isinstance(document, dict) or not required <= set(document):
         raise UserError(f"checkpoint {str(path)!r} is not a pfedlora checkpoint (missing fields)")
     if document["format"] != FORMAT_VERSION:

@@ -35,7 +35,10 @@ from pfedlora.data.noise import corrupt_labels
 from pfedlora.federation.checkpoint import load_checkpoint, restore_rng, save_checkpoint
 from pfedlora.federation.faults import client_fate, corrupt_upload
 from pfedlora.federation.validation import Rejection, UpdateValidator, all_finite
+from pfedlora.federation.payload import transmit
 from pfedlora.metrics.accuracy import accuracy, summarize
+from pfedlora.metrics.costs import CostMeter, time_to_target
+from pfedlora.metrics.flops import count_server_flops
 from pfedlora.metrics.run_dir import MetricsWriter, prepare_run_dir, write_json, write_yaml
 
 
@@ -167,6 +170,10 @@ class RoundResult:
     received: int = 0
     rejections: list[Rejection] = field(default_factory=list)
     aggregated: bool = True  # False: too few valid updates (or a non-finite result), state kept
+    # costs (pfedlora.metrics.costs): wire bytes over all selected clients, server FLOPs
+    up_bytes: int = 0
+    down_bytes: int = 0
+    server_flops: int = 0
 
 
 def run_round(federation: Federation, store: ClientStore, server_state: State, broadcast: Payload,
@@ -182,12 +189,15 @@ def run_round(federation: Federation, store: ClientStore, server_state: State, b
     received: list[Upload] = []
     losses: list[float] = []
     stats: dict[int, list] = {}
+    # every payload really goes through the wire format (payload_dtype), both directions
+    received_broadcast, broadcast_bytes = transmit(broadcast, config.payload_dtype)
+    up_bytes = 0
     for client_id in selected:
         fate = client_fate(faults, config.seed, round_index, client_id)
         if fate.dropped:
             continue
         result = algorithm.client_update(
-            ctx, client_id, store.get(client_id), broadcast, federation.clients[client_id],
+            ctx, client_id, store.get(client_id), received_broadcast, federation.clients[client_id],
             client_generator(config, round_index, client_id),
         )
         if fate.crashed:  # the work is lost with the client's process
@@ -197,15 +207,19 @@ def run_round(federation: Federation, store: ClientStore, server_state: State, b
         losses.extend(s.mean_loss for s in result.stats if s.num_steps)
         if fate.late:
             continue
-        upload = corrupt_upload(faults, client_id, result.upload, broadcast)
+        upload, upload_bytes = transmit(corrupt_upload(faults, client_id, result.upload, broadcast),
+                                        config.payload_dtype)
+        up_bytes += upload_bytes
         received.append(Upload(client_id, upload, result.weight))
     report = validator.validate(received, algorithm.expected_upload(ctx, broadcast), broadcast)
     for rejection in report.rejected:
         if log is not None:
             log(f"round {round_index}: {rejection}")
     aggregated = len(report.accepted) >= config.min_clients
+    server_flops = 0
     if aggregated:
-        new_state, new_broadcast = algorithm.aggregate(ctx, server_state, report.accepted)
+        (new_state, new_broadcast), server_flops = count_server_flops(algorithm.aggregate, ctx, server_state,
+                                                                      report.accepted)
         # never let the global state become NaN/Inf, whatever got through
         if all_finite(new_state) and all_finite(new_broadcast):
             server_state, broadcast = new_state, new_broadcast
@@ -216,10 +230,14 @@ def run_round(federation: Federation, store: ClientStore, server_state: State, b
     elif log is not None:
         log(f"round {round_index}: {len(report.accepted)} valid updates < min_clients={config.min_clients}; "
             "keeping the previous global state")
+    # what clients hold from now on (evaluation too) is the broadcast as received
+    broadcast, _ = transmit(broadcast, config.payload_dtype)
     train_loss = float(np.mean(losses)) if losses else float("nan")
     return server_state, broadcast, RoundResult(round_index, selected, report.accepted, train_loss, stats,
                                                 expected=len(selected), received=len(received),
-                                                rejections=report.rejected, aggregated=aggregated)
+                                                rejections=report.rejected, aggregated=aggregated,
+                                                up_bytes=up_bytes, down_bytes=broadcast_bytes * len(selected),
+                                                server_flops=server_flops)
 
 
 def validator_for(config: Config) -> UpdateValidator:
@@ -227,7 +245,8 @@ def validator_for(config: Config) -> UpdateValidator:
                            config.validation.min_for_median)
 
 
-def evaluate_clients(federation: Federation, store: ClientStore, broadcast: Payload) -> list[float]:
+def evaluate_clients(federation: Federation, store: ClientStore, broadcast: Payload,
+                     meter: CostMeter | None = None) -> list[float]:
     """Every client's personalized model on its own test split (accuracy in percent)."""
     algorithm, ctx = federation.algorithm, federation.context
     batch = federation.config.train.eval_batch_size
@@ -235,6 +254,8 @@ def evaluate_clients(federation: Federation, store: ClientStore, broadcast: Payl
     for client_id, data in enumerate(federation.clients):
         model = algorithm.personalized_model(ctx, client_id, store.get(client_id), broadcast)
         accuracies.append(accuracy(model, data.test_x, data.test_y, batch))
+        if meter is not None:
+            meter.add_evaluation(model, data.test_x, batch)
     return accuracies
 
 
@@ -313,6 +334,7 @@ def _execute(config: Config, out: Path, checkpoint: dict[str, Any] | None, *,
     client_accuracies: list[float] = []
     # update counts since the last metrics row
     pending = {"expected": 0, "received": 0, "rejected": 0}
+    costs = CostMeter(config.payload_dtype)
     first_round, elapsed_before = 1, 0.0
     if checkpoint is not None:
         device = federation.context.device
@@ -323,6 +345,7 @@ def _execute(config: Config, out: Path, checkpoint: dict[str, Any] | None, *,
         history = list(checkpoint["history"])
         client_accuracies = list(checkpoint["client_accuracies"])
         pending = dict(checkpoint["pending"])
+        costs.load_state_dict(checkpoint["costs"])
         first_round, elapsed_before = int(checkpoint["round"]) + 1, float(checkpoint["elapsed"])
         restore_rng(checkpoint["rng"])
         log(f"resuming after round {checkpoint['round']} of {config.rounds}")
@@ -338,11 +361,12 @@ def _execute(config: Config, out: Path, checkpoint: dict[str, Any] | None, *,
             pending["expected"] += result.expected
             pending["received"] += result.received
             pending["rejected"] += len(result.rejections)
+            costs.add_round(result)
             if round_index % config.eval_every == 0 or round_index == config.rounds:
-                client_accuracies = evaluate_clients(federation, store, broadcast)
-                # the metrics row: one per evaluated round (update counts since the previous row)
+                client_accuracies = evaluate_clients(federation, store, broadcast, meter=costs)
+                # the metrics row: one per evaluated round (update counts and costs since the previous row)
                 row = {"round": round_index, **summarize(client_accuracies), "train_loss": result.train_loss,
-                       **pending, "wall_s": elapsed_before + time.perf_counter() - started}
+                       **pending, "wall_s": elapsed_before + time.perf_counter() - started, **costs.row()}
                 pending = {key: 0 for key in pending}
                 metrics.write(row)
                 history.append(row)
@@ -360,6 +384,7 @@ def _execute(config: Config, out: Path, checkpoint: dict[str, Any] | None, *,
                     "history": history,
                     "client_accuracies": client_accuracies,
                     "pending": pending,
+                    "costs": costs.state_dict(),
                     "elapsed": elapsed_before + time.perf_counter() - started,
                 })
             if stop.signum is not None and round_index < config.rounds:
@@ -378,8 +403,11 @@ def _execute(config: Config, out: Path, checkpoint: dict[str, Any] | None, *,
         "best_round": int(best["round"]),
         "wall_seconds": elapsed_before + time.perf_counter() - started,
         **counts,
+        **costs.totals(),
         "client_accuracies": client_accuracies,
     }
+    if config.target_accuracy is not None:
+        summary["time_to_target"] = time_to_target(history, config.target_accuracy)
     write_json(out / "summary.json", summary)
     return summary
 

@@ -95,7 +95,7 @@ def train(msg: Message, context: Context) -> Message:
         raise UserError(f"message for client {sent['client-id']} reached partition {client_id}")
     round_index = int(sent["round"])
     device = federation.context.device
-    broadcast = from_array_record(msg.content[protocol.PAYLOAD], device)
+    broadcast = from_array_record(msg.content[protocol.PAYLOAD], device, as_float32=True)
     state = _load_state(federation, context, client_id)
     result = federation.algorithm.client_update(
         federation.context, client_id, state, broadcast, data, client_generator(federation.config, round_index, client_id)
@@ -105,7 +105,7 @@ def train(msg: Message, context: Context) -> Message:
     metrics = MetricRecord({"weight": float(result.weight), "num-losses": len(losses)})
     if losses:
         metrics["train-losses"] = losses
-    return Message(RecordDict({protocol.PAYLOAD: to_array_record(result.upload), protocol.METRICS: metrics}),
+    return Message(RecordDict({protocol.PAYLOAD: to_array_record(result.upload, federation.config.payload_dtype), protocol.METRICS: metrics}),
                    reply_to=msg)
 
 
@@ -113,7 +113,7 @@ def train(msg: Message, context: Context) -> Message:
 def evaluate(msg: Message, context: Context) -> Message:
     """Accuracy (percent) of this client's personalized model on its local test split."""
     federation, client_id, data = _setup(msg, context)
-    broadcast = from_array_record(msg.content[protocol.PAYLOAD], federation.context.device)
+    broadcast = from_array_record(msg.content[protocol.PAYLOAD], federation.context.device, as_float32=True)
     state = _load_state(federation, context, client_id)
     model = federation.algorithm.personalized_model(federation.context, client_id, state, broadcast)
     acc = accuracy(model, data.test_x, data.test_y, federation.config.train.eval_batch_size)

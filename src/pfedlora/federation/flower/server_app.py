@@ -106,9 +106,9 @@ def wait_for_nodes(grid: Grid, wanted: int, timeout: float, log: RunLog) -> None
 
 
 def _message(payload: Payload, config_text: str, round_index: int, client_id: int, node: int,
-             message_type: str) -> Message:
+             message_type: str, dtype: str) -> Message:
     content = RecordDict({
-        protocol.PAYLOAD: to_array_record(payload),
+        protocol.PAYLOAD: to_array_record(payload, dtype),
         protocol.CONFIG: ConfigRecord({"config": config_text, "round": round_index, "client-id": client_id}),
     })
     return Message(content, dst_node_id=node, message_type=message_type, group_id=f"{message_type}-{round_index}")
@@ -180,7 +180,8 @@ def run_server(grid: Grid, config: Config, out_dir: str | Path, *, overwrite: bo
         absent = [k for k in selected if k not in nodes.node_of]
         if absent:
             log(f"round {round_index}: selected clients {absent} have no SuperNode", logging.WARNING)
-        messages = [_message(broadcast, config_text, round_index, k, nodes.node_of[k], MessageType.TRAIN)
+        messages = [_message(broadcast, config_text, round_index, k, nodes.node_of[k], MessageType.TRAIN,
+                             config.payload_dtype)
                     for k in selected if k in nodes.node_of]
         down_bytes += sum(record_bytes(m.content[protocol.PAYLOAD]) for m in messages)
         uploads: list[Upload] = []
@@ -189,7 +190,7 @@ def run_server(grid: Grid, config: Config, out_dir: str | Path, *, overwrite: bo
             record = reply.content[protocol.PAYLOAD]
             up_bytes += record_bytes(record)
             reported = reply.content[protocol.METRICS]
-            uploads.append(Upload(client_id, from_array_record(record), float(reported["weight"])))
+            uploads.append(Upload(client_id, from_array_record(record, as_float32=True), float(reported["weight"])))
             if int(reported["num-losses"]):
                 losses.extend(float(v) for v in reported["train-losses"])
         uploads.sort(key=lambda u: u.client_id)  # the simulator's order
@@ -208,7 +209,8 @@ def run_server(grid: Grid, config: Config, out_dir: str | Path, *, overwrite: bo
 
         if round_index % config.eval_every == 0 or round_index == config.rounds:
             clients = sorted(nodes.node_of)
-            eval_messages = [_message(broadcast, config_text, round_index, k, nodes.node_of[k], MessageType.EVALUATE)
+            eval_messages = [_message(broadcast, config_text, round_index, k, nodes.node_of[k], MessageType.EVALUATE,
+                                      config.payload_dtype)
                              for k in clients]
             results = {k: float(reply.content[protocol.METRICS]["accuracy"])
                        for k, reply in _replies(grid, eval_messages, timeout, nodes.client_of,

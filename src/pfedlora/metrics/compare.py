@@ -1,0 +1,300 @@
+"""``pfedlora compare``: several algorithms on identical partitions and seeds, one table.
+
+Every (algorithm, seed) run uses the same config apart from ``algorithm``, and partitions derive
+from (config, seed) only, so all algorithms see the same clients and data. Each run writes its
+own run directory under ``OUT/<algorithm>/seed<seed>``; a run whose directory already holds a
+``summary.json`` for the identical config is reused, so an interrupted comparison continues (a
+run directory with a different config is run again, replacing it).
+
+Definitions (also in the README):
+
+* accuracy: final (last evaluated round) and best mean client accuracy, mean ± sample std over
+  seeds;
+* best baseline: the compared algorithm other than ``pfedlora`` with the highest mean final
+  accuracy; Δ = final accuracy − the best baseline's (percentage points);
+* computation per client per round: client training FLOPs / client-rounds; communication per
+  client per round: (uploaded + downloaded bytes) / client-rounds;
+* target: ``target_accuracy`` (absolute, percent) if given, else ``target_fraction`` × the best
+  baseline's mean final accuracy (× the best algorithm's when no baseline is compared);
+  rounds / FLOPs (training + server) / bytes (up + down) to target: means over the seeds that
+  reach it;
+* reduction factor (×) of an algorithm = the best baseline's cost / the algorithm's cost, so a
+  factor above 1 means the algorithm is cheaper (the paper's 11.81× and 7.41×).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import statistics
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pfedlora.config import Config, build_config
+from pfedlora.errors import UserError
+from pfedlora.metrics.costs import time_to_target
+from pfedlora.metrics.run_dir import write_atomic
+
+PROPOSED = "pfedlora"
+Runner = Callable[[Config, Path, str], dict]
+
+
+@dataclass
+class RunRecord:
+    """One finished run: its directory, summary.json and metrics.csv rows."""
+
+    algorithm: str
+    seed: int
+    path: Path
+    summary: dict[str, Any]
+    history: list[dict[str, float]]
+
+
+def load_run(path: str | Path) -> RunRecord:
+    """Read a run directory; UserError if it is not a finished run."""
+    import json
+
+    from pfedlora.metrics.run_dir import read_metrics
+
+    path = Path(path)
+    summary_path, metrics_path = path / "summary.json", path / "metrics.csv"
+    if not summary_path.is_file() or not metrics_path.is_file():
+        raise UserError(f"{str(path)!r} is not a finished run directory (needs summary.json and metrics.csv)")
+    try:
+        summary = json.loads(summary_path.read_text())
+        history = read_metrics(metrics_path)
+    except (ValueError, OSError) as exc:
+        raise UserError(f"run directory {str(path)!r} has an unreadable summary.json or metrics.csv ({exc})") from None
+    if not history:
+        raise UserError(f"run directory {str(path)!r} has an empty metrics.csv")
+    return RunRecord(str(summary.get("algorithm", path.name)), int(summary.get("seed", 0)), path, summary, history)
+
+
+def parse_list(text: str, what: str) -> list[str]:
+    items = [item.strip() for item in text.split(",") if item.strip()]
+    if not items:
+        raise UserError(f"--{what} expects a comma-separated list, got {text!r}")
+    return items
+
+
+def resolve_algorithms(text: str) -> list[str]:
+    """``all`` or a comma-separated list of registered algorithms."""
+    from pfedlora.algorithms import algorithm_names
+
+    known = algorithm_names()
+    if text.strip() == "all":
+        return known
+    names = parse_list(text, "algorithms")
+    for name in names:
+        if name not in known:
+            raise UserError(f"--algorithms: unknown algorithm {name!r}; valid: all, {', '.join(known)}")
+    return list(dict.fromkeys(names))
+
+
+def resolve_seeds(text: str) -> list[int]:
+    try:
+        return list(dict.fromkeys(int(item) for item in parse_list(text, "seeds")))
+    except ValueError:
+        raise UserError(f"--seeds expects comma-separated integers (e.g. 0,1,2), got {text!r}") from None
+
+
+def _default_runner(config: Config, out: Path, label: str) -> dict:
+    from pfedlora.federation.simulation import run
+
+    return run(config, out, overwrite=True, log=lambda _: None)
+
+
+def run_all(document: dict[str, Any], overrides: Sequence[str], algorithms: Sequence[str], seeds: Sequence[int],
+            out: Path, runner: Runner = _default_runner,
+            announce: Callable[[str], None] = print) -> list[RunRecord]:
+    """Run every (algorithm, seed) under ``out``; reuse runs already finished with the same config."""
+    configs = [(a, s, build_config(document, [*overrides, f"algorithm={a}", f"seed={s}"]))
+               for a in algorithms for s in seeds]
+    records = []
+    for index, (algorithm, seed, config) in enumerate(configs, 1):
+        run_dir = out / algorithm / f"seed{seed}"
+        label = f"[{index}/{len(configs)}] {algorithm} seed {seed}"
+        if _finished_with(run_dir, config):
+            announce(f"{label}: reusing {run_dir}")
+        else:
+            if run_dir.is_dir() and any(run_dir.iterdir()) and not (run_dir / "config.yaml").is_file():
+                raise UserError(f"{str(run_dir)!r} exists and is not a pfedlora run directory; choose another --out")
+            announce(f"{label}: running -> {run_dir}")
+            runner(config, run_dir, label)
+        records.append(load_run(run_dir))
+    return records
+
+
+def _finished_with(run_dir: Path, config: Config) -> bool:
+    try:
+        saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    except (OSError, yaml.YAMLError):
+        return False
+    return (run_dir / "summary.json").is_file() and saved == config.to_dict()
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def _ratio(baseline: float | None, value: float | None) -> float | None:
+    if baseline is None or value is None or (baseline == 0 and value == 0):
+        return None
+    return math.inf if value == 0 else baseline / value
+
+
+def _costs(summary: dict[str, Any]) -> dict[str, float]:
+    rounds = max(int(summary.get("client_rounds", 0)), 1)
+    up = summary.get("total_up_bytes", 0) / rounds
+    down = summary.get("total_down_bytes", 0) / rounds
+    return {
+        "train_flops_per_client_round": summary.get("total_train_flops", 0) / rounds,
+        "up_bytes_per_client_round": up,
+        "down_bytes_per_client_round": down,
+        "comm_bytes_per_client_round": up + down,
+        "server_flops_per_round": summary.get("server_flops_per_round", 0.0),
+    }
+
+
+def summarize_comparison(records: Sequence[RunRecord], *, target_accuracy: float | None = None,
+                         target_fraction: float = 0.9) -> dict[str, Any]:
+    """The comparison table (one row per algorithm, in the order first seen) and its target."""
+    by_algorithm: dict[str, list[RunRecord]] = {}
+    for record in records:
+        by_algorithm.setdefault(record.algorithm, []).append(record)
+    rows: dict[str, dict[str, Any]] = {}
+    for algorithm, runs in by_algorithm.items():
+        final_mean, final_std = _mean_std([r.summary["final_accuracy"] for r in runs])
+        best_mean, best_std = _mean_std([r.summary["best_accuracy"] for r in runs])
+        costs = [_costs(r.summary) for r in runs]
+        rows[algorithm] = {
+            "algorithm": algorithm,
+            "seeds": " ".join(str(r.seed) for r in runs),
+            "final_acc_mean": final_mean, "final_acc_std": final_std,
+            "best_acc_mean": best_mean, "best_acc_std": best_std,
+            **{key: statistics.fmean(c[key] for c in costs) for key in costs[0]},
+        }
+    baselines = [name for name in rows if name != PROPOSED]
+    best_baseline = max(baselines, key=lambda name: rows[name]["final_acc_mean"]) if baselines else None
+    if target_accuracy is None:
+        reference = best_baseline or max(rows, key=lambda name: rows[name]["final_acc_mean"])
+        target_accuracy = target_fraction * rows[reference]["final_acc_mean"]
+        target_rule = f"{target_fraction:g} × final accuracy of {reference}"
+    else:
+        target_rule = "absolute"
+
+    for algorithm, runs in by_algorithm.items():
+        row = rows[algorithm]
+        reached = [hit for hit in (time_to_target(r.history, target_accuracy) for r in runs) if hit is not None]
+        row["target_reached"] = f"{len(reached)}/{len(runs)}"
+        row["rounds_to_target"] = statistics.fmean(h["round"] for h in reached) if reached else None
+        row["flops_to_target"] = statistics.fmean(h["flops"] for h in reached) if reached else None
+        row["bytes_to_target"] = statistics.fmean(h["bytes"] for h in reached) if reached else None
+
+    for row in rows.values():
+        base = rows[best_baseline] if best_baseline is not None else None
+        row["is_best_baseline"] = row["algorithm"] == best_baseline
+        row["delta_to_best_baseline"] = row["final_acc_mean"] - base["final_acc_mean"] if base else None
+        for factor, cost in (("compute_reduction_x", "train_flops_per_client_round"),
+                             ("comm_reduction_x", "comm_bytes_per_client_round"),
+                             ("flops_to_target_reduction_x", "flops_to_target"),
+                             ("bytes_to_target_reduction_x", "bytes_to_target")):
+            row[factor] = _ratio(base[cost], row[cost]) if base else None
+    return {"rows": list(rows.values()), "best_baseline": best_baseline,
+            "target_accuracy": target_accuracy, "target_rule": target_rule}
+
+
+CSV_COLUMNS = [
+    "algorithm", "seeds", "final_acc_mean", "final_acc_std", "best_acc_mean", "best_acc_std",
+    "delta_to_best_baseline", "train_flops_per_client_round", "up_bytes_per_client_round",
+    "down_bytes_per_client_round", "comm_bytes_per_client_round", "server_flops_per_round",
+    "target_reached", "rounds_to_target", "flops_to_target", "bytes_to_target",
+    "compute_reduction_x", "comm_reduction_x", "flops_to_target_reduction_x", "bytes_to_target_reduction_x",
+    "is_best_baseline",
+]
+
+
+def write_comparison_csv(table: dict[str, Any], path: Path) -> None:
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=[*CSV_COLUMNS, "target_accuracy"])
+        writer.writeheader()
+        for row in table["rows"]:
+            writer.writerow({**{k: ("" if row[k] is None else row[k]) for k in CSV_COLUMNS},
+                             "target_accuracy": table["target_accuracy"]})
+
+
+def human(value: float | None, unit: str) -> str:
+    """``1.23 GFLOP``, ``54.8 kB``: SI prefixes."""
+    if value is None:
+        return "–"
+    for prefix, scale in (("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(value) >= scale:
+            return f"{value / scale:.3g} {prefix}{unit}"
+    return f"{value:.3g} {unit}"
+
+
+def _factor(value: float | None) -> str:
+    if value is None:
+        return "–"
+    return "∞" if math.isinf(value) else f"{value:.2f}×"
+
+
+def comparison_markdown(table: dict[str, Any], title: str = "Comparison") -> str:
+    best = table["best_baseline"]
+    lines = [
+        f"# {title}", "",
+        f"Best baseline: **{best}** (highest mean final accuracy among the compared algorithms other than "
+        f"{PROPOSED})." if best else f"Only {PROPOSED} compared: no baseline, so no Δ and no reduction factors.",
+        f"Target accuracy: **{table['target_accuracy']:.2f}%** ({table['target_rule']}).", "",
+        "Accuracy in percent, mean ± std over seeds. Per client per round: client training FLOPs and "
+        "uploaded + downloaded bytes, divided by the number of client-rounds. To target: cumulative "
+        "FLOPs (training + server) and bytes (up + down) when the mean accuracy first reaches the target, "
+        "mean over the seeds that reach it. × = best baseline's cost / the algorithm's cost.", "",
+        "| algorithm | final acc | best acc | Δ | compute / client / round | comm / client / round "
+        "| rounds to target | FLOPs to target | bytes to target | compute × | comm × | FLOPs-to-target × "
+        "| bytes-to-target × |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in table["rows"]:
+        name = f"**{row['algorithm']}**" if row["algorithm"] == PROPOSED else row["algorithm"]
+        if row["is_best_baseline"]:
+            name += " (best baseline)"
+        delta = "–" if row["delta_to_best_baseline"] is None else f"{row['delta_to_best_baseline']:+.2f}"
+        rounds = "–" if row["rounds_to_target"] is None else f"{row['rounds_to_target']:.1f}"
+        rounds += f" ({row['target_reached']})"
+        lines.append(
+            f"| {name} | {row['final_acc_mean']:.2f} ± {row['final_acc_std']:.2f} "
+            f"| {row['best_acc_mean']:.2f} ± {row['best_acc_std']:.2f} | {delta} "
+            f"| {human(row['train_flops_per_client_round'], 'FLOP')} | {human(row['comm_bytes_per_client_round'], 'B')} "
+            f"| {rounds} | {human(row['flops_to_target'], 'FLOP')} | {human(row['bytes_to_target'], 'B')} "
+            f"| {_factor(row['compute_reduction_x'])} | {_factor(row['comm_reduction_x'])} "
+            f"| {_factor(row['flops_to_target_reduction_x'])} | {_factor(row['bytes_to_target_reduction_x'])} |"
+        )
+    lines += ["", "Numbers: `comparison.csv`. Plots: [report.md](report.md).", ""]
+    return "\n".join(lines)
+
+
+def compare(document: dict[str, Any], overrides: Sequence[str], algorithms: Sequence[str], seeds: Sequence[int],
+            out: str | Path, *, target_accuracy: float | None = None, target_fraction: float = 0.9,
+            runner: Runner = _default_runner, announce: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run, tabulate and report; writes comparison.md, comparison.csv and report.md under ``out``."""
+    from pfedlora.metrics.report import write_report
+
+    if not 0 < target_fraction <= 1:
+        raise UserError(f"--target-fraction must be in (0, 1], got {target_fraction}")
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"output path {str(out)!r} exists and is not a directory")
+    out.mkdir(parents=True, exist_ok=True)
+    records = run_all(document, overrides, algorithms, seeds, out, runner=runner, announce=announce)
+    if target_accuracy is None:  # the config's target_accuracy, if any
+        target_accuracy = build_config(document, list(overrides)).target_accuracy
+    table = summarize_comparison(records, target_accuracy=target_accuracy, target_fraction=target_fraction)
+    write_comparison_csv(table, out / "comparison.csv")
+    write_atomic(out / "comparison.md", comparison_markdown(table))
+    write_report([r.path for r in records], out, title="Comparison runs")
+    return table

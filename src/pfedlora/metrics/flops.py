@@ -1,0 +1,182 @@
+"""Measured FLOPs: training steps, evaluation forwards and server-side work.
+
+Counts come from :class:`torch.utils.flop_counter.FlopCounterMode`, which counts the matrix
+products and convolutions torch actually executes (2 FLOPs per multiply-accumulate, forward and
+backward separately; elementwise ops, pooling and the loss are not counted). Counting one step
+costs a little, so a count is cached per key and multiplied by the number of steps. The key must
+capture everything the count depends on:
+
+* the module's structure (module types, their non-tensor attributes such as stride or placement,
+  parameter shapes),
+* which parameters are trainable (freezing removes weight-gradient products from the backward),
+* the loss function, including the structure of any module or tensor it closes over
+  (a distillation teacher, prototypes),
+* the batch shape and dtype.
+
+Server FLOPs (:func:`count_server_flops`) also count elementwise arithmetic (add, mul, div,
+sums, one FLOP per output element), because aggregation is elementwise: a FedAvg mean would
+otherwise cost 0; and SVDs (Golub & Van Loan's 4mn^2 + 22n^3), which the counter skips.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+# key -> FLOPs of one forward+backward (training) or one forward (evaluation)
+_STEP_CACHE: dict[tuple, int] = {}
+_FORWARD_CACHE: dict[tuple, int] = {}
+
+
+def module_signature(module: nn.Module) -> tuple:
+    """The structure of ``module``: what its FLOP count depends on, not its weights."""
+    parts: list[tuple] = []
+    for name, sub in module.named_modules():
+        attrs = tuple(sorted(
+            (key, value) for key, value in vars(sub).items()
+            if not key.startswith("_") and key != "training" and isinstance(value, (int, float, str, bool, tuple))
+        ))
+        parts.append((name, type(sub).__qualname__, attrs))
+    parts.extend((name, tuple(p.shape), str(p.dtype)) for name, p in module.named_parameters())
+    return tuple(parts)
+
+
+def _value_signature(value: Any, depth: int = 0) -> Any:
+    if isinstance(value, nn.Module):
+        grads = tuple(p.requires_grad for p in value.parameters())
+        return ("module", module_signature(value), grads)
+    if isinstance(value, torch.Tensor):
+        return ("tensor", tuple(value.shape), str(value.dtype), value.requires_grad)
+    if isinstance(value, (int, float, str, bool, type(None))):
+        return value
+    if depth < 3 and isinstance(value, (list, tuple)):
+        return tuple(_value_signature(v, depth + 1) for v in value)
+    if depth < 3 and isinstance(value, dict):
+        return tuple(sorted((str(k), _value_signature(v, depth + 1)) for k, v in value.items()))
+    if depth < 3 and callable(value):
+        return callable_signature(value, depth + 1)
+    return type(value).__qualname__
+
+
+def callable_signature(fn: Callable, depth: int = 0) -> tuple:
+    """A loss function's identity: its code plus the structure of what it closes over."""
+    if isinstance(fn, functools.partial):
+        return ("partial", callable_signature(fn.func, depth + 1),
+                tuple(_value_signature(a, depth + 1) for a in fn.args),
+                tuple(sorted((k, _value_signature(v, depth + 1)) for k, v in fn.keywords.items())))
+    if isinstance(fn, nn.Module):
+        return _value_signature(fn, depth)
+    bound_self = getattr(fn, "__self__", None)
+    code = getattr(fn, "__code__", None)
+    cells = getattr(fn, "__closure__", None) or ()
+    captured = []
+    for cell in cells:
+        try:
+            captured.append(_value_signature(cell.cell_contents, depth + 1))
+        except ValueError:  # an empty cell
+            captured.append(None)
+    owner = _value_signature(bound_self, depth + 1) if bound_self is not None else None
+    name = getattr(fn, "__qualname__", type(fn).__qualname__)
+    where = (code.co_filename, code.co_firstlineno) if code is not None else None
+    return (name, where, owner, tuple(captured))
+
+
+def step_key(module: nn.Module, trainable: Iterable[nn.Parameter], loss_fn: Callable,
+             x: torch.Tensor, y: torch.Tensor) -> tuple:
+    trainable_ids = {id(p) for p in trainable}
+    own = [p for p in module.parameters()]
+    mask = tuple(id(p) in trainable_ids for p in own)
+    own_ids = {id(p) for p in own}
+    # trainable parameters outside ``module`` (used by loss_fn), by shape
+    outside = tuple(sorted(tuple(p.shape) for p in trainable if id(p) not in own_ids)) if trainable_ids - own_ids else ()
+    return (module_signature(module), mask, outside, callable_signature(loss_fn),
+            tuple(x.shape), str(x.dtype), tuple(y.shape), str(y.dtype), x.device.type)
+
+
+def cached_step_flops(key: tuple) -> int | None:
+    return _STEP_CACHE.get(key)
+
+
+def store_step_flops(key: tuple, flops: int) -> None:
+    _STEP_CACHE[key] = int(flops)
+
+
+def counting() -> FlopCounterMode:
+    """A silent FLOP counter (matrix products and convolutions)."""
+    return FlopCounterMode(display=False)
+
+
+def forward_flops(model: nn.Module, x: torch.Tensor) -> int:
+    """FLOPs of ``model(x)`` in inference mode, cached per (structure, input shape)."""
+    key = (module_signature(model), tuple(x.shape), str(x.dtype), x.device.type)
+    if key not in _FORWARD_CACHE:
+        was_training = model.training
+        model.eval()
+        with torch.inference_mode(), counting() as counter:
+            model(x)
+        model.train(was_training)
+        _FORWARD_CACHE[key] = int(counter.get_total_flops())
+    return _FORWARD_CACHE[key]
+
+
+def evaluation_flops(model: nn.Module, x: torch.Tensor, batch_size: int) -> int:
+    """FLOPs of evaluating ``model`` on ``x`` in batches of ``batch_size`` (as ``accuracy`` does)."""
+    n = int(x.shape[0])
+    if n == 0:
+        return 0
+    full, rest = divmod(n, batch_size)
+    total = full * forward_flops(model, x[:batch_size]) if full else 0
+    if rest:
+        total += forward_flops(model, x[:rest])
+    return total
+
+
+def _numel(shape: Any) -> int:
+    return math.prod(shape) if isinstance(shape, (tuple, list, torch.Size)) else 1
+
+
+def _elementwise(*args: Any, out_shape: Any = None, **kwargs: Any) -> int:
+    return _numel(out_shape) if out_shape is not None else 0
+
+
+def _reduction(*args: Any, out_shape: Any = None, **kwargs: Any) -> int:
+    # one add per input element
+    return _numel(args[0]) if args else 0
+
+
+def _svd(shape: Any, *args: Any, out_shape: Any = None, **kwargs: Any) -> int:
+    # Golub & Van Loan's count for a thin SVD with U and V of an m x n matrix (m >= n):
+    # 4 m n^2 + 22 n^3, per matrix in the batch.
+    *batch, rows, cols = shape
+    m, n = max(rows, cols), min(rows, cols)
+    return math.prod(batch) * (4 * m * n * n + 22 * n ** 3)
+
+
+_aten = torch.ops.aten
+ELEMENTWISE_FLOPS: dict[Any, Callable[..., int]] = {
+    **{op: _elementwise for op in (
+        _aten.add, _aten.add_, _aten.sub, _aten.sub_, _aten.mul, _aten.mul_, _aten.div, _aten.div_,
+        _aten.addcmul, _aten.addcmul_, _aten.addcdiv, _aten.addcdiv_, _aten.lerp, _aten.lerp_,
+        _aten.neg, _aten.exp, _aten.log, _aten.sqrt, _aten.pow, _aten.maximum, _aten.minimum)},
+    **{op: _reduction for op in (_aten.sum, _aten.mean, _aten.linalg_vector_norm, _aten.norm)},
+    _aten._linalg_svd: _svd,
+}
+
+
+def count_server_flops(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[Any, int]:
+    """``(fn(*args, **kwargs), FLOPs)``: matrix products, convolutions, SVDs' matmuls and
+    elementwise arithmetic executed by ``fn`` (the server's aggregation)."""
+    with FlopCounterMode(display=False, custom_mapping=ELEMENTWISE_FLOPS) as counter:
+        result = fn(*args, **kwargs)
+    return result, int(counter.get_total_flops())
+
+
+def clear_caches() -> None:
+    _STEP_CACHE.clear()
+    _FORWARD_CACHE.clear()

@@ -1,0 +1,88 @@
+"""Comparison table: Δ, reduction factors and time-to-target; the compare command end to end."""
+
+import csv
+import math
+from pathlib import Path
+
+import pytest
+
+from pfedlora.cli import main
+from pfedlora.errors import UserError
+from pfedlora.metrics.compare import RunRecord, resolve_algorithms, summarize_comparison
+
+
+def _record(algorithm, seed, accs, flops_per_round, bytes_per_round, clients=2):
+    history, flops, sent = [], 0, 0
+    for round_index, acc in enumerate(accs, 1):
+        flops += flops_per_round
+        sent += bytes_per_round
+        history.append({"round": round_index, "mean_acc": acc, "cum_train_flops": flops, "cum_server_flops": 0,
+                        "cum_up_bytes": sent / 2, "cum_down_bytes": sent / 2})
+    rounds = len(accs)
+    summary = {"algorithm": algorithm, "seed": seed, "final_accuracy": accs[-1], "best_accuracy": max(accs),
+               "client_rounds": clients * rounds, "total_train_flops": flops, "total_up_bytes": sent / 2,
+               "total_down_bytes": sent / 2, "server_flops_per_round": 0.0}
+    return RunRecord(algorithm, seed, Path(f"{algorithm}-{seed}"), summary, history)
+
+
+def test_reduction_factors_delta_and_time_to_target_on_synthetic_histories():
+    records = [
+        _record("pfedlora", 0, [50, 80, 90], flops_per_round=100, bytes_per_round=10),
+        _record("pfedlora", 1, [60, 70, 80], flops_per_round=100, bytes_per_round=10),
+        _record("fedkd", 0, [40, 60, 70], flops_per_round=1200, bytes_per_round=80),
+        _record("fedkd", 1, [40, 50, 70], flops_per_round=1200, bytes_per_round=80),
+        _record("fd", 0, [30, 40, 50], flops_per_round=50, bytes_per_round=1),
+    ]
+    table = summarize_comparison(records, target_fraction=0.9)
+    rows = {row["algorithm"]: row for row in table["rows"]}
+    assert table["best_baseline"] == "fedkd" and rows["fedkd"]["is_best_baseline"]
+    assert table["target_accuracy"] == pytest.approx(63.0)  # 0.9 x fedkd's final 70
+    ours = rows["pfedlora"]
+    assert ours["final_acc_mean"] == 85 and ours["final_acc_std"] == pytest.approx(math.sqrt(50))
+    assert ours["best_acc_mean"] == 85 and ours["delta_to_best_baseline"] == 15
+    # per client per round: 100 FLOPs / 2 clients vs 1200 / 2
+    assert ours["train_flops_per_client_round"] == 50 and ours["comm_bytes_per_client_round"] == 5
+    assert ours["compute_reduction_x"] == pytest.approx(12.0) and ours["comm_reduction_x"] == pytest.approx(8.0)
+    # pfedlora reaches 63% in round 2 (both seeds): 200 FLOPs, 20 bytes; fedkd in round 3: 3600, 240
+    assert ours["rounds_to_target"] == 2 and ours["flops_to_target"] == 200 and ours["bytes_to_target"] == 20
+    assert ours["flops_to_target_reduction_x"] == pytest.approx(18.0)
+    assert ours["bytes_to_target_reduction_x"] == pytest.approx(12.0)
+    assert rows["fedkd"]["compute_reduction_x"] == 1.0 and rows["fedkd"]["delta_to_best_baseline"] == 0
+    assert rows["fd"]["target_reached"] == "0/1" and rows["fd"]["flops_to_target_reduction_x"] is None
+    assert rows["fd"]["compute_reduction_x"] == pytest.approx(24.0)
+
+    absolute = summarize_comparison(records, target_accuracy=85.0)
+    assert absolute["target_accuracy"] == 85.0 and absolute["target_rule"] == "absolute"
+    assert {r["algorithm"]: r["target_reached"] for r in absolute["rows"]}["pfedlora"] == "1/2"
+
+    alone = summarize_comparison(records[:2])
+    assert alone["best_baseline"] is None and alone["rows"][0]["compute_reduction_x"] is None
+    assert alone["rows"][0]["delta_to_best_baseline"] is None
+
+
+def test_algorithm_list_validation():
+    assert resolve_algorithms("all")[0] == "pfedlora"
+    with pytest.raises(UserError, match="unknown algorithm 'nope'"):
+        resolve_algorithms("pfedlora,nope")
+
+
+def test_compare_command_runs_seeds_writes_tables_and_report_and_reuses_runs(tmp_path, capsys):
+    out = tmp_path / "cmp"
+    args = ["compare", "--algorithms", "pfedlora", "--seeds", "0,1", "--set", "num_clients=2", "--set", "rounds=2",
+            "--set", "model_pool=[cnn5]", "--set", "partition.kind=iid", "--set", "train.batch_size=256",
+            "--out", str(out)]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "[1/2] pfedlora seed 0" in printed and "[2/2] pfedlora seed 1" in printed
+    for name in ("comparison.md", "comparison.csv", "report.md", "accuracy_vs_round.png", "accuracy_vs_bytes.png",
+                 "accuracy_vs_flops.png", "client_accuracy.png"):
+        assert (out / name).is_file(), name
+    assert (out / "pfedlora" / "seed1" / "summary.json").is_file()
+    with open(out / "comparison.csv", newline="") as handle:
+        (row,) = list(csv.DictReader(handle))
+    assert row["algorithm"] == "pfedlora" and row["seeds"] == "0 1" and float(row["train_flops_per_client_round"]) > 0
+    assert row["compute_reduction_x"] == ""  # no baseline compared
+    assert "Only pfedlora compared" in (out / "comparison.md").read_text()
+    # a second invocation reuses the finished runs
+    assert main(args) == 0
+    assert "reusing" in capsys.readouterr().out

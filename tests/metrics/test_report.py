@@ -1,0 +1,41 @@
+"""``pfedlora report`` writes valid PNG plots and a report.md embedding them."""
+
+import json
+
+import pytest
+from PIL import Image
+
+from pfedlora.cli import main
+from pfedlora.metrics.run_dir import MetricsWriter
+
+
+def _fake_run(path, algorithm, bytes_per_round):
+    path.mkdir()
+    writer = MetricsWriter(path / "metrics.csv")
+    for round_index in (1, 2, 3):
+        writer.write({"round": round_index, "mean_acc": 30.0 + 10 * round_index, "std_acc": 1.0,
+                      "cum_up_bytes": bytes_per_round * round_index, "cum_down_bytes": bytes_per_round * round_index,
+                      "cum_train_flops": 1000 * round_index, "cum_server_flops": 10 * round_index})
+    (path / "summary.json").write_text(json.dumps({
+        "algorithm": algorithm, "seed": 0, "final_accuracy": 60.0, "best_accuracy": 60.0,
+        "client_accuracies": [50.0, 60.0, 70.0], "total_train_flops": 3000, "total_up_bytes": 3 * bytes_per_round}))
+    return path
+
+
+def test_report_writes_valid_pngs_and_markdown(tmp_path, capsys):
+    runs = [_fake_run(tmp_path / "a", "pfedlora", 100), _fake_run(tmp_path / "b", "standalone", 0)]
+    out = tmp_path / "report"
+    assert main(["report", str(runs[0]), str(runs[1]), "--out", str(out)]) == 0
+    markdown = (out / "report.md").read_text()
+    for name in ("accuracy_vs_round.png", "accuracy_vs_bytes.png", "accuracy_vs_flops.png", "client_accuracy.png"):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        with Image.open(out / name) as image:
+            image.verify()
+        assert f"({name})" in markdown
+    # the run that sends nothing cannot sit on a log-bytes axis and is named instead
+    assert "Not plotted (no bytes recorded or all zero): standalone seed 0" in markdown
+
+
+def test_report_on_a_missing_run_is_a_user_error(tmp_path, capsys):
+    assert main(["report", str(tmp_path / "nothing")]) == 2
+    assert "not a finished run directory" in capsys.readouterr().err
