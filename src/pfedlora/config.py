@@ -21,11 +21,17 @@ class _Section(BaseModel):
 
 
 class DatasetConfig(_Section):
-    name: Literal["digits", "cifar10", "cifar100"] = "digits"
+    name: Literal["digits", "cifar10", "cifar100", "trec", "sst2", "sst5", "text_csv", "text_folder"] = "digits"
     path: str | None = None
     cache_dir: str | None = None
     download: bool = False
     augment: bool = False
+    # text datasets (see pfedlora.data.text)
+    tokenizer: str = "minilm"
+    max_length: int = Field(default=32, ge=4, le=512)
+    # any dataset: keep a seeded random subset (small CPU budgets, tests)
+    max_train_samples: int | None = Field(default=None, ge=1)
+    max_test_samples: int | None = Field(default=None, ge=1)
 
 
 class PartitionConfig(_Section):
@@ -58,7 +64,7 @@ class AdapterConfig(_Section):
     reference: str | None = None
     construction: Literal["reduced", "factorized"] = "reduced"
     rank: int = Field(default=16, ge=1)
-    placement: Literal["branch", "head"] = "branch"
+    placement: Literal["branch", "head", "lora"] = "branch"
     mu: float = Field(default=0.5, ge=0, le=1)
     schedule: Literal["iterative", "synchronous"] = "iterative"
 
@@ -123,7 +129,26 @@ class Config(_Section):
                 raise ValueError(
                     f"adapter.reference: unknown model {self.adapter.reference!r}; valid: {', '.join(model_names())}"
                 )
+        self._text_consistent()
         return self
+
+    def _text_consistent(self) -> None:
+        """Text datasets need text models (and vice versa); LoRA placement needs pretrained encoders."""
+        from pfedlora.data.text import TEXT_DATASETS
+        from pfedlora.models.text import TEXT_MODEL_SPECS
+
+        archs = list(dict.fromkeys(self.model_pool + (self.client_models or [])))
+        is_text = self.dataset.name in TEXT_DATASETS
+        wrong = [a for a in archs if (a in TEXT_MODEL_SPECS) != is_text]
+        if wrong:
+            kind = "text" if is_text else "image"
+            valid = sorted(TEXT_MODEL_SPECS) if is_text else [m for m in DEFAULT_POOL]
+            raise ValueError(f"model {wrong[0]!r} does not fit the {kind} dataset {self.dataset.name!r}; valid: {', '.join(valid)}")
+        if self.adapter.placement == "lora":
+            pretrained = sorted(n for n, spec in TEXT_MODEL_SPECS.items() if spec.pretrained)
+            bad = [a for a in archs if a not in pretrained]
+            if bad:
+                raise ValueError(f"adapter.placement lora needs pretrained text encoders ({', '.join(pretrained)}) in the pool, got {bad[0]!r}")
 
     def client_model(self, client_id: int) -> str:
         """The local model architecture of client ``client_id``."""
