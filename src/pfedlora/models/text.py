@@ -94,13 +94,13 @@ def _bert_config(spec: TextModelSpec, text: TextSpec):
     if spec.pretrained:
         base = _pretrained()[0].to_dict()
         base.update(num_hidden_layers=spec.num_layers)
-    if spec.pretrained or spec.frozen_embeddings:
-        # the token table is replaced by the shared frozen one: do not allocate a random one first
-        base.update(vocab_size=1, pad_token_id=0)
     else:
         base = dict(vocab_size=text.vocab_size, hidden_size=spec.hidden, num_hidden_layers=spec.num_layers,
                     num_attention_heads=spec.heads, intermediate_size=spec.intermediate,
                     max_position_embeddings=max(text.max_length, 8), pad_token_id=text.pad_id)
+    if spec.pretrained or spec.frozen_embeddings:
+        # the token table is replaced by the shared frozen one: do not allocate a random one first
+        base.update(vocab_size=1, pad_token_id=0)
     base.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     config = BertConfig(**base)
     config._attn_implementation = "sdpa"
