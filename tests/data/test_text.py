@@ -150,7 +150,7 @@ def test_subsample_is_seeded(tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(not SHARED.is_file(), reason=f"shared data absent: {SHARED}")
-@pytest.mark.parametrize("name, train, test, classes", [("trec", 5452, 500, 6), ("sst2", 6920, 1821, 2)])
+@pytest.mark.parametrize("name, train, test, classes", [("trec", 5452, 500, 6), ("sst2", 6920, 1821, 2), ("sst5", 8544, 2210, 5)])
 def test_shared_sentence_classification(tmp_path: Path, name: str, train: int, test: int, classes: int) -> None:
     data = _load(name, SHARED, tmp_path, max_length=32)
     assert data.train_x.shape == (train, 32) and data.test_x.shape == (test, 32)

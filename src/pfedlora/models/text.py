@@ -89,6 +89,7 @@ def frozen_token_embeddings() -> torch.Tensor:
 
 
 def _bert_config(spec: TextModelSpec, text: TextSpec):
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is ever fetched from the hub
     from transformers import BertConfig
 
     if spec.pretrained:
