@@ -21,7 +21,7 @@ class _Section(BaseModel):
 
 
 class DatasetConfig(_Section):
-    name: Literal["digits", "cifar10", "cifar100"] = "digits"
+    name: Literal["digits", "cifar10", "cifar100", "trec", "sst2", "sst5", "text_csv", "text_folder"] = "digits"
     path: str | None = None
     cache_dir: str | None = None
     download: bool = False
@@ -31,6 +31,12 @@ class DatasetConfig(_Section):
     noise_kind: Literal["symmetric", "pair"] = "symmetric"
     # > 0: evaluate on a validation split carved from each client's training data (for tuning)
     validation_fraction: float = Field(default=0.0, ge=0, le=0.5)
+    # text datasets (see pfedlora.data.text)
+    tokenizer: str = "minilm"
+    max_length: int = Field(default=32, ge=4, le=512)
+    # any dataset: keep a seeded random subset (small CPU budgets, tests)
+    max_train_samples: int | None = Field(default=None, ge=1)
+    max_test_samples: int | None = Field(default=None, ge=1)
 
 
 class PartitionConfig(_Section):
@@ -64,7 +70,7 @@ class AdapterConfig(_Section):
     reference: str | None = None
     construction: Literal["reduced", "factorized"] = "reduced"
     rank: int = Field(default=16, ge=1)
-    placement: Literal["branch", "head"] = "branch"
+    placement: Literal["branch", "head", "lora"] = "branch"
     mu: float = Field(default=0.5, ge=0, le=1)
     schedule: Literal["iterative", "synchronous"] = "iterative"
 
@@ -238,6 +244,7 @@ class Config(_Section):
                     f"adapter.reference: unknown model {self.adapter.reference!r}; valid: {', '.join(model_names())}"
                 )
         self._check_baselines()
+        self._text_consistent()
         return self
 
     def _check_baselines(self) -> None:
@@ -253,6 +260,24 @@ class Config(_Section):
                     f"fedavg needs one architecture for every client, got {', '.join(archs)}; "
                     "set e.g. model_pool=[cnn5]"
                 )
+
+    def _text_consistent(self) -> None:
+        """Text datasets need text models (and vice versa); LoRA placement needs pretrained encoders."""
+        from pfedlora.data.text import TEXT_DATASETS
+        from pfedlora.models.text import TEXT_MODEL_SPECS
+
+        archs = list(dict.fromkeys(self.model_pool + (self.client_models or [])))
+        is_text = self.dataset.name in TEXT_DATASETS
+        wrong = [a for a in archs if (a in TEXT_MODEL_SPECS) != is_text]
+        if wrong:
+            kind = "text" if is_text else "image"
+            valid = sorted(TEXT_MODEL_SPECS) if is_text else [m for m in DEFAULT_POOL]
+            raise ValueError(f"model {wrong[0]!r} does not fit the {kind} dataset {self.dataset.name!r}; valid: {', '.join(valid)}")
+        if self.adapter.placement == "lora":
+            pretrained = sorted(n for n, spec in TEXT_MODEL_SPECS.items() if spec.pretrained)
+            bad = [a for a in archs if a not in pretrained]
+            if bad:
+                raise ValueError(f"adapter.placement lora needs pretrained text encoders ({', '.join(pretrained)}) in the pool, got {bad[0]!r}")
 
     def client_model(self, client_id: int) -> str:
         """The local model architecture of client ``client_id``."""

@@ -90,9 +90,12 @@ class FederationContext:
     Modules are cached per architecture so loading a client's state does not rebuild a model.
     """
 
-    def __init__(self, config: Config, input_shape: tuple[int, int, int], num_classes: int, device: torch.device):
+    def __init__(self, config: Config, input_shape: tuple[int, ...], num_classes: int, device: torch.device,
+                 text: object | None = None):
         self.config = config
         self.input_shape = input_shape
+        # text datasets: the TextSpec (vocab size, max length, pad id) text models are built from
+        self.text = text
         self.num_classes = num_classes
         self.device = device
         self._module_cache: dict[str, nn.Module] = {}
@@ -119,7 +122,7 @@ class FederationContext:
         """A freshly initialised model, deterministic in ``seed``."""
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            model = build_model(arch, self.in_channels, self.num_classes, self.image_size)
+            model = build_model(arch, self.in_channels, self.num_classes, self.image_size, text=self.text)
         return model.to(self.device)
 
     def cached_module(self, key: object, factory: Callable[[], nn.Module]) -> nn.Module:

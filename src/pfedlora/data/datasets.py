@@ -52,10 +52,14 @@ class ArrayDataset:
     test_y: torch.Tensor
     num_classes: int
     class_names: list[str]
+    # text datasets: token ids [N, max_length] plus what text models need (see pfedlora.data.text)
+    text: Any = None
 
     @property
-    def input_shape(self) -> tuple[int, int, int]:
-        """(channels, height, width) of one image."""
+    def input_shape(self) -> tuple[int, ...]:
+        """(channels, height, width) of one image; (max_length,) for text."""
+        if self.text is not None:
+            return (int(self.train_x.shape[1]),)
         c, h, w = self.train_x.shape[1:]
         return int(c), int(h), int(w)
 
@@ -112,18 +116,42 @@ def load_dataset(
     cache_dir: str | os.PathLike[str] | None = None,
     download: bool = False,
     seed: int = 0,
+    tokenizer: str = "minilm",
+    max_length: int = 32,
+    max_train_samples: int | None = None,
+    max_test_samples: int | None = None,
 ) -> ArrayDataset:
     """Load ``digits``, ``cifar10`` or ``cifar100`` as a normalized :class:`ArrayDataset`.
 
     ``path`` is required for CIFAR (ignored for digits). ``seed`` only affects the digits
     train/test split; CIFAR uses its official split.
     """
+    from pfedlora.data.text import TEXT_DATASETS, is_text_dataset, load_text_dataset
+
     key = str(name).lower().replace("-", "").replace("_", "")
     if key == "digits":
-        return _load_digits(seed)
-    if key in _SPECS:
-        return _load_cifar(_SPECS[key], path, cache_dir, download)
-    raise UserError(f"unknown dataset.name {name!r}; accepted: digits, cifar10, cifar100")
+        dataset = _load_digits(seed)
+    elif key in _SPECS:
+        dataset = _load_cifar(_SPECS[key], path, cache_dir, download)
+    elif is_text_dataset(name):
+        dataset = load_text_dataset(name, path, cache_dir=cache_dir, tokenizer=tokenizer, max_length=max_length)
+    else:
+        raise UserError(f"unknown dataset.name {name!r}; accepted: digits, cifar10, cifar100, {', '.join(TEXT_DATASETS)}")
+    return subsample(dataset, max_train_samples, max_test_samples, seed)
+
+
+def subsample(dataset: ArrayDataset, max_train: int | None, max_test: int | None, seed: int) -> ArrayDataset:
+    """Keep a seeded random subset of at most ``max_train`` / ``max_test`` examples (order kept)."""
+    def pick(x: torch.Tensor, y: torch.Tensor, limit: int | None, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        if limit is None or limit >= len(y):
+            return x, y
+        rng = np.random.default_rng(np.random.SeedSequence([seed, len(y), 1 if split == "train" else 2]))
+        index = torch.from_numpy(np.sort(rng.choice(len(y), size=limit, replace=False)))
+        return x[index], y[index]
+
+    dataset.train_x, dataset.train_y = pick(dataset.train_x, dataset.train_y, max_train, "train")
+    dataset.test_x, dataset.test_y = pick(dataset.test_x, dataset.test_y, max_test, "test")
+    return dataset
 
 
 # --------------------------------------------------------------------------- digits

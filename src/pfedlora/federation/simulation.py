@@ -81,6 +81,10 @@ class Federation:
             cache_dir=config.dataset.cache_dir,
             download=config.dataset.download,
             seed=config.seed,
+            tokenizer=config.dataset.tokenizer,
+            max_length=config.dataset.max_length,
+            max_train_samples=config.dataset.max_train_samples,
+            max_test_samples=config.dataset.max_test_samples,
         )
         splits = partition_clients(
             dataset.train_y.numpy(),
@@ -97,7 +101,8 @@ class Federation:
             seed=config.seed,
         )
         clients = [client_data(config, dataset, k, split, device) for k, split in enumerate(splits)]
-        context = FederationContext(config, dataset.input_shape, dataset.num_classes, device)
+        context = FederationContext(config, dataset.input_shape, dataset.num_classes, device,
+                                    text=dataset.text)
         counts = partition_counts(splits, dataset.train_y.numpy(), dataset.test_y.numpy(), dataset.num_classes)
         return cls(config, dataset, clients, context, get_algorithm(config.algorithm), counts)
 

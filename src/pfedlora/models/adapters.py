@@ -24,6 +24,7 @@ import math
 import torch
 from torch import nn
 
+from pfedlora.errors import UserError
 from pfedlora.models.cnn import CNN, CNN_SPECS, CNNSpec
 from pfedlora.models.registry import build_model
 
@@ -83,13 +84,25 @@ def build_adapter(
     in_channels: int,
     num_classes: int,
     image_size: int = 32,
+    text: object | None = None,
 ) -> nn.Module:
-    """Build the adapter; the same arguments give the same architecture on every client."""
+    """Build the adapter; the same arguments give the same architecture on every client.
+
+    On text (``text`` is the dataset's TextSpec) the ``branch`` adapter is a one-layer transformer
+    of width ``rank`` (see :func:`pfedlora.models.text.branch_adapter_spec`); ``lora`` placement is
+    built by :func:`inject_lora` instead.
+    """
     if placement == "head":
-        representation_dim = getattr(build_model(reference, in_channels, num_classes, image_size), "representation_dim")
+        representation_dim = getattr(build_model(reference, in_channels, num_classes, image_size, text=text), "representation_dim")
         return HeadLoRA(representation_dim, num_classes, rank)
     if placement != "branch":
         raise ValueError(f"unknown adapter placement {placement!r}; valid: branch, head")
+    if text is not None:
+        if construction != "reduced":
+            raise UserError(f"adapter.construction {construction!r} is for CNN pools; on text the branch adapter is 'reduced'")
+        from pfedlora.models.text import TextClassifier, branch_adapter_spec
+
+        return TextClassifier(branch_adapter_spec(rank), text, num_classes, representation_dim=rank)  # type: ignore[arg-type]
     if construction == "reduced":
         if reference not in CNN_SPECS:
             raise ValueError(f"construction 'reduced' needs a CNN reference ({', '.join(CNN_SPECS)}), got {reference!r}")
@@ -114,3 +127,38 @@ class PersonalizedModel(nn.Module):
             representation = self.local_model.represent(x)
             return self.local_model.head(representation) + self.mu * self.adapter(representation)
         return (1.0 - self.mu) * self.local_model(x) + self.mu * self.adapter(x)
+
+
+# --------------------------------------------------------------------------- text: LoRA with HF PEFT
+
+LORA_TARGETS = ("query", "value")
+
+
+def lora_depth(archs: list[str]) -> int:
+    """K = the fewest encoder layers among ``archs`` (all pretrained MiniLM encoders): LoRA goes on the
+    query/value projections of layers 0..K-1, which every client has, so the adapter is homogeneous."""
+    from pfedlora.models.text import TEXT_MODEL_SPECS
+
+    pretrained = sorted(name for name, spec in TEXT_MODEL_SPECS.items() if spec.pretrained)
+    wrong = [a for a in archs if a not in pretrained]
+    if wrong:
+        raise UserError(f"adapter.placement lora needs pretrained text encoders in the pool ({', '.join(pretrained)}), got {wrong[0]!r}")
+    return min(TEXT_MODEL_SPECS[a].num_layers for a in archs)
+
+
+def inject_lora(model: nn.Module, rank: int, num_layers: int) -> nn.Module:
+    """Add PEFT LoRA (rank ``rank``, scaling alpha/r = 1, no dropout) to the query/value projections of
+    the first ``num_layers`` encoder layers of a text model, in place; B starts at zero."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    layers = "|".join(str(i) for i in range(num_layers))
+    config = LoraConfig(r=rank, lora_alpha=rank, lora_dropout=0.0, bias="none",
+                        target_modules=rf"encoder\.encoder\.layer\.({layers})\.attention\.self\.({'|'.join(LORA_TARGETS)})")
+    model = inject_adapter_in_model(config, model)
+    for p in model.parameters():  # PEFT freezes the rest; the training loop decides what trains
+        p.requires_grad_(True)
+    return model
+
+
+def is_lora_key(name: str) -> bool:
+    return ".lora_A." in name or ".lora_B." in name

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from typing import Any
+
 from torch import nn
 
+from pfedlora.errors import UserError
 from pfedlora.models.cnn import CNN, CNN_SPECS
+from pfedlora.models.text import TEXT_MODEL_SPECS
 
 ModelBuilder = Callable[[int, int, int], nn.Module]
 
@@ -20,15 +24,31 @@ MODEL_BUILDERS: dict[str, ModelBuilder] = {name: _cnn_builder(name) for name in 
 
 
 def model_names() -> list[str]:
-    return sorted(MODEL_BUILDERS)
+    return sorted(MODEL_BUILDERS) + sorted(TEXT_MODEL_SPECS)
 
 
-def build_model(name: str, in_channels: int, num_classes: int, image_size: int = 32) -> nn.Module:
-    """Build local model ``name``; it has ``represent(x)`` (B x 500) and ``head`` (500 -> classes)."""
+def is_text_model(name: str) -> bool:
+    return name in TEXT_MODEL_SPECS
+
+
+def build_model(name: str, in_channels: int, num_classes: int, image_size: int = 32, text: Any = None) -> nn.Module:
+    """Build local model ``name``; it has ``represent(x)`` (B x 500) and ``head`` (500 -> classes).
+
+    Text models (``minilm_l*``, ``tf_d*``) need ``text``, the dataset's
+    :class:`~pfedlora.data.text.TextSpec`; CNNs need image input (``text`` is None).
+    """
+    if name in TEXT_MODEL_SPECS:
+        if text is None:
+            raise UserError(f"model {name!r} is a text model but the dataset is images; use a CNN ({', '.join(sorted(MODEL_BUILDERS))})")
+        from pfedlora.models.text import build_text_model
+
+        return build_text_model(name, text, num_classes)
     try:
         builder = MODEL_BUILDERS[name]
     except KeyError:
         raise KeyError(f"unknown model {name!r}; valid: {', '.join(model_names())}") from None
+    if text is not None:
+        raise UserError(f"model {name!r} is an image model but the dataset is text; use {', '.join(sorted(TEXT_MODEL_SPECS))}")
     return builder(in_channels, num_classes, image_size)
 
 
