@@ -106,7 +106,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
             bar.close()
 
     table = compare(document, args.overrides, algorithms, seeds, out, target_accuracy=args.target,
-                    target_fraction=args.target_fraction, runner=runner)
+                    target_fraction=args.target_fraction, runner=runner,
+                    skip_incompatible=args.algorithms.strip() == "all")
     print(comparison_markdown(table))
     print(f"results: {out / 'comparison.md'}, {out / 'comparison.csv'}, {out / 'report.md'}")
     return 0

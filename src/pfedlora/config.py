@@ -291,7 +291,7 @@ class Config(_Section):
 
 def _format_error(error: ValidationError) -> str:
     first = error.errors()[0]
-    location = ".".join(str(part) for part in first["loc"]) or "config"
+    location = ".".join(str(part) for part in first["loc"])
     if first["type"] == "extra_forbidden":
         section = _section_for(first["loc"][:-1])
         valid = ", ".join(section.model_fields) if section is not None else "?"
@@ -299,7 +299,7 @@ def _format_error(error: ValidationError) -> str:
     message = first["msg"].removeprefix("Value error, ")
     got = first.get("input")
     suffix = "" if isinstance(got, dict) or got is None else f" (got {got!r})"
-    return f"config: {location}: {message}{suffix}"
+    return f"config: {location}: {message}{suffix}" if location else f"config: {message}{suffix}"
 
 
 def _section_for(location: tuple) -> type[BaseModel] | None:

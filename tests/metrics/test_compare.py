@@ -86,3 +86,18 @@ def test_compare_command_runs_seeds_writes_tables_and_report_and_reuses_runs(tmp
     # a second invocation reuses the finished runs
     assert main(args) == 0
     assert "reusing" in capsys.readouterr().out
+
+
+def test_all_skips_an_algorithm_the_setting_does_not_admit(tmp_path):
+    from pfedlora.metrics.compare import run_all
+
+    ran, said = [], []
+    document = {"num_clients": 2, "partition": {"kind": "iid"}, "model_pool": ["cnn4", "cnn5"]}
+    with pytest.raises(UserError, match="fedavg needs one architecture"):
+        run_all(document, [], ["fedavg"], [0], tmp_path, runner=lambda *a: ran.append(a), announce=said.append)
+    assert not ran
+    with pytest.raises(Exception):  # the fake runner writes no run directory; skipping happened first
+        run_all(document, [], ["fedavg", "standalone"], [0], tmp_path, runner=lambda *a: ran.append(a),
+                announce=said.append, skip_incompatible=True)
+    assert said[0].startswith("skipping fedavg: config: fedavg needs one architecture")
+    assert [a[0].algorithm for a in ran] == ["standalone"]

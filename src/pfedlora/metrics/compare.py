@@ -110,10 +110,21 @@ def _default_runner(config: Config, out: Path, label: str) -> dict:
 
 def run_all(document: dict[str, Any], overrides: Sequence[str], algorithms: Sequence[str], seeds: Sequence[int],
             out: Path, runner: Runner = _default_runner,
-            announce: Callable[[str], None] = print) -> list[RunRecord]:
-    """Run every (algorithm, seed) under ``out``; reuse runs already finished with the same config."""
-    configs = [(a, s, build_config(document, [*overrides, f"algorithm={a}", f"seed={s}"]))
-               for a in algorithms for s in seeds]
+            announce: Callable[[str], None] = print, skip_incompatible: bool = False) -> list[RunRecord]:
+    """Run every (algorithm, seed) under ``out``; reuse runs already finished with the same config.
+
+    ``skip_incompatible`` (``--algorithms all``): an algorithm the setting does not admit (FedAvg
+    on a heterogeneous pool) is skipped with a line saying why instead of stopping the comparison.
+    """
+    configs = []
+    for algorithm in algorithms:
+        try:
+            configs += [(algorithm, s, build_config(document, [*overrides, f"algorithm={algorithm}", f"seed={s}"]))
+                        for s in seeds]
+        except UserError as exc:
+            if not skip_incompatible:
+                raise
+            announce(f"skipping {algorithm}: {exc}")
     records = []
     for index, (algorithm, seed, config) in enumerate(configs, 1):
         run_dir = out / algorithm / f"seed{seed}"
@@ -280,7 +291,8 @@ def comparison_markdown(table: dict[str, Any], title: str = "Comparison") -> str
 
 def compare(document: dict[str, Any], overrides: Sequence[str], algorithms: Sequence[str], seeds: Sequence[int],
             out: str | Path, *, target_accuracy: float | None = None, target_fraction: float = 0.9,
-            runner: Runner = _default_runner, announce: Callable[[str], None] = print) -> dict[str, Any]:
+            runner: Runner = _default_runner, announce: Callable[[str], None] = print,
+            skip_incompatible: bool = False) -> dict[str, Any]:
     """Run, tabulate and report; writes comparison.md, comparison.csv and report.md under ``out``."""
     from pfedlora.metrics.report import write_report
 
@@ -290,7 +302,8 @@ def compare(document: dict[str, Any], overrides: Sequence[str], algorithms: Sequ
     if out.exists() and not out.is_dir():
         raise UserError(f"output path {str(out)!r} exists and is not a directory")
     out.mkdir(parents=True, exist_ok=True)
-    records = run_all(document, overrides, algorithms, seeds, out, runner=runner, announce=announce)
+    records = run_all(document, overrides, algorithms, seeds, out, runner=runner, announce=announce,
+                      skip_incompatible=skip_incompatible)
     if target_accuracy is None:  # the config's target_accuracy, if any
         target_accuracy = build_config(document, list(overrides)).target_accuracy
     table = summarize_comparison(records, target_accuracy=target_accuracy, target_fraction=target_fraction)
