@@ -36,7 +36,7 @@ from pfedlora.federation.checkpoint import load_checkpoint, restore_rng, save_ch
 from pfedlora.federation.faults import client_fate, corrupt_upload
 from pfedlora.federation.validation import Rejection, UpdateValidator, all_finite
 from pfedlora.federation.payload import transmit
-from pfedlora.metrics.accuracy import accuracy, summarize
+from pfedlora.metrics.accuracy import accuracy, run_summary, summarize
 from pfedlora.metrics.costs import CostMeter, time_to_target
 from pfedlora.metrics.flops import count_server_flops
 from pfedlora.metrics.run_dir import MetricsWriter, prepare_run_dir, write_json, write_yaml
@@ -395,22 +395,8 @@ def _execute(config: Config, out: Path, checkpoint: dict[str, Any] | None, *,
             if stop.signum is not None and round_index < config.rounds:
                 raise RunInterrupted(round_index, stop.signum, str(out))
 
-    best = max(history, key=lambda row: row["mean_acc"])
-    summary = {
-        "algorithm": config.algorithm,
-        "dataset": config.dataset.name,
-        "num_clients": config.num_clients,
-        "rounds": config.rounds,
-        "seed": config.seed,
-        "final_accuracy": history[-1]["mean_acc"],
-        "final_std": history[-1]["std_acc"],
-        "best_accuracy": best["mean_acc"],
-        "best_round": int(best["round"]),
-        "wall_seconds": elapsed_before + time.perf_counter() - started,
-        **counts,
-        **costs.totals(),
-        "client_accuracies": client_accuracies,
-    }
+    summary = run_summary(config, history, client_accuracies, elapsed_before + time.perf_counter() - started)
+    summary |= counts | costs.totals()
     if config.target_accuracy is not None:
         summary["time_to_target"] = time_to_target(history, config.target_accuracy)
     write_json(out / "summary.json", summary)

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import statistics
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from pfedlora.config import Config
 
 
 @torch.inference_mode()
@@ -31,4 +35,22 @@ def summarize(accuracies: list[float]) -> dict[str, float]:
         "std_acc": statistics.pstdev(accuracies) if len(accuracies) > 1 else 0.0,
         "min_acc": min(accuracies),
         "max_acc": max(accuracies),
+    }
+
+
+def run_summary(config: Config, history: list[dict], client_accuracies: list[float], wall_seconds: float) -> dict:
+    """The accuracy part of summary.json, shared by every runtime (``history``: metrics rows)."""
+    best = max(history, key=lambda row: row["mean_acc"])
+    return {
+        "algorithm": config.algorithm,
+        "dataset": config.dataset.name,
+        "num_clients": config.num_clients,
+        "rounds": config.rounds,
+        "seed": config.seed,
+        "final_accuracy": history[-1]["mean_acc"],
+        "final_std": history[-1]["std_acc"],
+        "best_accuracy": best["mean_acc"],
+        "best_round": int(best["round"]),
+        "wall_seconds": wall_seconds,
+        "client_accuracies": client_accuracies,
     }

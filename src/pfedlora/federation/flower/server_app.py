@@ -32,7 +32,7 @@ from pfedlora.config import Config
 from pfedlora.federation.flower import protocol
 from pfedlora.federation.flower.payload import from_array_record, record_bytes, to_array_record
 from pfedlora.federation.simulation import sample_clients, validator_for
-from pfedlora.metrics.accuracy import summarize
+from pfedlora.metrics.accuracy import run_summary, summarize
 from pfedlora.metrics.run_dir import MetricsWriter, prepare_run_dir, write_json, write_yaml
 
 app = ServerApp()
@@ -232,23 +232,10 @@ def run_server(grid: Grid, config: Config, out_dir: str | Path, *, overwrite: bo
     torch.save(server_state, out / "global_state.pt")
     if not history:
         raise RuntimeError("no round was evaluated; see server.log")
-    best = max(history, key=lambda row: row["mean_acc"])
-    summary = {
-        "algorithm": config.algorithm,
-        "dataset": config.dataset.name,
-        "num_clients": config.num_clients,
-        "rounds": config.rounds,
-        "seed": config.seed,
-        "final_accuracy": history[-1]["mean_acc"],
-        "final_std": history[-1]["std_acc"],
-        "best_accuracy": best["mean_acc"],
-        "best_round": int(best["round"]),
-        "wall_seconds": time.perf_counter() - started,
-        **counts,
-        "client_accuracies": client_accuracies,
+    summary = run_summary(config, history, client_accuracies, time.perf_counter() - started) | counts | {
         "runtime": "flower",
-        "up_bytes_total": int(sum(r["up_bytes"] for r in history)),
-        "down_bytes_total": int(sum(r["down_bytes"] for r in history)),
+        "total_up_bytes": int(sum(r["up_bytes"] for r in history)),
+        "total_down_bytes": int(sum(r["down_bytes"] for r in history)),
         "rounds_without_quorum": kept_rounds,
     }
     write_json(out / "summary.json", summary)
