@@ -40,6 +40,8 @@ class ClientData:
     train_y: torch.Tensor
     test_x: torch.Tensor
     test_y: torch.Tensor
+    # training-time augmentation (``dataset.augment``), applied per mini-batch by the training loop
+    augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None
 
     @property
     def num_train(self) -> int:

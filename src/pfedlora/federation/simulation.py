@@ -31,6 +31,7 @@ from pfedlora.config import Config, load_config
 from pfedlora.errors import RunInterrupted, UserError
 from pfedlora.data import load_dataset, partition_clients, partition_counts
 from pfedlora.data.datasets import ArrayDataset
+from pfedlora.data.augment import random_crop_flip
 from pfedlora.data.noise import corrupt_labels
 from pfedlora.federation.checkpoint import load_checkpoint, restore_rng, save_checkpoint
 from pfedlora.federation.faults import client_fate, corrupt_upload
@@ -139,6 +140,7 @@ def client_data(config: Config, dataset: ArrayDataset, client_id: int, split, de
         train_y=train_y.to(device),
         test_x=eval_x[torch.as_tensor(eval_idx, dtype=torch.long)].to(device),
         test_y=eval_y[torch.as_tensor(eval_idx, dtype=torch.long)].to(device),
+        augment=random_crop_flip if config.dataset.augment else None,
     )
 
 
