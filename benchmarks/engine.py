@@ -1,6 +1,6 @@
 """Simulation speed: the engine against the plain sequential reference loop, in one invocation.
 
-    python benchmarks/engine.py --workload W1|W2|W3 [--rounds N] [--workers auto|N] [--threads N]
+    python benchmarks/engine.py --workload W1|W2|W3 [--rounds N] [--workers auto|N] [--threads N] [--bf16] [--plain]
                                 [--reference | --no-reference] [--augment] [--set KEY=VALUE ...]
 
 W1: CIFAR-10 (the shared archive), 20 clients, fraction 0.5, cnn1..cnn5, pFedLoRA, 1 local + 1 adapter
@@ -39,6 +39,7 @@ from pfedlora.federation.simulation import ClientStore, Federation, evaluate_cli
 from pfedlora.metrics import flops as flop_count  # noqa: E402
 
 CIFAR = ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
+CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 POOL = ["cnn1", "cnn2", "cnn3", "cnn4", "cnn5"]
 
 
@@ -57,14 +58,19 @@ def workload(name: str, data: str) -> tuple[dict, int]:
 
 
 def matmul_ceiling(size: int = 2048, repeats: int = 7) -> float:
-    """fp32 GFLOP/s of a size x size matrix product (median of ``repeats``) with the current threads."""
-    a, b = torch.randn(size, size), torch.randn(size, size)
-    a @ b
-    rates = []
-    for _ in range(repeats):
-        started = time.perf_counter()
+    """fp32 GFLOP/s of a size x size matrix product (median of ``repeats``) using every core."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(CORES)
+    try:
+        a, b = torch.randn(size, size), torch.randn(size, size)
         a @ b
-        rates.append(2 * size**3 / (time.perf_counter() - started) / 1e9)
+        rates = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            a @ b
+            rates.append(2 * size**3 / (time.perf_counter() - started) / 1e9)
+    finally:
+        torch.set_num_threads(threads)
     return statistics.median(rates)
 
 
@@ -84,6 +90,9 @@ def main() -> None:
     mode.add_argument("--reference", action="store_true", help="time only the reference loop")
     mode.add_argument("--no-reference", action="store_true", help="time only the engine")
     parser.add_argument("--augment", action="store_true", help="dataset.augment=true (engine only)")
+    parser.add_argument("--bf16", action="store_true", help="train.precision=bf16 for the engine (the reference stays fp32)")
+    parser.add_argument("--plain", action="store_true",
+                        help="engine without its layout option (engine.channels_last=false)")
     parser.add_argument("--no-eval", action="store_true", help="skip the accuracy evaluation after the timed rounds")
     parser.add_argument("--data", default=str(CIFAR))
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config overrides")
@@ -93,10 +102,14 @@ def main() -> None:
     load_before = os.getloadavg()
     document, rounds = workload(args.workload, args.data)
     rounds = args.rounds or rounds
-    overrides = [f"engine.workers={args.workers}", *args.set]
+    overrides = [f"engine.workers={args.workers}", f"engine.channels_last={str(not args.plain).lower()}", *args.set]
     if args.augment:
         overrides.append("dataset.augment=true")
+    if args.bf16:
+        overrides.append("train.precision=bf16")
     config = build_config(document, overrides)
+    # the reference: the same federation, the usual way (fp32, contiguous layout, one process)
+    reference_config = build_config(document, ["engine.channels_last=false", "train.precision=fp32", *args.set])
     run_engine = not args.reference
     run_reference = not args.no_reference and not args.augment and args.workload != "W3"
     if args.reference and (args.augment or args.workload == "W3"):
@@ -112,7 +125,7 @@ def main() -> None:
     if run_reference:
         from reference import ReferenceFederation
 
-        reference = ReferenceFederation(Federation.build(config))
+        reference = ReferenceFederation(Federation.build(reference_config))
     store = ClientStore(federation)
     server_state, broadcast = federation.algorithm.init_server(federation.context)
 
@@ -134,7 +147,8 @@ def main() -> None:
 
     out: dict = {"workload": args.workload, "device": str(resolve_device(config.device)),
                  "torch_threads": torch.get_num_threads(), "workers": config.engine.resolved_workers(),
-                 "augment": config.dataset.augment, "rounds": rounds, "num_clients": config.num_clients,
+                 "augment": config.dataset.augment, "precision": config.train.precision,
+                 "channels_last": config.engine.channels_last, "rounds": rounds, "num_clients": config.num_clients,
                  "batch_size": config.train.batch_size, "client_store": config.engine.client_store}
     ceiling_gflops = statistics.median(ceiling)
     out["ceiling_gflops"] = round(ceiling_gflops, 2)

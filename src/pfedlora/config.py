@@ -64,6 +64,8 @@ class TrainConfig(_Section):
     momentum: float = Field(default=0.9, ge=0, lt=1)
     weight_decay: float = Field(default=1e-3, ge=0)
     clip_norm: float = Field(default=50.0, gt=0)
+    # bf16: forward and loss under CPU/CUDA bf16 autocast (weights, optimizer and evaluation stay fp32)
+    precision: Literal["fp32", "bf16"] = "fp32"
 
 
 class AdapterConfig(_Section):
@@ -177,6 +179,8 @@ class EngineConfig(_Section):
     store_dir: str | None = None
     # reuse the outputs of a frozen part when inputs are not augmented (exact; pFedLoRA's iterative steps)
     reuse_frozen: bool = True
+    # image models and batches in channels-last memory layout (faster CPU convolutions)
+    channels_last: bool = False
 
     @field_validator("workers")
     @classmethod

@@ -67,6 +67,8 @@ def train_epochs(
     was_training = module.training
     module.train()
     loss_total = torch.zeros((), device=first.device)
+    # train.precision bf16: mixed precision forward; parameters, gradients and the optimizer stay fp32
+    autocast = torch.autocast(first.device.type, dtype=torch.bfloat16, enabled=train.precision == "bf16")
     # FLOPs of one step per batch shape: counted on the first real step with that key, then cached
     static_key: tuple | None = None
     step_flops: dict[tuple, int | None] = {}
@@ -88,12 +90,14 @@ def train_epochs(
                     step_flops[shape] = flop_count.cached_step_flops((static_key, shape))
                 if step_flops[shape] is None:
                     with flop_count.counting() as counter:
-                        loss = loss_fn(module, xb, yb)
+                        with autocast:
+                            loss = loss_fn(module, xb, yb)
                         loss.backward()
                     step_flops[shape] = int(counter.get_total_flops())
                     flop_count.store_step_flops((static_key, shape), step_flops[shape])
                 else:
-                    loss = loss_fn(module, xb, yb)
+                    with autocast:
+                        loss = loss_fn(module, xb, yb)
                     loss.backward()
                 stats.flops += step_flops[shape]
                 torch.nn.utils.clip_grad_norm_(trainable, train.clip_norm)

@@ -139,10 +139,15 @@ def client_data(config: Config, dataset: ArrayDataset, client_id: int, split, de
         noisy, _ = corrupt_labels(train_y.numpy(), dataset.num_classes, config.dataset.label_noise,
                                   config.dataset.noise_kind, rng)
         train_y = torch.as_tensor(noisy)
+    def layout(x: torch.Tensor) -> torch.Tensor:
+        if config.engine.channels_last and x.dim() == 4:
+            return x.contiguous(memory_format=torch.channels_last)
+        return x
+
     return ClientData(
-        train_x=dataset.train_x[torch.as_tensor(train_idx, dtype=torch.long)].to(device),
+        train_x=layout(dataset.train_x[torch.as_tensor(train_idx, dtype=torch.long)].to(device)),
         train_y=train_y.to(device),
-        test_x=eval_x[torch.as_tensor(eval_idx, dtype=torch.long)].to(device),
+        test_x=layout(eval_x[torch.as_tensor(eval_idx, dtype=torch.long)].to(device)),
         test_y=eval_y[torch.as_tensor(eval_idx, dtype=torch.long)].to(device),
         augment=random_crop_flip if config.dataset.augment else None,
     )
