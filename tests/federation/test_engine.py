@@ -7,7 +7,9 @@ import torch
 from pfedlora.config import build_config
 from pfedlora.federation.simulation import ClientStore, Federation, evaluate_clients, resume, run, run_round
 
-TINY = {"num_clients": 6, "fraction": 0.5, "model_pool": ["cnn4", "cnn5"], "train": {"batch_size": 32}}
+# two of four clients per round, small data: the options under test do not need more
+TINY = {"num_clients": 4, "fraction": 0.5, "model_pool": ["cnn5", "cnn4"], "train": {"batch_size": 32},
+        "dataset": {"max_train_samples": 600, "max_test_samples": 200}, "partition": {"min_samples": 5, "classes_per_client": 3}}
 
 
 def _rounds(overrides: dict, rounds: int = 2):
@@ -41,8 +43,9 @@ def test_two_workers_match_in_process_and_repeat_exactly():
 
 def test_frozen_output_reuse_gives_the_same_federation_for_both_placements():
     for adapter in ({"placement": "branch"}, {"placement": "head", "construction": "factorized"}):
-        reused = _rounds({"adapter": adapter, "engine": {"reuse_frozen": True}})
-        plain = _rounds({"adapter": adapter, "engine": {"reuse_frozen": False}})
+        train = {**TINY["train"], "adapter_epochs": 2}  # the frozen local model's outputs serve two epochs
+        reused = _rounds({"adapter": adapter, "train": train, "engine": {"reuse_frozen": True}}, rounds=1)
+        plain = _rounds({"adapter": adapter, "train": train, "engine": {"reuse_frozen": False}}, rounds=1)
         _close(reused[0], plain[0])
         assert reused[1] == plain[1]
         assert abs(reused[2] - plain[2]) < 1e-5
@@ -79,8 +82,9 @@ def test_checkpoint_and_resume_with_the_disk_store(tmp_path):
 
 def test_augmentation_changes_training_deterministically():
     plain = _rounds({}, rounds=1)
-    augmented = _rounds({"dataset": {"augment": True}}, rounds=1)
-    again = _rounds({"dataset": {"augment": True}}, rounds=1)
+    augment = {"dataset": {**TINY["dataset"], "augment": True}}
+    augmented = _rounds(augment, rounds=1)
+    again = _rounds(augment, rounds=1)
     assert augmented[2] != plain[2]
     _close(augmented[0], again[0], exact=True)
     assert augmented[1:] == again[1:]
