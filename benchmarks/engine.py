@@ -1,6 +1,6 @@
 """Simulation speed: the engine against the plain sequential reference loop, in one invocation.
 
-    python benchmarks/engine.py --workload W1|W2|W3 [--rounds N] [--workers auto|N] [--threads N] [--bf16] [--plain]
+    python benchmarks/engine.py --workload W1|W2|W3 [--rounds N] [--workers auto|N] [--threads N] [--bf16] [--channels-last]
                                 [--reference | --no-reference] [--augment] [--set KEY=VALUE ...]
 
 W1: CIFAR-10 (the shared archive), 20 clients, fraction 0.5, cnn1..cnn5, pFedLoRA, 1 local + 1 adapter
@@ -74,6 +74,31 @@ def matmul_ceiling(size: int = 2048, repeats: int = 7) -> float:
     return statistics.median(rates)
 
 
+def augmentation_seconds(federation: Federation, rounds: int) -> float:
+    """Seconds ``dataset.augment`` adds per round: crop + flip of every training batch of the selected
+    clients (1 local + 1 adapter epoch = each sample twice), timed on its own."""
+    from pfedlora.data.augment import random_crop_flip
+    from pfedlora.federation.simulation import sample_clients
+
+    config, total = federation.config, 0.0
+    epochs = config.train.local_epochs + config.train.adapter_epochs
+    for round_index in range(1, rounds + 1):
+        for client_id in sample_clients(config, round_index):
+            x, generator = federation.clients[client_id].train_x, torch.Generator().manual_seed(client_id)
+            started = time.perf_counter()
+            for _ in range(epochs):
+                for start in range(0, int(x.shape[0]), config.train.batch_size):
+                    random_crop_flip(x[start : start + config.train.batch_size], generator)
+            total += time.perf_counter() - started
+    return total / rounds
+
+
+def cpu_seconds() -> float:
+    """CPU time (user + system) of this process and its finished children (the forked workers)."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
 def peak_rss_mb() -> tuple[float, float]:
     """(this process, largest finished child) peak resident set size in MB (Linux reports KiB)."""
     return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -91,8 +116,8 @@ def main() -> None:
     mode.add_argument("--no-reference", action="store_true", help="time only the engine")
     parser.add_argument("--augment", action="store_true", help="dataset.augment=true (engine only)")
     parser.add_argument("--bf16", action="store_true", help="train.precision=bf16 for the engine (the reference stays fp32)")
-    parser.add_argument("--plain", action="store_true",
-                        help="engine without its layout option (engine.channels_last=false)")
+    parser.add_argument("--channels-last", action="store_true",
+                        help="engine.channels_last=true (faster convolutions, results drift from the reference)")
     parser.add_argument("--no-eval", action="store_true", help="skip the accuracy evaluation after the timed rounds")
     parser.add_argument("--data", default=str(CIFAR))
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config overrides")
@@ -102,7 +127,7 @@ def main() -> None:
     load_before = os.getloadavg()
     document, rounds = workload(args.workload, args.data)
     rounds = args.rounds or rounds
-    overrides = [f"engine.workers={args.workers}", f"engine.channels_last={str(not args.plain).lower()}", *args.set]
+    overrides = [f"engine.workers={args.workers}", f"engine.channels_last={str(args.channels_last).lower()}", *args.set]
     if args.augment:
         overrides.append("dataset.augment=true")
     if args.bf16:
@@ -130,20 +155,24 @@ def main() -> None:
     server_state, broadcast = federation.algorithm.init_server(federation.context)
 
     engine_s, engine_samples, engine_flops, reference_s, reference_samples = [], 0, 0, [], 0
+    engine_cpu, reference_cpu = 0.0, 0.0
     for round_index in range(1, rounds + 1):
         if run_engine:
-            tick = time.perf_counter()
+            tick, cpu = time.perf_counter(), cpu_seconds()
             server_state, broadcast, result = run_round(federation, store, server_state, broadcast, round_index)
             engine_s.append(time.perf_counter() - tick)
+            engine_cpu += cpu_seconds() - cpu
             engine_samples += sum(s.num_samples for stats in result.stats.values() for s in stats)
             engine_flops += sum(s.flops for stats in result.stats.values() for s in stats)
             print(f"engine    round {round_index}: {engine_s[-1]:.2f} s")
         if reference is not None:
-            tick = time.perf_counter()
+            tick, cpu = time.perf_counter(), cpu_seconds()
             reference_samples += reference.round(round_index)
             reference_s.append(time.perf_counter() - tick)
+            reference_cpu += cpu_seconds() - cpu
             print(f"reference round {round_index}: {reference_s[-1]:.2f} s")
     ceiling.append(matmul_ceiling())
+    augment_s = augmentation_seconds(federation, rounds) if run_engine else None
 
     out: dict = {"workload": args.workload, "device": str(resolve_device(config.device)),
                  "torch_threads": torch.get_num_threads(), "workers": config.engine.resolved_workers(),
@@ -160,10 +189,13 @@ def main() -> None:
         out["achieved_gflops"] = round(engine_flops / total / 1e9, 2)
         out["ceiling_fraction"] = round(engine_flops / total / 1e9 / ceiling_gflops, 3)
         out["engine_round_s"] = [round(t, 2) for t in engine_s]
+        # per CPU second: what the machine's load does not change (parallelism gains only wall time)
+        out["samples_per_cpu_s"] = round(engine_samples / engine_cpu, 1)
     if reference is not None:
         out["reference_samples_per_s"] = round(reference_samples / sum(reference_s), 1)
         out["reference_seconds_per_round"] = round(sum(reference_s) / rounds, 3)
         out["reference_round_s"] = [round(t, 2) for t in reference_s]
+        out["reference_samples_per_cpu_s"] = round(reference_samples / reference_cpu, 1)
     if run_engine and reference is not None:
         out["speedup"] = round(out["samples_per_s"] / out["reference_samples_per_s"], 2)
     if not args.no_eval and args.workload != "W3":
@@ -174,6 +206,10 @@ def main() -> None:
         if run_engine and reference is not None:
             out["max_adapter_diff"] = max(float((broadcast[k] - v).abs().max())
                                           for k, v in reference.global_adapter.state_dict().items())
+    if augment_s is not None:
+        out["augment_s_per_round"] = round(augment_s, 3)
+        if run_engine:
+            out["augment_fraction_of_round"] = round(augment_s / (sum(engine_s) / rounds), 3)
     own, child = peak_rss_mb()
     out["peak_rss_mb"] = round(max(own, child), 1)
     out["peak_rss_main_mb"], out["peak_rss_worker_mb"] = round(own, 1), round(child, 1)

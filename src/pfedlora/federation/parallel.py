@@ -54,6 +54,7 @@ def map_forked(fn: Callable[[Any], Any], items: Sequence[Any], workers: int) -> 
         _TASK = None
     results = []
     for payload, counted in replies:
-        flop_count._STEP_CACHE.update(counted)
+        for key, value in counted.items():
+            flop_count.store_step_flops(key, value)
         results.append(torch.load(io.BytesIO(payload), weights_only=False))
     return results
