@@ -64,6 +64,8 @@ class TrainConfig(_Section):
     momentum: float = Field(default=0.9, ge=0, lt=1)
     weight_decay: float = Field(default=1e-3, ge=0)
     clip_norm: float = Field(default=50.0, gt=0)
+    # bf16: forward and loss under CPU/CUDA bf16 autocast (weights, optimizer and evaluation stay fp32)
+    precision: Literal["fp32", "bf16"] = "fp32"
 
 
 class AdapterConfig(_Section):
@@ -163,6 +165,38 @@ class FlowerConfig(_Section):
     connect_timeout: float = Field(default=120.0, gt=0)  # seconds to wait for num_clients SuperNodes
 
 
+# --- speed: how the simulator executes (never what it computes) ----------------------------------
+
+
+class EngineConfig(_Section):
+    """Execution choices of the in-process simulator; results are the same within float tolerance."""
+
+    # processes training the round's clients in parallel (forked, one torch thread each); 1: in-process
+    workers: int | Literal["auto"] = 1
+    # where client states live between rounds: "memory", or "disk" (one file per client, for many clients)
+    client_store: Literal["memory", "disk"] = "memory"
+    # directory of the disk store; None: a temporary directory removed at exit
+    store_dir: str | None = None
+    # reuse the outputs of a frozen part when inputs are not augmented (exact; pFedLoRA's iterative steps)
+    reuse_frozen: bool = True
+    # image models and batches in channels-last memory layout (faster CPU convolutions)
+    channels_last: bool = False
+
+    @field_validator("workers")
+    @classmethod
+    def _positive(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and value < 1:
+            raise ValueError("workers must be >= 1 or 'auto'")
+        return value
+
+    def resolved_workers(self) -> int:
+        import os
+
+        return (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1) \
+            if self.workers == "auto" else int(self.workers)
+
+
+# --- end speed -----------------------------------------------------------------------------------
 DEFAULT_POOL = ["cnn1", "cnn2", "cnn3", "cnn4", "cnn5"]
 
 # `pfedlora run` without --config: the digits quickstart. Digits clients hold ~135 images, so the
@@ -201,6 +235,7 @@ class Config(_Section):
     fedkd: FedKDConfig = FedKDConfig()
     fedgh: FedGHConfig = FedGHConfig()
     flower: FlowerConfig = FlowerConfig()
+    engine: EngineConfig = EngineConfig()
     # --- costs (pfedlora.metrics.costs) ---
     # dtype of floating tensors in every payload sent, both directions
     payload_dtype: Literal["float32", "float16", "bfloat16"] = "float32"
@@ -273,6 +308,8 @@ class Config(_Section):
             kind = "text" if is_text else "image"
             valid = sorted(TEXT_MODEL_SPECS) if is_text else [m for m in DEFAULT_POOL]
             raise ValueError(f"model {wrong[0]!r} does not fit the {kind} dataset {self.dataset.name!r}; valid: {', '.join(valid)}")
+        if is_text and self.dataset.augment:
+            raise ValueError("dataset.augment (random crop + flip) is for image datasets; set it to false for text")
         if self.adapter.placement == "lora":
             pretrained = sorted(n for n, spec in TEXT_MODEL_SPECS.items() if spec.pretrained)
             bad = [a for a in archs if a not in pretrained]

@@ -40,6 +40,8 @@ class ClientData:
     train_y: torch.Tensor
     test_x: torch.Tensor
     test_y: torch.Tensor
+    # training-time augmentation (``dataset.augment``), applied per mini-batch by the training loop
+    augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None
 
     @property
     def num_train(self) -> int:
@@ -123,6 +125,8 @@ class FederationContext:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model = build_model(arch, self.in_channels, self.num_classes, self.image_size, text=self.text)
+        if self.config.engine.channels_last:  # only 4-d (convolution) weights change layout
+            model = model.to(memory_format=torch.channels_last)
         return model.to(self.device)
 
     def cached_module(self, key: object, factory: Callable[[], nn.Module]) -> nn.Module:

@@ -67,7 +67,7 @@ def client_update(ctx: FederationContext, client_id: int, state: State, broadcas
     cfg = ctx.config
     model = load_local(ctx, client_id, state)
     loss_fn = distillation_loss(broadcast[LOGITS], broadcast[COUNTS], cfg.fd.gamma, cfg.fd.temperature)
-    stats = train_epochs(model, model.parameters(), data.train_x, data.train_y, epochs=cfg.train.local_epochs,
+    stats = train_epochs(model, model.parameters(), data.train_x, data.train_y, augment=data.augment, epochs=cfg.train.local_epochs,
                          train=cfg.train, generator=generator, loss_fn=loss_fn, name="local_model")
     model.eval()
     logits, counts = class_means(model, data.train_x, data.train_y, ctx.num_classes, cfg.train.eval_batch_size)

@@ -52,7 +52,7 @@ def init_client(ctx: FederationContext, client_id: int) -> State:
 def client_update(ctx: FederationContext, client_id: int, state: State, broadcast: Payload,
                   data: ClientData, generator: torch.Generator) -> ClientResult:
     model = load_into(local_workspace(ctx, client_id), broadcast)
-    stats = train_epochs(model, model.parameters(), data.train_x, data.train_y,
+    stats = train_epochs(model, model.parameters(), data.train_x, data.train_y, augment=data.augment,
                          epochs=ctx.config.train.local_epochs, train=ctx.config.train, generator=generator,
                          name="global_model")
     return ClientResult(state={}, upload=prefixed("", model.state_dict()), weight=float(data.num_train), stats=[stats])

@@ -72,7 +72,7 @@ def client_update(ctx: FederationContext, client_id: int, state: State, broadcas
     cfg = ctx.config
     model = load_local(ctx, client_id, state)
     model.head.load_state_dict(broadcast)
-    stats = train_epochs(model, model.parameters(), data.train_x, data.train_y, epochs=cfg.train.local_epochs,
+    stats = train_epochs(model, model.parameters(), data.train_x, data.train_y, augment=data.augment, epochs=cfg.train.local_epochs,
                          train=cfg.train, generator=generator, name="local_model")
     model.eval()
     means, counts = class_means(model.represent, data.train_x, data.train_y, ctx.num_classes, cfg.train.eval_batch_size)

@@ -128,7 +128,7 @@ def client_update(ctx: FederationContext, client_id: int, state: State, broadcas
     cfg = ctx.config
     received = {name: t for name, t in broadcast.items() if name != ENERGY}
     pair = ModelPair(load_local(ctx, client_id, state), load_into(shared_workspace(ctx, shared_arch(ctx)), received))
-    stats = train_epochs(pair, pair.parameters(), data.train_x, data.train_y, epochs=cfg.train.local_epochs,
+    stats = train_epochs(pair, pair.parameters(), data.train_x, data.train_y, augment=data.augment, epochs=cfg.train.local_epochs,
                          train=cfg.train, generator=generator, loss_fn=adaptive_mutual_loss(cfg.fedkd.temperature),
                          name="local_model+shared_model")
     update = {name: t.detach() - received[name] for name, t in pair.shared_model.state_dict().items()}

@@ -70,7 +70,7 @@ def client_update(ctx: FederationContext, client_id: int, state: State, broadcas
     cfg = ctx.config
     model = load_local(ctx, client_id, state)
     loss_fn = prototype_loss(broadcast[PROTOTYPES], broadcast[COUNTS], cfg.fedproto.lam)
-    stats = train_epochs(model, model.parameters(), data.train_x, data.train_y, epochs=cfg.train.local_epochs,
+    stats = train_epochs(model, model.parameters(), data.train_x, data.train_y, augment=data.augment, epochs=cfg.train.local_epochs,
                          train=cfg.train, generator=generator, loss_fn=loss_fn, name="local_model")
     model.eval()
     prototypes, counts = class_means(model.represent, data.train_x, data.train_y, ctx.num_classes,

@@ -67,7 +67,7 @@ def client_update(ctx: FederationContext, client_id: int, state: State, broadcas
                   data: ClientData, generator: torch.Generator) -> ClientResult:
     cfg = ctx.config
     pair = ModelPair(load_local(ctx, client_id, state), load_into(shared_workspace(ctx, shared_arch(ctx)), broadcast))
-    stats = train_epochs(pair, pair.parameters(), data.train_x, data.train_y, epochs=cfg.train.local_epochs,
+    stats = train_epochs(pair, pair.parameters(), data.train_x, data.train_y, augment=data.augment, epochs=cfg.train.local_epochs,
                          train=cfg.train, generator=generator, loss_fn=mutual_loss(cfg.fml.alpha, cfg.fml.beta),
                          name="local_model+shared_model")
     shared = prefixed("", pair.shared_model.state_dict())

@@ -50,7 +50,7 @@ def client_update(ctx: FederationContext, client_id: int, state: State, broadcas
                   data: ClientData, generator: torch.Generator) -> ClientResult:
     model = load_local(ctx, client_id, state)
     model.head.load_state_dict(broadcast)
-    stats = train_epochs(model, model.parameters(), data.train_x, data.train_y,
+    stats = train_epochs(model, model.parameters(), data.train_x, data.train_y, augment=data.augment,
                          epochs=ctx.config.train.local_epochs, train=ctx.config.train, generator=generator,
                          name="local_model")
     new_state = prefixed(LOCAL, model.state_dict()) | {TRAINED: torch.ones(())}

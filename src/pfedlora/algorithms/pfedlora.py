@@ -27,6 +27,7 @@ never selected yet uses the global adapter).
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from pfedlora.algorithms.aggregation import weighted_mean
@@ -37,6 +38,7 @@ from pfedlora.algorithms.base import (
     FederationContext,
     Payload,
     State,
+    TrainStats,
     Upload,
     derive_seed,
     load_into,
@@ -44,6 +46,7 @@ from pfedlora.algorithms.base import (
     unprefixed,
 )
 from pfedlora.algorithms.training import train_epochs
+from pfedlora.metrics import flops as flop_count
 from pfedlora.models.adapters import PersonalizedModel, build_adapter, inject_lora, is_lora_key, lora_depth
 from pfedlora.models.registry import parameter_count
 
@@ -148,15 +151,17 @@ def client_update(
     else:
         local_params, adapter_params = list(model.local_model.parameters()), list(model.adapter.parameters())
     common = dict(train=cfg.train, generator=generator)
-    if cfg.adapter.schedule == "iterative":
+    if cfg.adapter.schedule == "iterative" and _can_reuse_frozen(ctx, model, data):
+        stats = _iterative_reusing_frozen(ctx, model, local_params, adapter_params, data, common)
+    elif cfg.adapter.schedule == "iterative":
         stats = [
-            train_epochs(model, local_params, data.train_x, data.train_y,
+            train_epochs(model, local_params, data.train_x, data.train_y, augment=data.augment,
                          epochs=cfg.train.local_epochs, name="local_model", **common),
-            train_epochs(model, adapter_params, data.train_x, data.train_y,
+            train_epochs(model, adapter_params, data.train_x, data.train_y, augment=data.augment,
                          epochs=cfg.train.adapter_epochs, name="adapter", **common),
         ]
     else:
-        stats = [train_epochs(model, model.parameters(), data.train_x, data.train_y,
+        stats = [train_epochs(model, model.parameters(), data.train_x, data.train_y, augment=data.augment,
                               epochs=cfg.train.local_epochs, name="local_model+adapter", **common)]
     if _uses_lora(ctx):
         local_state, adapter_state = (prefixed("", part) for part in _split_lora(model.state_dict()))
@@ -164,6 +169,77 @@ def client_update(
         local_state, adapter_state = prefixed("", model.local_model.state_dict()), prefixed("", model.adapter.state_dict())
     new_state = prefixed(LOCAL, local_state) | prefixed(ADAPTER, adapter_state)
     return ClientResult(state=new_state, upload=adapter_state, weight=float(data.num_train), stats=stats)
+
+
+# ---- exact reuse of a frozen part's outputs (iterative schedule, no augmentation)
+#
+# While one part is frozen its outputs depend on the (unaugmented) inputs only, so they are computed
+# once per step in large no-grad batches instead of in every mini-batch's forward and backward.
+# Same batches, same losses and gradients up to float summation order.
+
+
+def _can_reuse_frozen(ctx: FederationContext, model: nn.Module, data: ClientData) -> bool:
+    if not ctx.config.engine.reuse_frozen or data.augment is not None or _uses_lora(ctx):
+        return False
+    # a frozen part is a function of its input only without dropout or batch statistics
+    stochastic = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
+                  nn.modules.batchnorm._BatchNorm)
+    return not any(isinstance(m, stochastic) for m in model.modules())
+
+
+def _frozen_outputs(fn, x: torch.Tensor, batch_size: int, stats: TrainStats) -> torch.Tensor:
+    """``fn(x)`` without gradients, in batches; its FLOPs are added to ``stats``."""
+    with torch.no_grad(), flop_count.counting() as counter:
+        out = torch.cat([fn(x[i : i + batch_size]) for i in range(0, int(x.shape[0]), batch_size)])
+    stats.flops += int(counter.get_total_flops())
+    return out
+
+
+def _branch_loss_adapter_cached(model: PersonalizedModel, xb: tuple[torch.Tensor, torch.Tensor], yb: torch.Tensor) -> torch.Tensor:
+    inputs, adapter_out = xb
+    return F.cross_entropy((1.0 - model.mu) * model.local_model(inputs) + model.mu * adapter_out, yb)
+
+
+def _branch_loss_local_cached(model: PersonalizedModel, xb: tuple[torch.Tensor, torch.Tensor], yb: torch.Tensor) -> torch.Tensor:
+    inputs, local_out = xb
+    return F.cross_entropy((1.0 - model.mu) * local_out + model.mu * model.adapter(inputs), yb)
+
+
+def _head_loss_local_cached(model: PersonalizedModel, xb: tuple[torch.Tensor, torch.Tensor], yb: torch.Tensor) -> torch.Tensor:
+    representation, head_out = xb
+    return F.cross_entropy(head_out + model.mu * model.adapter(representation), yb)
+
+
+def _iterative_reusing_frozen(ctx: FederationContext, model: PersonalizedModel, local_params: list, adapter_params: list,
+                              data: ClientData, common: dict) -> list[TrainStats]:
+    cfg = ctx.config
+    # the training batch size: larger no-grad batches measured slower per sample on CPU
+    batch = cfg.train.batch_size
+    x, y = data.train_x, data.train_y
+    pre_local, pre_adapter = TrainStats(), TrainStats()
+    if cfg.adapter.placement == "branch" and cfg.train.local_epochs > 0 and data.num_train:
+        # step 1: the adapter is frozen and sees the raw input
+        adapter_out = _frozen_outputs(model.adapter, x, batch, pre_local)
+        step1 = train_epochs(model, local_params, (x, adapter_out), y, epochs=cfg.train.local_epochs,
+                             loss_fn=_branch_loss_adapter_cached, name="local_model", **common)
+    else:  # head placement: the frozen adapter reads the representation being trained
+        step1 = train_epochs(model, local_params, x, y, epochs=cfg.train.local_epochs, name="local_model", **common)
+    if cfg.train.adapter_epochs > 0 and data.num_train:
+        # step 2: the local model is frozen
+        if cfg.adapter.placement == "branch":
+            local_out = _frozen_outputs(model.local_model, x, batch, pre_adapter)
+            step2 = train_epochs(model, adapter_params, (x, local_out), y, epochs=cfg.train.adapter_epochs,
+                                 loss_fn=_branch_loss_local_cached, name="adapter", **common)
+        else:
+            representation = _frozen_outputs(model.local_model.represent, x, batch, pre_adapter)
+            head_out = _frozen_outputs(model.local_model.head, representation, batch, pre_adapter)
+            step2 = train_epochs(model, adapter_params, (representation, head_out), y, epochs=cfg.train.adapter_epochs,
+                                 loss_fn=_head_loss_local_cached, name="adapter", **common)
+    else:
+        step2 = train_epochs(model, adapter_params, x, y, epochs=cfg.train.adapter_epochs, name="adapter", **common)
+    step1.flops += pre_local.flops
+    step2.flops += pre_adapter.flops
+    return [step1, step2]
 
 
 def aggregate(ctx: FederationContext, server_state: State, uploads: list[Upload]) -> tuple[State, Payload]:

@@ -24,7 +24,7 @@ def init_server(ctx: FederationContext) -> tuple[State, Payload]:
 def client_update(ctx: FederationContext, client_id: int, state: State, broadcast: Payload,
                   data: ClientData, generator: torch.Generator) -> ClientResult:
     model = load_local(ctx, client_id, state)
-    stats = train_epochs(model, model.parameters(), data.train_x, data.train_y,
+    stats = train_epochs(model, model.parameters(), data.train_x, data.train_y, augment=data.augment,
                          epochs=ctx.config.train.local_epochs, train=ctx.config.train, generator=generator,
                          name="local_model")
     return ClientResult(state=prefixed(LOCAL, model.state_dict()), upload={}, weight=float(data.num_train), stats=[stats])

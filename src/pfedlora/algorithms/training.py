@@ -18,7 +18,10 @@ from pfedlora.algorithms.base import TrainStats
 from pfedlora.config import TrainConfig
 from pfedlora.metrics import flops as flop_count
 
-LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+# ``x`` is a tensor or a tuple of tensors indexed together (e.g. inputs plus the precomputed
+# outputs of a frozen part); ``loss_fn`` receives the mini-batch in the same form
+Inputs = torch.Tensor | tuple[torch.Tensor, ...]
+LossFn = Callable[[nn.Module, Inputs, torch.Tensor], torch.Tensor]
 Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 
 
@@ -29,7 +32,7 @@ def cross_entropy_loss(module: nn.Module, x: torch.Tensor, y: torch.Tensor) -> t
 def train_epochs(
     module: nn.Module,
     trainable: Iterable[nn.Parameter],
-    x: torch.Tensor,
+    x: Inputs,
     y: torch.Tensor,
     *,
     epochs: int,
@@ -42,7 +45,8 @@ def train_epochs(
     """Train ``trainable`` (parameters of ``module`` or of modules ``loss_fn`` uses) with SGD.
 
     Mini-batches are drawn by a permutation from ``generator`` each epoch; the last batch may be
-    smaller. SGD with momentum and weight decay, gradients clipped to ``train.clip_norm``. A fresh
+    smaller. ``x`` may be a tuple of tensors sharing their first dimension: each mini-batch is the
+    same rows of every tensor (augmentation then does not apply). SGD with momentum and weight decay, gradients clipped to ``train.clip_norm``. A fresh
     optimizer per call: no optimizer state persists across rounds, as in the authors' code.
     """
     trainable = list(trainable)
@@ -50,6 +54,9 @@ def train_epochs(
     n = int(y.shape[0])
     if epochs <= 0 or n == 0 or not trainable:
         return stats
+    if isinstance(x, tuple) and augment is not None:
+        raise ValueError("augmentation needs a single input tensor, not a tuple")
+    first = x[0] if isinstance(x, tuple) else x
     trainable_ids = {id(p) for p in trainable}
     saved_flags = [(p, p.requires_grad) for p in module.parameters()]
     for p, _ in saved_flags:
@@ -59,32 +66,38 @@ def train_epochs(
     optimizer = torch.optim.SGD(trainable, lr=train.lr, momentum=train.momentum, weight_decay=train.weight_decay)
     was_training = module.training
     module.train()
-    loss_total = torch.zeros((), device=x.device)
+    loss_total = torch.zeros((), device=first.device)
+    # train.precision bf16: mixed precision forward; parameters, gradients and the optimizer stay fp32
+    autocast = torch.autocast(first.device.type, dtype=torch.bfloat16, enabled=train.precision == "bf16")
     # FLOPs of one step per batch shape: counted on the first real step with that key, then cached
     static_key: tuple | None = None
     step_flops: dict[tuple, int | None] = {}
     try:
         for _ in range(epochs):
-            order = torch.randperm(n, generator=generator).to(x.device)
+            order = torch.randperm(n, generator=generator).to(first.device)
             for start in range(0, n, train.batch_size):
                 index = order[start : start + train.batch_size]
-                xb, yb = x[index], y[index]
+                xb = tuple(t[index] for t in x) if isinstance(x, tuple) else x[index]
+                yb = y[index]
                 if augment is not None:
                     xb = augment(xb, generator)
                 optimizer.zero_grad(set_to_none=True)
-                shape = (tuple(xb.shape), tuple(yb.shape))
+                shape = (tuple(tuple(t.shape) for t in xb) if isinstance(xb, tuple) else tuple(xb.shape),
+                         tuple(yb.shape))
                 if shape not in step_flops:
                     if static_key is None:
-                        static_key = flop_count.step_key(module, trainable, loss_fn, xb[:0], yb[:0])
+                        static_key = flop_count.step_key(module, trainable, loss_fn, first[:0], yb[:0])
                     step_flops[shape] = flop_count.cached_step_flops((static_key, shape))
                 if step_flops[shape] is None:
                     with flop_count.counting() as counter:
-                        loss = loss_fn(module, xb, yb)
+                        with autocast:
+                            loss = loss_fn(module, xb, yb)
                         loss.backward()
                     step_flops[shape] = int(counter.get_total_flops())
                     flop_count.store_step_flops((static_key, shape), step_flops[shape])
                 else:
-                    loss = loss_fn(module, xb, yb)
+                    with autocast:
+                        loss = loss_fn(module, xb, yb)
                     loss.backward()
                 stats.flops += step_flops[shape]
                 torch.nn.utils.clip_grad_norm_(trainable, train.clip_norm)

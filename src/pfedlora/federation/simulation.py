@@ -13,10 +13,14 @@ checkpointed every ``checkpoint_every`` rounds (:mod:`~pfedlora.federation.check
 
 from __future__ import annotations
 
+import os
+import shutil
 import signal
 import sys
+import tempfile
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,11 +30,12 @@ import numpy as np
 import torch
 
 from pfedlora.algorithms import get_algorithm
-from pfedlora.algorithms.base import Algorithm, ClientData, FederationContext, Payload, State, Upload, derive_seed
+from pfedlora.algorithms.base import Algorithm, ClientData, ClientResult, FederationContext, Payload, State, Upload, derive_seed
 from pfedlora.config import Config, load_config
 from pfedlora.errors import RunInterrupted, UserError
 from pfedlora.data import load_dataset, partition_clients, partition_counts
 from pfedlora.data.datasets import ArrayDataset
+from pfedlora.data.augment import random_crop_flip
 from pfedlora.data.noise import corrupt_labels
 from pfedlora.federation.checkpoint import load_checkpoint, restore_rng, save_checkpoint
 from pfedlora.federation.faults import client_fate, corrupt_upload
@@ -134,33 +139,72 @@ def client_data(config: Config, dataset: ArrayDataset, client_id: int, split, de
         noisy, _ = corrupt_labels(train_y.numpy(), dataset.num_classes, config.dataset.label_noise,
                                   config.dataset.noise_kind, rng)
         train_y = torch.as_tensor(noisy)
+    def layout(x: torch.Tensor) -> torch.Tensor:
+        if config.engine.channels_last and x.dim() == 4:
+            return x.contiguous(memory_format=torch.channels_last)
+        return x
+
     return ClientData(
-        train_x=dataset.train_x[torch.as_tensor(train_idx, dtype=torch.long)].to(device),
+        train_x=layout(dataset.train_x[torch.as_tensor(train_idx, dtype=torch.long)].to(device)),
         train_y=train_y.to(device),
-        test_x=eval_x[torch.as_tensor(eval_idx, dtype=torch.long)].to(device),
+        test_x=layout(eval_x[torch.as_tensor(eval_idx, dtype=torch.long)].to(device)),
         test_y=eval_y[torch.as_tensor(eval_idx, dtype=torch.long)].to(device),
+        augment=random_crop_flip if config.dataset.augment else None,
     )
 
 
 class ClientStore:
-    """Client states by id, created lazily by the algorithm's ``init_client``."""
+    """Client states by id, created lazily by the algorithm's ``init_client``.
+
+    With ``engine.client_store: disk`` a state lives in one file per client (written atomically)
+    instead of in memory, so a federation of thousands of clients needs the memory of a few; a
+    client never updated is not stored at all (its initial state is a function of the seed).
+    """
 
     def __init__(self, federation: Federation) -> None:
         self._federation = federation
         self._states: dict[int, State] = {}
+        engine = federation.config.engine
+        self.directory: Path | None = None
+        if engine.client_store == "disk":
+            if engine.store_dir is not None:
+                self.directory = Path(engine.store_dir)
+                self.directory.mkdir(parents=True, exist_ok=True)
+            else:
+                self.directory = Path(tempfile.mkdtemp(prefix="pfedlora-clients-"))
+                weakref.finalize(self, shutil.rmtree, str(self.directory), True)
+
+    def _path(self, client_id: int) -> Path:
+        assert self.directory is not None
+        return self.directory / f"client-{client_id}.pt"
 
     def get(self, client_id: int) -> State:
+        if self.directory is not None:
+            path = self._path(client_id)
+            if path.is_file():
+                return torch.load(path, map_location=self._federation.context.device, weights_only=True)
+            fed = self._federation
+            return fed.algorithm.init_client(fed.context, client_id)
         if client_id not in self._states:
             fed = self._federation
             self._states[client_id] = fed.algorithm.init_client(fed.context, client_id)
         return self._states[client_id]
 
     def put(self, client_id: int, state: State) -> None:
-        self._states[client_id] = state
+        if self.directory is None:
+            self._states[client_id] = state
+            return
+        path = self._path(client_id)
+        partial = path.with_name(path.name + ".partial")
+        torch.save(state, partial)
+        os.replace(partial, path)  # a crash never leaves a half-written state behind
 
     def states(self) -> dict[int, State]:
         """Every client state created so far (for checkpoints)."""
-        return dict(self._states)
+        if self.directory is None:
+            return dict(self._states)
+        ids = sorted(int(p.stem.removeprefix("client-")) for p in self.directory.glob("client-*.pt"))
+        return {k: self.get(k) for k in ids}
 
 
 @dataclass
@@ -197,14 +241,11 @@ def run_round(federation: Federation, store: ClientStore, server_state: State, b
     # every payload really goes through the wire format (payload_dtype), both directions
     received_broadcast, broadcast_bytes = transmit(broadcast, config.payload_dtype)
     up_bytes = 0
-    for client_id in selected:
-        fate = client_fate(faults, config.seed, round_index, client_id)
-        if fate.dropped:
-            continue
-        result = algorithm.client_update(
-            ctx, client_id, store.get(client_id), received_broadcast, federation.clients[client_id],
-            client_generator(config, round_index, client_id),
-        )
+    fates = {client_id: client_fate(faults, config.seed, round_index, client_id) for client_id in selected}
+    working = [client_id for client_id in selected if not fates[client_id].dropped]
+    results = train_clients(federation, store, received_broadcast, round_index, working)
+    for client_id in working:
+        fate, result = fates[client_id], results[client_id]
         if fate.crashed:  # the work is lost with the client's process
             continue
         store.put(client_id, result.state)
@@ -243,6 +284,29 @@ def run_round(federation: Federation, store: ClientStore, server_state: State, b
                                                 rejections=report.rejected, aggregated=aggregated,
                                                 up_bytes=up_bytes, down_bytes=broadcast_bytes * len(selected),
                                                 server_flops=server_flops)
+
+
+def update_client(federation: Federation, store: ClientStore, broadcast: Payload, round_index: int,
+                  client_id: int) -> ClientResult:
+    """One client's ``client_update`` in this round (its randomness from (seed, round, client))."""
+    return federation.algorithm.client_update(
+        federation.context, client_id, store.get(client_id), broadcast, federation.clients[client_id],
+        client_generator(federation.config, round_index, client_id),
+    )
+
+
+def train_clients(federation: Federation, store: ClientStore, broadcast: Payload, round_index: int,
+                  client_ids: list[int]) -> dict[int, ClientResult]:
+    """The updates of ``client_ids``: in this process, or with ``engine.workers`` > 1 in forked
+    worker processes (see :mod:`pfedlora.federation.parallel`)."""
+    workers = min(federation.config.engine.resolved_workers(), len(client_ids))
+    if workers > 1:
+        from pfedlora.federation.parallel import map_forked
+
+        return dict(zip(client_ids, map_forked(
+            lambda client_id: update_client(federation, store, broadcast, round_index, client_id),
+            client_ids, workers)))
+    return {k: update_client(federation, store, broadcast, round_index, k) for k in client_ids}
 
 
 def validator_for(config: Config) -> UpdateValidator:

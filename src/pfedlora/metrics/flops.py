@@ -32,6 +32,8 @@ from torch.utils.flop_counter import FlopCounterMode
 # key -> FLOPs of one forward+backward (training) or one forward (evaluation)
 _STEP_CACHE: dict[tuple, int] = {}
 _FORWARD_CACHE: dict[tuple, int] = {}
+# (static key, per-sample shapes) -> {batch size: FLOPs} of counted steps
+_BY_BATCH: dict[tuple, dict[int, int]] = {}
 
 
 def module_signature(module: nn.Module) -> tuple:
@@ -99,12 +101,36 @@ def step_key(module: nn.Module, trainable: Iterable[nn.Parameter], loss_fn: Call
             tuple(x.shape), str(x.dtype), tuple(y.shape), str(y.dtype), x.device.type)
 
 
+def _per_sample(key: tuple) -> tuple[tuple, int] | None:
+    """``(key without the batch dimension, batch size)`` of a ``(static key, (x shape(s), y shape))`` key."""
+    try:
+        static, (x_shape, y_shape) = key
+        batch = int(y_shape[0])
+        x_rest = (tuple(s[1:] for s in x_shape) if x_shape and isinstance(x_shape[0], tuple) else tuple(x_shape[1:]))
+        return (static, x_rest, tuple(y_shape[1:])), batch
+    except (TypeError, ValueError, IndexError):
+        return None
+
+
 def cached_step_flops(key: tuple) -> int | None:
-    return _STEP_CACHE.get(key)
+    """The step's FLOPs if counted, or derived from two counted batch sizes of the same step: a
+    step's products are affine in the batch size (per-sample work plus per-step work), so the last,
+    smaller batch of every client needs no count of its own."""
+    if key in _STEP_CACHE:
+        return _STEP_CACHE[key]
+    split = _per_sample(key)
+    points = _BY_BATCH.get(split[0]) if split is not None else None
+    if split is None or not points or len(points) < 2:
+        return None
+    (b1, f1), (b2, f2) = sorted(points.items())[-2:]
+    return round(f1 + (f2 - f1) * (split[1] - b1) / (b2 - b1))
 
 
 def store_step_flops(key: tuple, flops: int) -> None:
     _STEP_CACHE[key] = int(flops)
+    split = _per_sample(key)
+    if split is not None:
+        _BY_BATCH.setdefault(split[0], {})[split[1]] = int(flops)
 
 
 def counting() -> FlopCounterMode:
@@ -180,3 +206,4 @@ def count_server_flops(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> tup
 def clear_caches() -> None:
     _STEP_CACHE.clear()
     _FORWARD_CACHE.clear()
+    _BY_BATCH.clear()
