@@ -7,8 +7,6 @@ import json
 import os
 import pickle
 import shutil
-import subprocess
-import sys
 import tarfile
 from pathlib import Path
 from typing import Iterator

@@ -9,7 +9,6 @@ from pfedlora.algorithms.base import Algorithm, ClientData, ClientResult, Federa
 from pfedlora.config import build_config
 from pfedlora.federation.faults import client_fate, corrupt_upload
 from pfedlora.federation.simulation import ClientStore, Federation, run, run_round
-from pfedlora.federation.validation import UpdateValidator
 from pfedlora.metrics.run_dir import read_metrics
 
 # --- a toy algorithm (no training) so the simulator's fault and validation paths run in milliseconds

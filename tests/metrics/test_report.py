@@ -2,7 +2,6 @@
 
 import json
 
-import pytest
 from PIL import Image
 
 from pfedlora.cli import main

@@ -6,7 +6,7 @@ from collections.abc import Iterable
 
 import torch
 
-from pfedlora.algorithms.base import Payload, Upload
+from pfedlora.algorithms.base import FederationContext, Payload, State, Upload
 
 
 class WeightedMean:
@@ -48,3 +48,14 @@ def weighted_mean(uploads: Iterable[Upload], like: Payload | None = None) -> Pay
     for upload in uploads:
         mean.add(upload.payload, upload.weight)
     return mean.result(like)
+
+
+def fedavg_aggregate(ctx: FederationContext, server_state: State, uploads: list[Upload]) -> tuple[State, Payload]:
+    """``aggregate`` for algorithms whose server state is the FedAvg of the uploads (and the broadcast).
+
+    No uploads: the previous global state is kept.
+    """
+    if not uploads:
+        return server_state, dict(server_state)
+    averaged = weighted_mean(uploads, like=server_state)
+    return averaged, dict(averaged)

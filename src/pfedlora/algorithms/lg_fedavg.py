@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from pfedlora.algorithms.aggregation import weighted_mean
+from pfedlora.algorithms.aggregation import fedavg_aggregate
 from pfedlora.algorithms.base import (
     Algorithm,
     ClientData,
@@ -26,7 +26,6 @@ from pfedlora.algorithms.base import (
     FederationContext,
     Payload,
     State,
-    Upload,
     derive_seed,
     prefixed,
 )
@@ -58,11 +57,7 @@ def client_update(ctx: FederationContext, client_id: int, state: State, broadcas
                         weight=float(data.num_train), stats=[stats])
 
 
-def aggregate(ctx: FederationContext, server_state: State, uploads: list[Upload]) -> tuple[State, Payload]:
-    if not uploads:
-        return server_state, dict(server_state)
-    header = weighted_mean(uploads, like=server_state)
-    return header, dict(header)
+aggregate = fedavg_aggregate  # the server state is the sample-weighted mean of the uploads
 
 
 def personalized_model(ctx: FederationContext, client_id: int, state: State, broadcast: Payload) -> nn.Module:

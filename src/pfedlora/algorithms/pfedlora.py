@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pfedlora.algorithms.aggregation import weighted_mean
+from pfedlora.algorithms.aggregation import fedavg_aggregate
 from pfedlora.algorithms.base import (
     Algorithm,
     ClientData,
@@ -39,7 +39,6 @@ from pfedlora.algorithms.base import (
     Payload,
     State,
     TrainStats,
-    Upload,
     derive_seed,
     load_into,
     prefixed,
@@ -242,11 +241,7 @@ def _iterative_reusing_frozen(ctx: FederationContext, model: PersonalizedModel, 
     return [step1, step2]
 
 
-def aggregate(ctx: FederationContext, server_state: State, uploads: list[Upload]) -> tuple[State, Payload]:
-    if not uploads:
-        return server_state, dict(server_state)
-    global_adapter = weighted_mean(uploads, like=server_state)
-    return global_adapter, dict(global_adapter)
+aggregate = fedavg_aggregate  # the server state is the sample-weighted mean of the uploads
 
 
 def personalized_model(ctx: FederationContext, client_id: int, state: State, broadcast: Payload) -> nn.Module:
