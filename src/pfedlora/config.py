@@ -198,6 +198,8 @@ class EngineConfig(_Section):
 
 # --- end speed -----------------------------------------------------------------------------------
 DEFAULT_POOL = ["cnn1", "cnn2", "cnn3", "cnn4", "cnn5"]
+# the 10-architecture pool of open question 4: CNN-1..5 and five genuinely different models
+POOL_10 = [*DEFAULT_POOL, "cnn_wide", "cnn_deep", "vgg_s", "resnet8", "mobilenet_s"]
 
 # `pfedlora run` without --config: the digits quickstart. Digits clients hold ~135 images, so the
 # authors' CIFAR batch of 512 would give one step per epoch; the quickstart uses batches of 32.
@@ -306,7 +308,9 @@ class Config(_Section):
         wrong = [a for a in archs if (a in TEXT_MODEL_SPECS) != is_text]
         if wrong:
             kind = "text" if is_text else "image"
-            valid = sorted(TEXT_MODEL_SPECS) if is_text else [m for m in DEFAULT_POOL]
+            from pfedlora.models.registry import MODEL_BUILDERS
+
+            valid = sorted(TEXT_MODEL_SPECS) if is_text else sorted(MODEL_BUILDERS)
             raise ValueError(f"model {wrong[0]!r} does not fit the {kind} dataset {self.dataset.name!r}; valid: {', '.join(valid)}")
         if is_text and self.dataset.augment:
             raise ValueError("dataset.augment (random crop + flip) is for image datasets; set it to false for text")

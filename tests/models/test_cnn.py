@@ -24,7 +24,8 @@ def test_cnn1_parameter_count_is_analytic():
 def test_widths_follow_the_authors_table():
     widths = {name: (build_model(name, 3, 10).conv2.out_channels, build_model(name, 3, 10).fc1.out_features)
               for name in model_names() if name in CNN_SPECS}
-    assert widths == {"cnn1": (32, 2000), "cnn2": (16, 2000), "cnn3": (32, 1000), "cnn4": (32, 800), "cnn5": (32, 500)}
+    assert widths == {"cnn1": (32, 2000), "cnn2": (16, 2000), "cnn3": (32, 1000), "cnn4": (32, 800), "cnn5": (32, 500),
+                      "cnn_wide": (64, 2000)}
 
 
 def test_unknown_model_names_valid_choices():

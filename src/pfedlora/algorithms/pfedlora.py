@@ -47,6 +47,7 @@ from pfedlora.algorithms.base import (
 from pfedlora.algorithms.training import train_epochs
 from pfedlora.metrics import flops as flop_count
 from pfedlora.models.adapters import PersonalizedModel, build_adapter, inject_lora, is_lora_key, lora_depth
+from pfedlora.models.cnn import CNN_SPECS
 from pfedlora.models.registry import parameter_count
 
 LOCAL = "local_model."
@@ -54,7 +55,12 @@ ADAPTER = "adapter."
 
 
 def adapter_reference(ctx: FederationContext) -> str:
-    return ctx.config.adapter.reference or ctx.smallest_model()
+    """``adapter.reference``, else the pool's smallest model of the CNN-1..5 family (the adapter
+    constructions are defined on that family), else the pool's smallest model."""
+    if ctx.config.adapter.reference:
+        return ctx.config.adapter.reference
+    family = [arch for arch in dict.fromkeys(ctx.config.model_pool) if arch in CNN_SPECS]
+    return min(family, key=ctx.model_parameters) if family else ctx.smallest_model()
 
 
 def _new_adapter(ctx: FederationContext) -> nn.Module:

@@ -30,6 +30,8 @@ CNN_SPECS: dict[str, CNNSpec] = {
     "cnn3": CNNSpec(conv1=16, conv2=32, fc1=1000),
     "cnn4": CNNSpec(conv1=16, conv2=32, fc1=800),
     "cnn5": CNNSpec(conv1=16, conv2=32, fc1=500),
+    # a wider member of the family, for 10-architecture pools (see models/convnets.py)
+    "cnn_wide": CNNSpec(conv1=32, conv2=64, fc1=2000),
 }
 
 

@@ -10,6 +10,7 @@ from torch import nn
 
 from pfedlora.errors import UserError
 from pfedlora.models.cnn import CNN, CNN_SPECS
+from pfedlora.models.convnets import CONVNET_BUILDERS
 from pfedlora.models.text import TEXT_MODEL_SPECS
 
 ModelBuilder = Callable[[int, int, int], nn.Module]
@@ -20,7 +21,7 @@ def _cnn_builder(name: str) -> ModelBuilder:
     return lambda in_channels, num_classes, image_size: CNN(spec, in_channels, num_classes, image_size)
 
 
-MODEL_BUILDERS: dict[str, ModelBuilder] = {name: _cnn_builder(name) for name in CNN_SPECS}
+MODEL_BUILDERS: dict[str, ModelBuilder] = {**{name: _cnn_builder(name) for name in CNN_SPECS}, **CONVNET_BUILDERS}
 
 
 def model_names() -> list[str]:
