@@ -71,7 +71,7 @@ def test_sweep_runs_the_grid_writes_table_and_plots_and_reuses_runs(tmp_path):
     markdown = (out / "sweep.md").read_text()
     assert "`adapter.rank` ∈ {2, 4}" in markdown and "(sweep_adapter.mu.png)" in markdown
     assert markdown.count("| pfedlora |") == 4 and (out / "report.md").is_file()
-    assert [r["point"] for r in result["rows"]][0] == "adapter.rank-2__adapter.mu-0.3"
+    assert result["rows"][0]["point"] == "adapter.rank-2__adapter.mu-0.3"
 
     # a re-run (here with --grid narrowing mu) reuses every finished run
     again = sweep(document, ["rounds=1"], out, grid_overrides=["adapter.mu=[0.7]"], runner=counting_runner,

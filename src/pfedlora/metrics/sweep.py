@@ -170,7 +170,7 @@ def sweep(document: dict[str, Any], overrides: Sequence[str], out: str | Path, *
     algorithms = algorithm_names() if everything else list(settings.algorithms)
     # the runs never see the sweep section (nor --set sweep.*): it is not part of a run's config
     run_document = {k: v for k, v in document.items() if k != "sweep"}
-    run_overrides = [text for text in overrides if not parse_override(text)[0].split(".")[0] == "sweep"]
+    run_overrides = [text for text in overrides if parse_override(text)[0].split(".")[0] != "sweep"]
     points = grid_points(settings.grid)
     _check_points(run_document, run_overrides, points, algorithms, settings.seeds[0], everything)
     out = Path(out)
@@ -294,10 +294,10 @@ def sweep_markdown(rows: list[dict[str, Any]], settings: SweepConfig, plots: Seq
     algorithms = "all algorithms the setting admits" if settings.algorithms == "all" else ", ".join(settings.algorithms)
     lines = ["# Sweep", "", "Grid (cartesian product):", ""]
     lines += [f"- `{key}` ∈ {{{', '.join(_text(v) for v in values)}}}" for key, values in settings.grid.items()]
-    lines += ["", f"{points} points × algorithms: {algorithms} × seeds {', '.join(map(str, settings.seeds))} "
-              f"= {runs} runs. Accuracy in percent, mean ± std over seeds; costs per client per round "
-              "(client training FLOPs; uploaded + downloaded bytes) divided by client-rounds. "
-              "acc @ round R: mean accuracy at the last evaluated round ≤ R.", ""]
+    lines += ["", (f"{points} points × algorithms: {algorithms} × seeds {', '.join(map(str, settings.seeds))} "
+                   f"= {runs} runs. Accuracy in percent, mean ± std over seeds; costs per client per round "
+                   "(client training FLOPs; uploaded + downloaded bytes) divided by client-rounds. "
+                   "acc @ round R: mean accuracy at the last evaluated round ≤ R."), ""]
     lines += sweep_table(rows, settings).splitlines()
     lines += ["", "Numbers: `sweep.csv`. Accuracy vs round of every run: [report.md](report.md).", ""]
     for path, key in zip(plots, keys):
