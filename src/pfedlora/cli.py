@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from collections.abc import Sequence
@@ -113,6 +114,39 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    import copy
+
+    from pfedlora.config import QUICKSTART, load_document
+    from pfedlora.metrics.compare import resolve_algorithms, resolve_seeds
+    from pfedlora.metrics.sweep import sweep, sweep_table
+
+    document = load_document(args.config) if args.config else copy.deepcopy(QUICKSTART)
+    overrides = list(args.overrides)  # --algorithms / --seeds replace the config's sweep section's
+    if args.algorithms is not None:
+        algorithms = "all" if args.algorithms.strip() == "all" else resolve_algorithms(args.algorithms)
+        overrides.append(f"sweep.algorithms={json.dumps(algorithms)}")
+    if args.seeds is not None:
+        overrides.append(f"sweep.seeds={json.dumps(resolve_seeds(args.seeds))}")
+    out = Path(args.out) if args.out else _default_out("sweep")
+    print(f"pfedlora sweep -> {out}")
+
+    def runner(config, run_dir, label):
+        from pfedlora.federation.simulation import run
+
+        bar, update = _progress_bar(config.rounds, label)
+        try:
+            return run(config, run_dir, overwrite=True, progress=update, log=lambda _: None)
+        finally:
+            bar.close()
+
+    result = sweep(document, overrides, out, grid_overrides=args.grid, runner=runner)
+    print(sweep_table(result["rows"], result["settings"]))
+    paths = result["paths"]
+    print(f"results: {paths['markdown']}, {paths['csv']}, {paths['report']}, {', '.join(map(str, paths['plots']))}")
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from pfedlora.metrics.report import write_report
 
@@ -143,6 +177,15 @@ def build_parser() -> argparse.ArgumentParser:
     compare_parser.add_argument("--target-fraction", type=float, default=0.9, metavar="F",
                                 help="target = F x the best baseline's final accuracy (default: 0.9)")
     compare_parser.set_defaults(handler=cmd_compare)
+
+    sweep_parser = commands.add_parser("sweep", help="run a grid of config values (the config's sweep section); tabulate and plot accuracy and costs against them")
+    _add_config_args(sweep_parser)
+    sweep_parser.add_argument("--grid", action="append", default=[], metavar="KEY=[V1,V2]",
+                              help="add or replace a grid key, e.g. --grid adapter.rank=[4,8,16] (repeatable)")
+    sweep_parser.add_argument("--algorithms", metavar="A,B|all", help="algorithms (default: the config's sweep.algorithms, else pfedlora)")
+    sweep_parser.add_argument("--seeds", metavar="S,S", help="seeds (default: the config's sweep.seeds, else 0)")
+    sweep_parser.add_argument("--out", metavar="DIR", help="output directory (default: runs/<time>-sweep); finished runs in it are reused")
+    sweep_parser.set_defaults(handler=cmd_sweep)
 
     report_parser = commands.add_parser("report", help="plots and report.md for run directories")
     report_parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")

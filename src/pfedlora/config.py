@@ -197,6 +197,60 @@ class EngineConfig(_Section):
 
 
 # --- end speed -----------------------------------------------------------------------------------
+# --- sweep: `pfedlora sweep` (a plain run ignores this section) ---------------------------------
+
+
+class SweepConfig(_Section):
+    """A grid of config values run by ``pfedlora sweep`` (see pfedlora.metrics.sweep)."""
+
+    # dotted config key -> the values to try; the cartesian product, keys in declaration order
+    grid: dict[str, list[Any]] = Field(default_factory=dict)
+    algorithms: list[str] | str = Field(default_factory=lambda: ["pfedlora"])  # or "all"
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    # extra table columns: mean accuracy at these rounds (the last evaluated round <= each)
+    rounds_of_interest: list[int] = Field(default_factory=list)
+
+    @field_validator("grid")
+    @classmethod
+    def _grid_keys(cls, value: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        for key, values in value.items():
+            if key in ("algorithm", "seed") or key == "sweep" or key.startswith("sweep."):
+                raise ValueError(f"grid key {key!r} cannot be swept; use sweep.algorithms / sweep.seeds "
+                                 "for algorithms and seeds")
+            if not values:
+                raise ValueError(f"grid key {key!r} needs a non-empty list of values")
+        return value
+
+    @field_validator("algorithms")
+    @classmethod
+    def _known_algorithms(cls, value: list[str] | str) -> list[str] | str:
+        from pfedlora.algorithms import algorithm_names
+
+        if isinstance(value, list):
+            if not value:
+                raise ValueError("algorithms needs at least one algorithm (or 'all')")
+            for name in value:
+                if name not in algorithm_names():
+                    raise ValueError(f"unknown algorithm {name!r}; valid: all, {', '.join(algorithm_names())}")
+            return list(dict.fromkeys(value))
+        if value != "all":
+            raise ValueError("expected a list of algorithms or 'all'")
+        return value
+
+    @field_validator("seeds", "rounds_of_interest")
+    @classmethod
+    def _unique(cls, value: list[int]) -> list[int]:
+        return list(dict.fromkeys(value))
+
+    @field_validator("rounds_of_interest")
+    @classmethod
+    def _positive_rounds(cls, value: list[int]) -> list[int]:
+        if any(r < 1 for r in value):
+            raise ValueError("rounds must be >= 1")
+        return value
+
+
+# --- end sweep -----------------------------------------------------------------------------------
 DEFAULT_POOL = ["cnn1", "cnn2", "cnn3", "cnn4", "cnn5"]
 # the 10-architecture pool of open question 4: CNN-1..5 and five genuinely different models
 POOL_10 = [*DEFAULT_POOL, "cnn_wide", "cnn_deep", "vgg_s", "resnet8", "mobilenet_s"]
@@ -243,6 +297,8 @@ class Config(_Section):
     payload_dtype: Literal["float32", "float16", "bfloat16"] = "float32"
     # mean accuracy (percent) for time-to-target in summary.json; None: not reported
     target_accuracy: float | None = Field(default=None, gt=0, le=100)
+    # --- sweep (pfedlora.metrics.sweep); not part of a run's identity, so not in to_dict() ---
+    sweep: SweepConfig = SweepConfig()
 
     @field_validator("algorithm")
     @classmethod
@@ -327,7 +383,8 @@ class Config(_Section):
         return self.model_pool[client_id % len(self.model_pool)]
 
     def to_dict(self) -> dict[str, Any]:
-        return self.model_dump(mode="json")
+        # a run ignores the sweep section: leaving it out keeps config.yaml (and run reuse) independent of it
+        return self.model_dump(mode="json", exclude={"sweep"})
 
 
 def _format_error(error: ValidationError) -> str:

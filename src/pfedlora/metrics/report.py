@@ -28,6 +28,12 @@ def _labels(records: Sequence[RunRecord]) -> list[str]:
     labels = [f"{r.algorithm} seed {r.seed}" for r in records]
     if len(set(labels)) < len(labels):  # same algorithm and seed under different configs
         labels = [f"{label} ({r.path.name})" for label, r in zip(labels, records)]
+    if len(set(labels)) < len(labels):  # e.g. a sweep's <point>/<algorithm>/seed0: name the differing part
+        import os
+
+        common = Path(os.path.commonpath([r.path.resolve() for r in records]))
+        parts = [r.path.resolve().relative_to(common).parts for r in records]
+        labels = [f"{r.algorithm} seed {r.seed} ({p[0] if p else r.path.name})" for r, p in zip(records, parts)]
     return labels
 
 

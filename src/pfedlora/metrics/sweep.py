@@ -1,0 +1,305 @@
+"""``pfedlora sweep``: run a grid of config values and tabulate/plot accuracy and costs against them.
+
+The grid is the ``sweep`` section of the config (``grid``: dotted key -> values, the cartesian
+product in declaration order; ``algorithms``; ``seeds``; ``rounds_of_interest``), plus ``--grid``
+on the command line. Every grid point's config is built (validated) before anything runs or is
+written, so a bad key or value stops the sweep with one line naming it.
+
+Each grid point is a :func:`pfedlora.metrics.compare.run_all` under ``OUT/<point>/`` (one run per
+algorithm and seed), so finished runs are reused and an interrupted sweep continues. Outputs:
+
+* ``sweep.csv``: one row per (grid point, algorithm): the swept keys, then the comparison metrics
+  (final / best accuracy mean ± std over seeds, per-client-per-round training FLOPs and bytes,
+  adapter parameters, accuracy at each round of interest);
+* ``sweep_<KEY>.png`` for every swept key: final accuracy, training FLOPs / client / round and
+  communication bytes / client / round against the key's values, one line per algorithm and
+  combination of the other swept keys, error bars = std over seeds;
+* ``sweep.md``: the grid, the table and the plots; ``report.md``: accuracy vs round of every run.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import itertools
+import json
+import re
+import statistics
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from pfedlora.config import SweepConfig, build_config, parse_override
+from pfedlora.errors import UserError
+from pfedlora.metrics.compare import (
+    RunRecord, Runner, _costs, _default_runner, human, run_all, summarize_comparison,
+)
+from pfedlora.metrics.run_dir import write_atomic
+
+METRIC_COLUMNS = [
+    "algorithm", "seeds", "final_acc_mean", "final_acc_std", "best_acc_mean", "best_acc_std",
+    "train_flops_per_client_round", "train_flops_std", "up_bytes_per_client_round", "down_bytes_per_client_round",
+    "comm_bytes_per_client_round", "comm_bytes_std", "server_flops_per_round", "adapter_parameters",
+]
+# (column, std column, axis label, is a cost) of the three panels of every sweep_<KEY>.png
+PANELS = [
+    ("final_acc_mean", "final_acc_std", "final mean client accuracy (%)", False),
+    ("train_flops_per_client_round", "train_flops_std", "training FLOPs / client / round", True),
+    ("comm_bytes_per_client_round", "comm_bytes_std", "bytes (up + down) / client / round", True),
+]
+
+
+def parse_grid_option(text: str) -> tuple[str, list[Any]]:
+    """``--grid KEY=[v1, v2]`` (the value parsed as a YAML list)."""
+    key, value = parse_override(text)
+    if not isinstance(value, list) or not value:
+        raise UserError(f"--grid expects KEY=[v1, v2, ...] with a non-empty list (e.g. adapter.rank=[4,8]), got {text!r}")
+    return key, value
+
+
+def sweep_settings(document: dict[str, Any], overrides: Sequence[str],
+                   grid_overrides: Sequence[str] = ()) -> SweepConfig:
+    """The validated sweep section: the config's, with ``--set`` and ``--grid`` applied."""
+    base = build_config(document, list(overrides)).sweep
+    if not grid_overrides:
+        return base
+    grid = dict(base.grid)
+    for text in grid_overrides:
+        key, values = parse_grid_option(text)
+        grid[key] = values
+    merged = {**base.model_dump(mode="python"), "grid": grid}
+    return build_config({"sweep": merged}).sweep  # same validation (and messages) as the config file
+
+
+def grid_points(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
+    """The cartesian product of the grid, keys in declaration order (the last key varies fastest)."""
+    keys = list(grid)
+    return [dict(zip(keys, combination)) for combination in itertools.product(*(grid[k] for k in keys))]
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
+
+
+def point_label(point: dict[str, Any]) -> str:
+    """``adapter.rank=8,adapter.construction=reduced``."""
+    return ",".join(f"{key}={_text(value)}" for key, value in point.items())
+
+
+def point_dir_name(point: dict[str, Any]) -> str:
+    """A safe directory name for a grid point: ``adapter.rank-8__adapter.construction-reduced``."""
+    parts = [f"{key}-{_text(value)}" for key, value in point.items()]
+    name = re.sub(r"[^A-Za-z0-9._+-]+", "_", "__".join(parts)).strip("._") or "point"
+    if len(name) > 120:  # file-name limits: keep a readable prefix, disambiguate by a hash of the label
+        name = f"{name[:100]}__{hashlib.sha1(point_label(point).encode()).hexdigest()[:12]}"
+    return name
+
+
+def _point_overrides(point: dict[str, Any]) -> list[str]:
+    # JSON is YAML, so parse_override gives back exactly these values
+    return [f"{key}={json.dumps(value)}" for key, value in point.items()]
+
+
+def _check_points(document: dict[str, Any], overrides: Sequence[str], points: list[dict[str, Any]],
+                  algorithms: Sequence[str], seed: int, everything: bool) -> None:
+    """Build every point's config for every algorithm; UserError naming the point on bad input.
+
+    With ``all`` algorithms a point only has to admit one of them (the others are skipped later,
+    as ``compare --algorithms all`` does).
+    """
+    for point in points:
+        errors = []
+        for algorithm in algorithms:
+            try:
+                build_config(document, [*overrides, *_point_overrides(point), f"algorithm={algorithm}", f"seed={seed}"])
+            except UserError as exc:
+                errors.append(exc)
+        if errors and (not everything or len(errors) == len(algorithms)):
+            raise UserError(f"sweep grid point {point_label(point)}: {errors[0]}")
+
+
+def _acc_at(history: list[dict[str, float]], round_index: int) -> float | None:
+    """Mean accuracy of the last evaluated round <= ``round_index`` (None before the first evaluation)."""
+    rows = [row for row in history if row["round"] <= round_index]
+    return rows[-1]["mean_acc"] if rows else None
+
+
+def _mean(values: list[float | None]) -> float | None:
+    values = [v for v in values if v is not None]
+    return statistics.fmean(values) if values else None
+
+
+def _std(values: list[float]) -> float:
+    return statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def _rows_for_point(point: dict[str, Any], records: list[RunRecord], rounds_of_interest: Sequence[int],
+                    point_dir: str) -> list[dict[str, Any]]:
+    table = summarize_comparison(records)
+    rows = []
+    for summary_row in table["rows"]:
+        runs = [r for r in records if r.algorithm == summary_row["algorithm"]]
+        costs = [_costs(r.summary) for r in runs]
+        adapter = [r.summary["adapter_parameters"] for r in runs if "adapter_parameters" in r.summary]
+        row = {**point, **{k: summary_row[k] for k in METRIC_COLUMNS if k in summary_row},
+               "train_flops_std": _std([c["train_flops_per_client_round"] for c in costs]),
+               "comm_bytes_std": _std([c["comm_bytes_per_client_round"] for c in costs]),
+               "adapter_parameters": adapter[0] if adapter else None,
+               "point": point_dir}
+        for round_index in rounds_of_interest:
+            row[f"acc_round_{round_index}"] = _mean([_acc_at(r.history, round_index) for r in runs])
+        rows.append(row)
+    return rows
+
+
+def sweep(document: dict[str, Any], overrides: Sequence[str], out: str | Path, *,
+          grid_overrides: Sequence[str] = (), runner: Runner = _default_runner,
+          announce: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run the grid under ``out``; write sweep.csv, sweep.md, sweep_<KEY>.png and report.md.
+
+    Returns ``{"keys", "rows", "settings", "paths"}``; ``rows`` as in sweep.csv.
+    """
+    from pfedlora.algorithms import algorithm_names
+    from pfedlora.metrics.report import write_report
+
+    settings = sweep_settings(document, overrides, grid_overrides)
+    if not settings.grid:
+        raise UserError("sweep: the grid is empty; declare sweep.grid in the config (key: [values]) "
+                        "or pass --grid KEY=[v1,v2]")
+    everything = settings.algorithms == "all"
+    algorithms = algorithm_names() if everything else list(settings.algorithms)
+    # the runs never see the sweep section (nor --set sweep.*): it is not part of a run's config
+    run_document = {k: v for k, v in document.items() if k != "sweep"}
+    run_overrides = [text for text in overrides if parse_override(text)[0].split(".")[0] != "sweep"]
+    points = grid_points(settings.grid)
+    _check_points(run_document, run_overrides, points, algorithms, settings.seeds[0], everything)
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"output path {str(out)!r} exists and is not a directory")
+    names = [point_dir_name(p) for p in points]
+    if len(set(names)) < len(names):  # values that differ only in unsafe characters
+        names = [f"{i:03d}-{name}" for i, name in enumerate(names, 1)]
+
+    rows: list[dict[str, Any]] = []
+    all_records: list[RunRecord] = []
+    for index, (point, name) in enumerate(zip(points, names), 1):
+        label = point_label(point)
+        announce(f"point {index}/{len(points)}: {label}")
+
+        def point_runner(config, run_dir, run_label, _label=label):
+            return runner(config, run_dir, f"{_label} {run_label}")
+
+        records = run_all(run_document, [*run_overrides, *_point_overrides(point)], algorithms, settings.seeds,
+                          out / name, runner=point_runner, announce=announce, skip_incompatible=everything)
+        all_records += records
+        rows += _rows_for_point(point, records, settings.rounds_of_interest, name)
+
+    keys = list(settings.grid)
+    paths = {"csv": out / "sweep.csv", "markdown": out / "sweep.md"}
+    _write_csv(rows, keys, settings.rounds_of_interest, paths["csv"])
+    plots = write_sweep_plots(rows, settings.grid, out)
+    paths["report"] = write_report([r.path for r in all_records], out, title="Sweep runs")
+    write_atomic(paths["markdown"], sweep_markdown(rows, settings, plots, len(all_records)))
+    return {"keys": keys, "rows": rows, "settings": settings, "paths": {**paths, "plots": plots}}
+
+
+def _columns(keys: Sequence[str], rounds_of_interest: Sequence[int]) -> list[str]:
+    return [*keys, *METRIC_COLUMNS[:6], *(f"acc_round_{r}" for r in rounds_of_interest), *METRIC_COLUMNS[6:], "point"]
+
+
+def _write_csv(rows: list[dict[str, Any]], keys: Sequence[str], rounds_of_interest: Sequence[int], path: Path) -> None:
+    columns = _columns(keys, rounds_of_interest)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({c: ("" if row.get(c) is None else _text(row[c]) if c in keys else row[c]) for c in columns})
+
+
+def _numeric(values: Sequence[Any]) -> bool:
+    return all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+
+
+def write_sweep_plots(rows: list[dict[str, Any]], grid: dict[str, list[Any]], out: Path) -> list[Path]:
+    """One ``sweep_<KEY>.png`` per swept key (three panels); returns the paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    for key, values in grid.items():
+        others = [k for k in grid if k != key]
+        numeric = _numeric(values)
+        positions = {_text(v): (v if numeric else i) for i, v in enumerate(values)}
+        lines: dict[str, list[dict[str, Any]]] = {}
+        for row in rows:
+            name = ", ".join([row["algorithm"], *(f"{k}={_text(row[k])}" for k in others)])
+            lines.setdefault(name, []).append(row)
+        fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
+        for ax, (column, std_column, ylabel, is_cost) in zip(axes, PANELS):
+            plotted = []
+            for name, line in lines.items():
+                line = sorted(line, key=lambda r: list(positions).index(_text(r[key])))
+                xs = [positions[_text(r[key])] for r in line]
+                ys = [r[column] for r in line]
+                plotted += ys
+                ax.errorbar(xs, ys, yerr=[r[std_column] for r in line], marker="o", capsize=3, label=name)
+            if is_cost and plotted and all(y > 0 for y in plotted):
+                ax.set_yscale("log")
+            if not numeric:
+                ax.set_xticks(list(positions.values()), list(positions), rotation=20, ha="right")
+            else:
+                if min(values) > 0 and max(values) >= 8 * min(values):  # e.g. ranks 4..64
+                    ax.set_xscale("log")
+                ax.set_xticks(values, [_text(v) for v in values])
+                ax.minorticks_off()
+            ax.set(xlabel=key, ylabel=ylabel)
+            ax.grid(True, alpha=0.3)
+        if len(lines) > 1:
+            axes[0].legend(fontsize="small")
+        fig.suptitle(f"sweep over {key}")
+        fig.tight_layout()
+        path = out / f"sweep_{re.sub(r'[^A-Za-z0-9._-]+', '_', key)}.png"
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+def sweep_table(rows: list[dict[str, Any]], settings: SweepConfig) -> str:
+    """The markdown table: one line per (grid point, algorithm)."""
+    keys = list(settings.grid)
+    extra = [f"acc @ round {r}" for r in settings.rounds_of_interest]
+    header = [*(f"`{k}`" for k in keys), "algorithm", "final acc", "best acc", *extra,
+              "compute / client / round", "comm / client / round", "adapter params"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        accs = ["–" if row[f"acc_round_{r}"] is None else f"{row[f'acc_round_{r}']:.2f}"
+                for r in settings.rounds_of_interest]
+        adapter = "–" if row["adapter_parameters"] is None else f"{row['adapter_parameters']:,}"
+        cells = [*(_text(row[k]) for k in keys), row["algorithm"],
+                 f"{row['final_acc_mean']:.2f} ± {row['final_acc_std']:.2f}",
+                 f"{row['best_acc_mean']:.2f} ± {row['best_acc_std']:.2f}", *accs,
+                 human(row["train_flops_per_client_round"], "FLOP"), human(row["comm_bytes_per_client_round"], "B"),
+                 adapter]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def sweep_markdown(rows: list[dict[str, Any]], settings: SweepConfig, plots: Sequence[Path], runs: int) -> str:
+    keys = list(settings.grid)
+    points = len(grid_points(settings.grid))
+    algorithms = "all algorithms the setting admits" if settings.algorithms == "all" else ", ".join(settings.algorithms)
+    lines = ["# Sweep", "", "Grid (cartesian product):", ""]
+    lines += [f"- `{key}` ∈ {{{', '.join(_text(v) for v in values)}}}" for key, values in settings.grid.items()]
+    lines += ["", (f"{points} points × algorithms: {algorithms} × seeds {', '.join(map(str, settings.seeds))} "
+                   f"= {runs} runs. Accuracy in percent, mean ± std over seeds; costs per client per round "
+                   "(client training FLOPs; uploaded + downloaded bytes) divided by client-rounds. "
+                   "acc @ round R: mean accuracy at the last evaluated round ≤ R."), ""]
+    lines += sweep_table(rows, settings).splitlines()
+    lines += ["", "Numbers: `sweep.csv`. Accuracy vs round of every run: [report.md](report.md).", ""]
+    for path, key in zip(plots, keys):
+        lines += [f"## {key}", "", f"![sweep over {key}]({path.name})", ""]
+    return "\n".join(lines)
