@@ -203,7 +203,8 @@ class EngineConfig(_Section):
 class SweepConfig(_Section):
     """A grid of config values run by ``pfedlora sweep`` (see pfedlora.metrics.sweep)."""
 
-    # dotted config key -> the values to try; the cartesian product, keys in declaration order
+    # dotted config key -> the values to try; the cartesian product, keys in declaration order.
+    # Linked keys "a+b" vary together: values [[a1, b1], [a2, b2]] (e.g. num_clients+fraction)
     grid: dict[str, list[Any]] = Field(default_factory=dict)
     algorithms: list[str] | str = Field(default_factory=lambda: ["pfedlora"])  # or "all"
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
@@ -214,11 +215,16 @@ class SweepConfig(_Section):
     @classmethod
     def _grid_keys(cls, value: dict[str, list[Any]]) -> dict[str, list[Any]]:
         for key, values in value.items():
-            if key in ("algorithm", "seed") or key == "sweep" or key.startswith("sweep."):
+            if any(part in ("algorithm", "seed", "sweep") or part.startswith("sweep.") for part in key.split("+")):
                 raise ValueError(f"grid key {key!r} cannot be swept; use sweep.algorithms / sweep.seeds "
                                  "for algorithms and seeds")
             if not values:
                 raise ValueError(f"grid key {key!r} needs a non-empty list of values")
+            if "+" in key:  # linked keys vary together: every value is a list with one item per key
+                width = len(key.split("+"))
+                if any(not isinstance(v, list) or len(v) != width for v in values):
+                    raise ValueError(f"linked grid key {key!r} needs values that are lists of {width} items, "
+                                     f"one per key (e.g. [[100, 0.1], [1000, 0.01]])")
         return value
 
     @field_validator("algorithms")

@@ -114,3 +114,18 @@ def test_sweep_command_end_to_end(tmp_path, capsys):
     assert (out / "adapter.construction-factorized" / "pfedlora" / "seed0" / "summary.json").is_file()
     assert not (out / "adapter.construction-reduced" / "fedavg").exists()  # --algorithms replaced the config's
     _png(out / "sweep_adapter.construction.png")
+
+
+def test_linked_keys_vary_together():
+    from pfedlora.metrics.sweep import _point_overrides
+
+    points = grid_points({"num_clients+fraction": [[100, 0.1], [1000, 0.01]], "adapter.rank": [4, 8]})
+    assert len(points) == 4  # 2 linked values x 2 ranks, not 2 x 2 x 2
+    assert _point_overrides(points[3]) == ["num_clients=1000", "fraction=0.01", "adapter.rank=8"]
+    config = build_config(TINY, _point_overrides(points[3]))
+    assert (config.num_clients, config.fraction, config.adapter.rank) == (1000, 0.01, 8)
+    for bad, message in (({"num_clients+fraction": [[100]]}, "lists of 2 items"),
+                         ({"num_clients+fraction": [5]}, "lists of 2 items"),
+                         ({"rounds+seed": [[1, 2]]}, "cannot be swept")):
+        with pytest.raises(UserError, match=message):
+            build_config({"sweep": {"grid": bad}})

@@ -96,8 +96,13 @@ def point_dir_name(point: dict[str, Any]) -> str:
 
 
 def _point_overrides(point: dict[str, Any]) -> list[str]:
+    """``KEY=VALUE`` overrides of a point; a linked key ``a+b`` with value ``[x, y]`` sets a=x and b=y."""
     # JSON is YAML, so parse_override gives back exactly these values
-    return [f"{key}={json.dumps(value)}" for key, value in point.items()]
+    overrides = []
+    for key, value in point.items():
+        pairs = zip(key.split("+"), value) if "+" in key else [(key, value)]
+        overrides += [f"{name}={json.dumps(item)}" for name, item in pairs]
+    return overrides
 
 
 def _check_points(document: dict[str, Any], overrides: Sequence[str], points: list[dict[str, Any]],
