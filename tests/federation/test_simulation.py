@@ -83,3 +83,16 @@ def test_validation_split_is_carved_from_training_data_and_labels_noised_only_in
         assert set(after.test_y.tolist()) <= set(before.train_y.tolist())  # clean labels, own classes
     noisy_labels = sum(int((~torch.isin(c.train_y, c.test_y.unique())).sum()) for c in tuned.clients)
     assert noisy_labels > 0
+
+
+def test_participation_counts_clients_ever_selected():
+    from pfedlora.config import build_config
+    from pfedlora.federation.simulation import participation, sample_clients
+
+    config = build_config({}, ["num_clients=20", "fraction=0.1", "rounds=3"])
+    chosen = sorted({k for r in (1, 2, 3) for k in sample_clients(config, r)})
+    accuracies = [float(k) for k in range(20)]
+    result = participation(config, accuracies)
+    assert result["clients_ever_selected"] == len(chosen) <= 6
+    assert result["selected_clients_final_accuracy"] == sum(chosen) / len(chosen)
+    assert participation(config, [])["selected_clients_final_accuracy"] is None

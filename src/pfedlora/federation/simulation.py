@@ -62,6 +62,15 @@ def sample_clients(config: Config, round_index: int) -> list[int]:
     return sorted(int(k) for k in rng.choice(config.num_clients, size=count, replace=False))
 
 
+def participation(config: Config, client_accuracies: list[float]) -> dict[str, Any]:
+    """How many clients were ever selected, and their final mean accuracy: with partial participation
+    (e.g. 1% of 1,000 clients per round) many clients never train within the rounds run."""
+    selected = sorted(set().union(*(sample_clients(config, r) for r in range(1, config.rounds + 1))))
+    accuracies = [client_accuracies[k] for k in selected] if len(client_accuracies) == config.num_clients else []
+    return {"clients_ever_selected": len(selected),
+            "selected_clients_final_accuracy": sum(accuracies) / len(accuracies) if accuracies else None}
+
+
 def client_generator(config: Config, round_index: int, client_id: int) -> torch.Generator:
     return torch.Generator().manual_seed(derive_seed(config.seed, "train", round_index, client_id))
 
@@ -460,7 +469,7 @@ def _execute(config: Config, out: Path, checkpoint: dict[str, Any] | None, *,
                 raise RunInterrupted(round_index, stop.signum, str(out))
 
     summary = run_summary(config, history, client_accuracies, elapsed_before + time.perf_counter() - started)
-    summary |= counts | costs.totals()
+    summary |= counts | costs.totals() | participation(config, client_accuracies)
     if config.target_accuracy is not None:
         summary["time_to_target"] = time_to_target(history, config.target_accuracy)
     write_json(out / "summary.json", summary)

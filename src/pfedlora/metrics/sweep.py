@@ -40,6 +40,7 @@ METRIC_COLUMNS = [
     "algorithm", "seeds", "final_acc_mean", "final_acc_std", "best_acc_mean", "best_acc_std",
     "train_flops_per_client_round", "train_flops_std", "up_bytes_per_client_round", "down_bytes_per_client_round",
     "comm_bytes_per_client_round", "comm_bytes_std", "server_flops_per_round", "adapter_parameters",
+    "selected_clients_final_acc",
 ]
 # (column, std column, axis label, is a cost) of the three panels of every sweep_<KEY>.png
 PANELS = [
@@ -150,6 +151,7 @@ def _rows_for_point(point: dict[str, Any], records: list[RunRecord], rounds_of_i
                "train_flops_std": _std([c["train_flops_per_client_round"] for c in costs]),
                "comm_bytes_std": _std([c["comm_bytes_per_client_round"] for c in costs]),
                "adapter_parameters": adapter[0] if adapter else None,
+               "selected_clients_final_acc": _mean([r.summary.get("selected_clients_final_accuracy") for r in runs]),
                "point": point_dir}
         for round_index in rounds_of_interest:
             row[f"acc_round_{round_index}"] = _mean([_acc_at(r.history, round_index) for r in runs])
