@@ -234,6 +234,7 @@ def write_sweep_plots(rows: list[dict[str, Any]], grid: dict[str, list[Any]], ou
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     paths = []
     for key, values in grid.items():
@@ -253,7 +254,8 @@ def write_sweep_plots(rows: list[dict[str, Any]], grid: dict[str, list[Any]], ou
                 ys = [r[column] for r in line]
                 plotted += ys
                 ax.errorbar(xs, ys, yerr=[r[std_column] for r in line], marker="o", capsize=3, label=name)
-            if is_cost and plotted and all(y > 0 for y in plotted):
+            # log only across a decade or more: inside one decade a log axis shows no tick labels
+            if is_cost and plotted and all(y > 0 for y in plotted) and max(plotted) >= 8 * min(plotted):
                 ax.set_yscale("log")
             if not numeric:
                 ax.set_xticks(list(positions.values()), list(positions), rotation=20, ha="right")
@@ -261,7 +263,7 @@ def write_sweep_plots(rows: list[dict[str, Any]], grid: dict[str, list[Any]], ou
                 if min(values) > 0 and max(values) >= 8 * min(values):  # e.g. ranks 4..64
                     ax.set_xscale("log")
                 ax.set_xticks(values, [_text(v) for v in values])
-                ax.minorticks_off()
+                ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
             ax.set(xlabel=key, ylabel=ylabel)
             ax.grid(True, alpha=0.3)
         if len(lines) > 1:
