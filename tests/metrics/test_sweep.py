@@ -129,3 +129,16 @@ def test_linked_keys_vary_together():
                          ({"rounds+seed": [[1, 2]]}, "cannot be swept")):
         with pytest.raises(UserError, match=message):
             build_config({"sweep": {"grid": bad}})
+
+
+def test_table_shows_selected_clients_accuracy_only_under_partial_participation():
+    from pfedlora.config import SweepConfig
+    from pfedlora.metrics.sweep import sweep_table
+
+    row = {"num_clients": 100, "algorithm": "pfedlora", "final_acc_mean": 50.0, "final_acc_std": 0.0,
+           "best_acc_mean": 51.0, "best_acc_std": 0.0, "train_flops_per_client_round": 1e9,
+           "comm_bytes_per_client_round": 1e3, "adapter_parameters": 10, "selected_clients_final_acc": 50.0}
+    settings = SweepConfig(grid={"num_clients": [100]})
+    assert "clients ever selected" not in sweep_table([row], settings)
+    table = sweep_table([{**row, "selected_clients_final_acc": 61.5}], settings)
+    assert "clients ever selected" in table and "| 61.50 |" in table

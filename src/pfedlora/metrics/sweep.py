@@ -281,7 +281,11 @@ def sweep_table(rows: list[dict[str, Any]], settings: SweepConfig) -> str:
     """The markdown table: one line per (grid point, algorithm)."""
     keys = list(settings.grid)
     extra = [f"acc @ round {r}" for r in settings.rounds_of_interest]
+    # partial participation: some clients never trained; their accuracy is shown apart
+    partial = any(row.get("selected_clients_final_acc") is not None
+                  and abs(row["selected_clients_final_acc"] - row["final_acc_mean"]) > 1e-9 for row in rows)
     header = [*(f"`{k}`" for k in keys), "algorithm", "final acc", "best acc", *extra,
+              *(["final acc, clients ever selected"] if partial else []),
               "compute / client / round", "comm / client / round", "adapter params"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
@@ -291,6 +295,7 @@ def sweep_table(rows: list[dict[str, Any]], settings: SweepConfig) -> str:
         cells = [*(_text(row[k]) for k in keys), row["algorithm"],
                  f"{row['final_acc_mean']:.2f} ± {row['final_acc_std']:.2f}",
                  f"{row['best_acc_mean']:.2f} ± {row['best_acc_std']:.2f}", *accs,
+                 *([f"{row['selected_clients_final_acc']:.2f}"] if partial else []),
                  human(row["train_flops_per_client_round"], "FLOP"), human(row["comm_bytes_per_client_round"], "B"),
                  adapter]
         lines.append("| " + " | ".join(cells) + " |")
