@@ -36,6 +36,17 @@ def _progress_bar(total: int, description: str):
     return bar, update
 
 
+def _run_with_progress(config, run_dir: Path, label: str) -> dict:
+    """One run of a comparison or sweep, with a progress bar labelled ``label``."""
+    from pfedlora.federation.simulation import run
+
+    bar, update = _progress_bar(config.rounds, label)
+    try:
+        return run(config, run_dir, overwrite=True, progress=update, log=lambda _: None)
+    finally:
+        bar.close()
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from pfedlora.config import load_config
     from pfedlora.federation.simulation import load_resumable, resume, run
@@ -97,17 +108,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else _default_out("compare")
     print(f"pfedlora compare: {', '.join(algorithms)} x seeds {', '.join(map(str, seeds))} -> {out}")
 
-    def runner(config, run_dir, label):
-        from pfedlora.federation.simulation import run
-
-        bar, update = _progress_bar(config.rounds, label)
-        try:
-            return run(config, run_dir, overwrite=True, progress=update, log=lambda _: None)
-        finally:
-            bar.close()
-
     table = compare(document, args.overrides, algorithms, seeds, out, target_accuracy=args.target,
-                    target_fraction=args.target_fraction, runner=runner,
+                    target_fraction=args.target_fraction, runner=_run_with_progress,
                     skip_incompatible=args.algorithms.strip() == "all")
     print(comparison_markdown(table))
     print(f"results: {out / 'comparison.md'}, {out / 'comparison.csv'}, {out / 'report.md'}")
@@ -131,16 +133,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else _default_out("sweep")
     print(f"pfedlora sweep -> {out}")
 
-    def runner(config, run_dir, label):
-        from pfedlora.federation.simulation import run
-
-        bar, update = _progress_bar(config.rounds, label)
-        try:
-            return run(config, run_dir, overwrite=True, progress=update, log=lambda _: None)
-        finally:
-            bar.close()
-
-    result = sweep(document, overrides, out, grid_overrides=args.grid, runner=runner)
+    result = sweep(document, overrides, out, grid_overrides=args.grid, runner=_run_with_progress)
     print(sweep_table(result["rows"], result["settings"]))
     paths = result["paths"]
     print(f"results: {paths['markdown']}, {paths['csv']}, {paths['report']}, {', '.join(map(str, paths['plots']))}")
