@@ -32,7 +32,7 @@ from typing import Any
 from pfedlora.config import SweepConfig, build_config, parse_override
 from pfedlora.errors import UserError
 from pfedlora.metrics.compare import (
-    RunRecord, Runner, _costs, _default_runner, human, run_all, summarize_comparison,
+    RunRecord, Runner, _costs, _default_runner, _mean_std, human, run_all, summarize_comparison,
 )
 from pfedlora.metrics.run_dir import write_atomic
 
@@ -135,10 +135,6 @@ def _mean(values: list[float | None]) -> float | None:
     return statistics.fmean(values) if values else None
 
 
-def _std(values: list[float]) -> float:
-    return statistics.stdev(values) if len(values) > 1 else 0.0
-
-
 def _rows_for_point(point: dict[str, Any], records: list[RunRecord], rounds_of_interest: Sequence[int],
                     point_dir: str) -> list[dict[str, Any]]:
     table = summarize_comparison(records)
@@ -148,8 +144,8 @@ def _rows_for_point(point: dict[str, Any], records: list[RunRecord], rounds_of_i
         costs = [_costs(r.summary) for r in runs]
         adapter = [r.summary["adapter_parameters"] for r in runs if "adapter_parameters" in r.summary]
         row = {**point, **{k: summary_row[k] for k in METRIC_COLUMNS if k in summary_row},
-               "train_flops_std": _std([c["train_flops_per_client_round"] for c in costs]),
-               "comm_bytes_std": _std([c["comm_bytes_per_client_round"] for c in costs]),
+               "train_flops_std": _mean_std([c["train_flops_per_client_round"] for c in costs])[1],
+               "comm_bytes_std": _mean_std([c["comm_bytes_per_client_round"] for c in costs])[1],
                "adapter_parameters": adapter[0] if adapter else None,
                "selected_clients_final_acc": _mean([r.summary.get("selected_clients_final_accuracy") for r in runs]),
                "point": point_dir}
@@ -306,7 +302,8 @@ def sweep_markdown(rows: list[dict[str, Any]], settings: SweepConfig, plots: Seq
     keys = list(settings.grid)
     points = len(grid_points(settings.grid))
     algorithms = "all algorithms the setting admits" if settings.algorithms == "all" else ", ".join(settings.algorithms)
-    lines = ["# Sweep", "", "Grid (cartesian product):", ""]
+    linked = any("+" in key for key in keys)
+    lines = ["# Sweep", "", "Grid (cartesian product" + ("; linked keys `a+b` vary together" if linked else "") + "):", ""]
     lines += [f"- `{key}` ∈ {{{', '.join(_text(v) for v in values)}}}" for key, values in settings.grid.items()]
     lines += ["", (f"{points} points × algorithms: {algorithms} × seeds {', '.join(map(str, settings.seeds))} "
                    f"= {runs} runs. Accuracy in percent, mean ± std over seeds; costs per client per round "
