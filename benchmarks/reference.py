@@ -1,7 +1,9 @@
 """The plain sequential pFedLoRA loop peers use, as the baseline for ``engine.py --reference``.
 
 The usual way (HtFLlib / PFLlib style): a ``DataLoader`` per client over a ``TensorDataset``
-(per-sample indexing and collation), one persistent module per client, a deep copy of the global
+(per-sample indexing and collation), one persistent module per client whose max pools are torch's
+``nn.MaxPool2d`` (as in those libraries' model zoos; pfedlora's models use its bit-identical
+``MaxPool2x2``), a deep copy of the global
 adapter for every selected client each round, optimizers rebuilt per step, and the aggregate
 computed over deep-copied state dicts. Semantics are identical to the engine: the same client
 selection, the same per-client batch permutations (drawn from the same seeded generator, in the same
@@ -24,6 +26,17 @@ from pfedlora.algorithms.base import load_into, unprefixed
 from pfedlora.federation.simulation import Federation, client_generator, sample_clients
 from pfedlora.metrics.accuracy import accuracy
 from pfedlora.models.adapters import PersonalizedModel
+from pfedlora.models.pooling import MaxPool2x2
+
+
+def with_torch_pools(module: nn.Module) -> nn.Module:
+    """``module`` with every pfedlora ``MaxPool2x2`` replaced by torch's ``nn.MaxPool2d`` (same numbers)."""
+    for name, child in module.named_children():
+        if isinstance(child, MaxPool2x2):
+            setattr(module, name, nn.MaxPool2d(2, ceil_mode=child.ceil_mode))
+        else:
+            with_torch_pools(child)
+    return module
 
 
 class SeededPermutation(Sampler[int]):
@@ -46,12 +59,12 @@ class ReferenceFederation:
         self.federation = federation
         ctx = federation.context
         server_state, _ = pfedlora.init_server(ctx)
-        self.global_adapter = copy.deepcopy(pfedlora._adapter_workspace(ctx))
+        self.global_adapter = with_torch_pools(copy.deepcopy(pfedlora._adapter_workspace(ctx)))
         load_into(self.global_adapter, server_state)
         self.local_models: dict[int, nn.Module] = {}
         self.adapters: dict[int, nn.Module] = {}
         for k in range(federation.config.num_clients):
-            model = ctx.new_model(ctx.client_arch(k), seed=0)
+            model = with_torch_pools(ctx.new_model(ctx.client_arch(k), seed=0))
             load_into(model, unprefixed(pfedlora.LOCAL, pfedlora.init_client(ctx, k)))
             self.local_models[k] = model
 

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from pfedlora.models.cnn import REPRESENTATION_DIM
+from pfedlora.models.pooling import MaxPool2x2
 
 
 def _norm(channels: int) -> nn.GroupNorm:
@@ -59,14 +60,14 @@ def _conv(cin: int, cout: int, kernel: int, stride: int = 1, groups: int = 1) ->
 def cnn_deep(in_channels: int, num_classes: int, image_size: int = 32) -> nn.Module:
     layers: list[nn.Module] = []
     for cin, cout in ((in_channels, 32), (32, 64), (64, 128)):
-        layers += [*_conv(cin, cout, 5), nn.MaxPool2d(2, ceil_mode=True)]
+        layers += [*_conv(cin, cout, 5), MaxPool2x2(ceil_mode=True)]
     return _Backbone(nn.Sequential(*layers), 128, num_classes, hidden=1000)
 
 
 def vgg_s(in_channels: int, num_classes: int, image_size: int = 32) -> nn.Module:
-    layers = [*_conv(in_channels, 32, 3), *_conv(32, 32, 3), nn.MaxPool2d(2, ceil_mode=True),
-              *_conv(32, 64, 3), *_conv(64, 64, 3), nn.MaxPool2d(2, ceil_mode=True),
-              *_conv(64, 128, 3), nn.MaxPool2d(2, ceil_mode=True)]
+    layers = [*_conv(in_channels, 32, 3), *_conv(32, 32, 3), MaxPool2x2(ceil_mode=True),
+              *_conv(32, 64, 3), *_conv(64, 64, 3), MaxPool2x2(ceil_mode=True),
+              *_conv(64, 128, 3), MaxPool2x2(ceil_mode=True)]
     return _Backbone(nn.Sequential(*layers), 128, num_classes)
 
 

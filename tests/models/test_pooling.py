@@ -1,0 +1,55 @@
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pfedlora.models.cnn import CNN, CNN_SPECS
+from pfedlora.models.pooling import MaxPool2x2, max_pool_2x2
+
+
+def _forward_backward(pool, x: torch.Tensor, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    x = x.clone().requires_grad_(True)
+    out = pool(x)
+    out.backward(grad)
+    return out.detach(), x.grad
+
+
+@pytest.mark.parametrize("shape", [(4, 3, 8, 8), (2, 5, 7, 9), (3, 2, 28, 28), (1, 1, 3, 2)])
+@pytest.mark.parametrize("ceil_mode", [False, True])
+def test_matches_torch_bit_for_bit_with_ties(shape, ceil_mode):
+    torch.manual_seed(0)
+    # rounded ReLU outputs: most windows hold ties (zeros, equal integers), which decide the gradient's target
+    x = torch.relu(torch.randn(shape) * 2).round()
+    expected_out = F.max_pool2d(x, 2, ceil_mode=ceil_mode)
+    grad = torch.randn_like(expected_out)
+    out, grad_x = _forward_backward(lambda t: max_pool_2x2(t, ceil_mode), x, grad)
+    ref_out, ref_grad = _forward_backward(lambda t: F.max_pool2d(t, 2, ceil_mode=ceil_mode), x, grad)
+    assert torch.equal(out, ref_out)
+    assert torch.equal(grad_x, ref_grad)
+    with torch.no_grad():
+        assert torch.equal(max_pool_2x2(x, ceil_mode), ref_out)
+
+
+def test_ties_go_to_the_first_element_in_scan_order():
+    x = torch.tensor([[[[1.0, 3.0], [3.0, 3.0]]]], requires_grad=True)
+    max_pool_2x2(x).sum().backward()
+    assert x.grad.tolist() == [[[[0.0, 1.0], [0.0, 0.0]]]]
+
+
+def test_cnn_trains_identically_to_torch_maxpool():
+    torch.manual_seed(0)
+    fast = CNN(CNN_SPECS["cnn2"], 3, 10)
+    slow = copy.deepcopy(fast)
+    slow.pool = nn.MaxPool2d(2)
+    assert isinstance(fast.pool, MaxPool2x2)
+    x, y = torch.randn(16, 3, 32, 32), torch.randint(0, 10, (16,))
+    for model in (fast, slow):
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        for _ in range(3):
+            optimizer.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            optimizer.step()
+    assert all(torch.equal(a, b) for a, b in zip(fast.parameters(), slow.parameters()))
+    assert fast.state_dict().keys() == slow.state_dict().keys()
