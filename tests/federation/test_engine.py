@@ -88,3 +88,14 @@ def test_augmentation_changes_training_deterministically():
     assert augmented[2] != plain[2]
     _close(augmented[0], again[0], exact=True)
     assert augmented[1:] == again[1:]
+
+
+def test_workers_take_the_largest_clients_first():
+    from pfedlora.federation.simulation import _client_work
+
+    federation = Federation.build(build_config({**TINY, "model_pool": ["cnn1", "cnn5"]}))
+    work = {k: _client_work(federation, k) for k in range(4)}
+    sizes = {k: federation.clients[k].num_train for k in range(4)}
+    # same model (clients 0, 2 are cnn1): work follows the data size; cnn1 costs more per sample than cnn5
+    assert (work[0] > work[2]) == (sizes[0] > sizes[2])
+    assert work[0] / sizes[0] > work[1] / sizes[1]

@@ -32,13 +32,12 @@ def _init_worker() -> None:
 
 def _run(item: Any) -> tuple[bytes, dict]:
     assert _TASK is not None
-    known = set(flop_count._STEP_CACHE)
+    known = flop_count.cached_keys()
     result = _TASK(item)
     buffer = io.BytesIO()
     torch.save(result, buffer)
     # FLOP counts measured here go back to the parent so later rounds do not count them again
-    counted = {key: value for key, value in flop_count._STEP_CACHE.items() if key not in known}
-    return buffer.getvalue(), counted
+    return buffer.getvalue(), flop_count.counted_since(known)
 
 
 def map_forked(fn: Callable[[Any], Any], items: Sequence[Any], workers: int) -> list[Any]:
@@ -54,7 +53,6 @@ def map_forked(fn: Callable[[Any], Any], items: Sequence[Any], workers: int) -> 
         _TASK = None
     results = []
     for payload, counted in replies:
-        for key, value in counted.items():
-            flop_count.store_step_flops(key, value)
+        flop_count.merge_counted(counted)
         results.append(torch.load(io.BytesIO(payload), weights_only=False))
     return results

@@ -312,10 +312,30 @@ def train_clients(federation: Federation, store: ClientStore, broadcast: Payload
     if workers > 1:
         from pfedlora.federation.parallel import map_forked
 
-        return dict(zip(client_ids, map_forked(
+        # longest first: a free worker takes the next client, so the round ends with short ones
+        # and no worker idles long while another finishes a big client (results do not depend on it)
+        order = sorted(client_ids, key=lambda k: _client_work(federation, k), reverse=True)
+        return dict(zip(order, map_forked(
             lambda client_id: update_client(federation, store, broadcast, round_index, client_id),
-            client_ids, workers)))
+            order, workers)))
     return {k: update_client(federation, store, broadcast, round_index, k) for k in client_ids}
+
+
+_PER_SAMPLE_FLOPS: dict[tuple, int] = {}
+
+
+def _client_work(federation: Federation, client_id: int) -> int:
+    """A client's training work, up to a common factor: its samples x its model's forward FLOPs per sample."""
+    ctx, data = federation.context, federation.clients[client_id]
+    if data.num_train == 0:
+        return 0
+    sample = data.train_x[:1]
+    key = (ctx.client_arch(client_id), tuple(sample.shape), str(sample.dtype), ctx.in_channels, ctx.num_classes)
+    if key not in _PER_SAMPLE_FLOPS:
+        from pfedlora.metrics.flops import forward_flops
+
+        _PER_SAMPLE_FLOPS[key] = forward_flops(ctx.new_model(key[0], seed=0), sample)
+    return data.num_train * _PER_SAMPLE_FLOPS[key]
 
 
 def validator_for(config: Config) -> UpdateValidator:

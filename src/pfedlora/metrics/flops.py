@@ -133,33 +133,59 @@ def store_step_flops(key: tuple, flops: int) -> None:
         _BY_BATCH.setdefault(split[0], {})[split[1]] = int(flops)
 
 
+def cached_keys() -> tuple[set, set]:
+    """The keys of the step and forward caches now (see :func:`counted_since`)."""
+    return set(_STEP_CACHE), set(_FORWARD_CACHE)
+
+
+def counted_since(known: tuple[set, set]) -> tuple[dict, dict]:
+    """Step and forward counts added since ``known``: what a worker process sends back to its parent."""
+    return ({key: value for key, value in _STEP_CACHE.items() if key not in known[0]},
+            {key: value for key, value in _FORWARD_CACHE.items() if key not in known[1]})
+
+
+def merge_counted(counted: tuple[dict, dict]) -> None:
+    """Take in another process's counts (from :func:`counted_since`)."""
+    steps, forwards = counted
+    for key, value in steps.items():
+        store_step_flops(key, value)
+    _FORWARD_CACHE.update(forwards)
+
+
 def counting() -> FlopCounterMode:
     """A silent FLOP counter (matrix products and convolutions)."""
     return FlopCounterMode(display=False)
 
 
-def forward_flops(model: nn.Module, x: torch.Tensor) -> int:
-    """FLOPs of ``model(x)`` in inference mode, cached per (structure, input shape)."""
-    key = (module_signature(model), tuple(x.shape), str(x.dtype), x.device.type)
+def forward_flops(fn: Callable[[torch.Tensor], Any], x: torch.Tensor) -> int:
+    """FLOPs of ``fn(x)`` without gradients, cached per (structure, input shape). ``fn`` is a module
+    (counted in eval mode) or a callable such as a bound ``represent`` (keyed by its code and owner)."""
+    is_module = isinstance(fn, nn.Module)
+    signature = module_signature(fn) if is_module else callable_signature(fn)
+    key = (signature, tuple(x.shape), str(x.dtype), x.device.type)
     if key not in _FORWARD_CACHE:
-        was_training = model.training
-        model.eval()
-        with torch.inference_mode(), counting() as counter:
-            model(x)
-        model.train(was_training)
+        was_training = fn.training if is_module else False
+        if is_module:
+            fn.eval()
+        try:
+            with torch.inference_mode(), counting() as counter:
+                fn(x)
+        finally:
+            if is_module:
+                fn.train(was_training)
         _FORWARD_CACHE[key] = int(counter.get_total_flops())
     return _FORWARD_CACHE[key]
 
 
-def evaluation_flops(model: nn.Module, x: torch.Tensor, batch_size: int) -> int:
-    """FLOPs of evaluating ``model`` on ``x`` in batches of ``batch_size`` (as ``accuracy`` does)."""
+def evaluation_flops(fn: Callable[[torch.Tensor], Any], x: torch.Tensor, batch_size: int) -> int:
+    """FLOPs of ``fn`` over ``x`` in batches of ``batch_size`` (as ``accuracy`` and frozen-output passes do)."""
     n = int(x.shape[0])
     if n == 0:
         return 0
     full, rest = divmod(n, batch_size)
-    total = full * forward_flops(model, x[:batch_size]) if full else 0
+    total = full * forward_flops(fn, x[:batch_size]) if full else 0
     if rest:
-        total += forward_flops(model, x[:rest])
+        total += forward_flops(fn, x[:rest])
     return total
 
 
