@@ -43,6 +43,8 @@ def test_cnn_trains_identically_to_torch_maxpool():
     fast = CNN(CNN_SPECS["cnn2"], 3, 10)
     slow = copy.deepcopy(fast)
     slow.pool = nn.MaxPool2d(2)
+    # the textbook order: ReLU, then torch's pool
+    slow.represent = lambda x: _textbook_represent(slow, x)
     assert isinstance(fast.pool, MaxPool2x2)
     x, y = torch.randn(16, 3, 32, 32), torch.randint(0, 10, (16,))
     for model in (fast, slow):
@@ -53,3 +55,22 @@ def test_cnn_trains_identically_to_torch_maxpool():
             optimizer.step()
     assert all(torch.equal(a, b) for a, b in zip(fast.parameters(), slow.parameters()))
     assert fast.state_dict().keys() == slow.state_dict().keys()
+
+
+def test_relu_after_pool_equals_relu_before_pool_gradients_included():
+    torch.manual_seed(1)
+    z = torch.randn(4, 3, 10, 10)
+    z[0, 0, :2, :2] = 0.0  # a window whose maximum is exactly zero
+    z[1, 1, :2, :2] = -1.0  # an all-negative window
+    grad = torch.randn(4, 3, 5, 5)
+    before, grad_before = _forward_backward(lambda t: F.max_pool2d(torch.relu(t), 2), z, grad)
+    after, grad_after = _forward_backward(lambda t: torch.relu(max_pool_2x2(t)), z, grad)
+    assert torch.equal(before, after)
+    assert torch.equal(grad_before, grad_after)
+
+
+def _textbook_represent(model: CNN, x: torch.Tensor) -> torch.Tensor:
+    x = model.pool(torch.relu(model.conv1(x)))
+    x = model.pool(torch.relu(model.conv2(x)))
+    x = torch.relu(model.fc1(torch.flatten(x, 1)))
+    return torch.relu(model.fc2(x))
