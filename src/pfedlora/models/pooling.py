@@ -62,8 +62,9 @@ class _MaxPool2x2(torch.autograd.Function):
 
 
 def max_pool_2x2(x: torch.Tensor, ceil_mode: bool = False) -> torch.Tensor:
-    """``F.max_pool2d(x, 2, ceil_mode=ceil_mode)`` for 4-d NCHW input, bit for bit, faster on CPU."""
-    if x.dim() != 4 or not x.is_floating_point():
+    """``F.max_pool2d(x, 2, ceil_mode=ceil_mode)``, bit for bit; the fast path is for CPU tensors."""
+    if x.dim() != 4 or not x.is_floating_point() or x.device.type != "cpu":
+        # the scalar-loop problem is torch's CPU kernel; elsewhere (CUDA) torch's pool is the fast one
         return F.max_pool2d(x, 2, ceil_mode=ceil_mode)
     x = _pad_to_even(x, ceil_mode).contiguous()
     if x.shape[-1] == 0 or x.shape[-2] == 0:
