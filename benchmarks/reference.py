@@ -3,9 +3,8 @@
 The usual way (HtFLlib / PFLlib style): a ``DataLoader`` per client over a ``TensorDataset``
 (per-sample indexing and collation), one persistent module per client whose max pools are torch's
 ``nn.MaxPool2d`` (as in those libraries' model zoos; pfedlora's models use its bit-identical
-``MaxPool2x2``), a deep copy of the global
-adapter for every selected client each round, optimizers rebuilt per step, and the aggregate
-computed over deep-copied state dicts. Semantics are identical to the engine: the same client
+``MaxPool2x2``), a deep copy of the global adapter for every selected client each round,
+optimizers rebuilt per step, and the aggregate computed over deep-copied state dicts. Semantics are identical to the engine: the same client
 selection, the same per-client batch permutations (drawn from the same seeded generator, in the same
 order), the same losses, optimizer, clipping and FedAvg weights, so its accuracy after a fixed
 number of rounds matches the engine's within float tolerance (tests/benchmarks check this).

@@ -43,7 +43,7 @@ from pfedlora.federation.validation import Rejection, UpdateValidator, all_finit
 from pfedlora.federation.payload import transmit
 from pfedlora.metrics.accuracy import accuracy, run_summary, summarize
 from pfedlora.metrics.costs import CostMeter, time_to_target
-from pfedlora.metrics.flops import count_server_flops
+from pfedlora.metrics.flops import count_server_flops, forward_flops
 from pfedlora.metrics.run_dir import MetricsWriter, prepare_run_dir, write_json, write_yaml
 
 
@@ -332,8 +332,6 @@ def _client_work(federation: Federation, client_id: int) -> int:
     sample = data.train_x[:1]
     key = (ctx.client_arch(client_id), tuple(sample.shape), str(sample.dtype), ctx.in_channels, ctx.num_classes)
     if key not in _PER_SAMPLE_FLOPS:
-        from pfedlora.metrics.flops import forward_flops
-
         _PER_SAMPLE_FLOPS[key] = forward_flops(ctx.new_model(key[0], seed=0), sample)
     return data.num_train * _PER_SAMPLE_FLOPS[key]
 
