@@ -32,8 +32,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from pfedlora.metrics.flops import counting  # noqa: E402
-from pfedlora.models.cnn import CNN  # noqa: E402
-from pfedlora.models.registry import build_model  # noqa: E402
+from pfedlora.models.cnn import CNN, CNN_SPECS  # noqa: E402
 
 
 def textbook(model: CNN) -> CNN:
@@ -71,7 +70,7 @@ def make_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, fused: bool
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="cnn1")
+    parser.add_argument("--model", default="cnn1", choices=list(CNN_SPECS), help="a model of the CNN family")
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--threads", type=int, default=1)
@@ -79,9 +78,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    base = build_model(args.model, 3, 10, 32)
-    if not isinstance(base, CNN):
-        raise SystemExit(f"--model must be one of the CNN family (cnn1..cnn5, cnn_wide), got {args.model!r}")
+    base = CNN(CNN_SPECS[args.model], 3, 10)
     x, y = torch.randn(args.batch, 3, 32, 32), torch.randint(0, 10, (args.batch,))
     with counting() as counter:
         F.cross_entropy(base(x), y).backward()
