@@ -69,12 +69,42 @@ class TrainConfig(_Section):
 
 
 class AdapterConfig(_Section):
+    """pFedLoRA's adapter (see pfedlora.models.adapters and pfedlora.algorithms.pfedlora)."""
+
     reference: str | None = None
     construction: Literal["reduced", "factorized"] = "reduced"
     rank: int = Field(default=16, ge=1)
     placement: Literal["branch", "head", "lora"] = "branch"
     mu: float = Field(default=0.5, ge=0, le=1)
     schedule: Literal["iterative", "synchronous"] = "iterative"
+    # branch: convex (1-mu) F_k(x) + mu A(x) or additive F_k(x) + mu A(x); unset: convex on branch
+    # (head and lora are additive by construction, so convex is refused there)
+    combine: Literal["convex", "additive"] | None = None
+    # branch: the adapter's output layer (last Linear, weight and bias) starts at exactly zero, as LoRA's B
+    zero_init: bool = False
+    # branch, images: the adapter reads the input average-pooled by this factor (a cheaper adapter)
+    input_pool: Literal[1, 2, 4] = 1
+    # B.A factor pairs: factors = FedAvg of each factor; product = mean of B_i A_i re-factorised by SVD
+    aggregation: Literal["factors", "product"] = "factors"
+
+    @model_validator(mode="after")
+    def _options_fit_placement(self) -> AdapterConfig:
+        if self.combine == "convex" and self.placement != "branch":
+            raise ValueError(f"combine: convex applies to placement branch; placement {self.placement} adds "
+                             "mu times the adapter's delta (additive): leave combine unset or set additive")
+        if self.input_pool != 1 and self.placement != "branch":
+            raise ValueError(f"input_pool applies to placement branch (the adapter reads the input), not {self.placement}")
+        if self.aggregation == "product" and self.placement == "branch" and self.construction == "reduced":
+            raise ValueError("aggregation: product needs B.A factor pairs (construction factorized, or placement "
+                             "head or lora); the reduced branch adapter has none")
+        return self
+
+    @property
+    def combine_rule(self) -> str:
+        """The combine rule in effect: convex on branch unless set, additive on head and lora."""
+        if self.combine is not None:
+            return self.combine
+        return "convex" if self.placement == "branch" else "additive"
 
 
 # --- reliability: update validation and fault injection -------------------------------------------
@@ -124,12 +154,18 @@ class FDConfig(_Section):
 
     gamma: float = Field(default=1.0, ge=0)  # weight of the distillation term (the paper gives none)
     temperature: float = Field(default=1.0, gt=0)
+    # a client's target for class c: the mean logits of the OTHER clients holding c (the paper's
+    # Algorithm 1), or of all holders, its own included (the rule used here until 2026-11-30)
+    target: Literal["leave_one_out", "include_own"] = "leave_one_out"
 
 
 class FedProtoConfig(_Section):
     """FedProto (Tan et al., 2022)."""
 
     lam: float = Field(default=1.0, ge=0)  # λ, weight of the prototype regulariser
+    # global prototype of a class: the plain mean over the clients holding it (the authors' code),
+    # or the mean weighted by their sample counts of that class (the paper's Eq. 6; used here until 2026-11-30)
+    aggregation: Literal["clients", "samples"] = "clients"
 
 
 class FMLConfig(_Section):
@@ -147,6 +183,8 @@ class FedKDConfig(_Section):
     energy_start: float = Field(default=0.95, gt=0, le=1)  # SVD energy threshold, first round
     energy_end: float = Field(default=0.98, gt=0, le=1)  # ... annealed linearly to this, last round
     temperature: float = Field(default=1.0, gt=0)
+    # scales both distillation terms (logits and hidden states); 1 is the paper, 0 switches transfer off
+    kd_weight: float = Field(default=1.0, ge=0)
 
 
 class FedGHConfig(_Section):
@@ -155,6 +193,16 @@ class FedGHConfig(_Section):
     server_lr: float = Field(default=0.01, gt=0)  # the clients' lr, as in the paper
     server_epochs: int = Field(default=1, ge=1)
     server_batch_size: int = Field(default=1, ge=1)  # 1: one SGD step per (client, class) representation
+    # evaluate with the client's own trained header (the FedGH authors' convention) or with the
+    # global header loaded first (as other libraries do)
+    evaluation: Literal["local_header", "global_header"] = "local_header"
+
+
+class LGFedAvgConfig(_Section):
+    """LG-FedAvg (Liang et al., 2020)."""
+
+    # evaluate with the client's own trained header, or with the global header loaded first
+    evaluation: Literal["local_header", "global_header"] = "local_header"
 
 
 # --- end baselines ------------------------------------------------------------------------------
@@ -291,6 +339,7 @@ class Config(_Section):
     min_clients: int = Field(default=1, ge=1)  # fewer valid updates: the global state is kept
     validation: ValidationConfig = ValidationConfig()
     faults: FaultsConfig = FaultsConfig()
+    lg_fedavg: LGFedAvgConfig = LGFedAvgConfig()
     fd: FDConfig = FDConfig()
     fedproto: FedProtoConfig = FedProtoConfig()
     fml: FMLConfig = FMLConfig()

@@ -178,6 +178,9 @@ class Algorithm:
     # ``{"protos": TensorSpec((C, None), torch.float32), "counts": TensorSpec((C,), torch.float32)}``
     # or SVD factors with a varying rank: ``TensorSpec((d, None), torch.float32, max_numel=d * r_max)``.
     upload_spec: Callable[[FederationContext, Payload], UploadSpec | None] | None = None
+    # Facts of the server state after a round's aggregation, added to that round's metrics row
+    # (e.g. a re-factorisation residual); the same keys every round.
+    server_metrics: Callable[[FederationContext, State], dict[str, float]] = lambda ctx, server_state: {}
 
     def expected_upload(self, ctx: FederationContext, broadcast: Payload) -> UploadSpec:
         """The upload spec the server validates against this round."""

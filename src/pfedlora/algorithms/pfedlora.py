@@ -22,6 +22,27 @@ the upload is exactly the LoRA tensors (same names and shapes on every client).
 
 Evaluation uses a client's personalized model: F_k with the adapter it trained last (a client
 never selected yet uses the global adapter).
+
+Options (``adapter.*``; all opt-in, the defaults reproduce earlier results bit for bit):
+
+* ``combine`` (branch): ``convex`` (1 - mu) F_k(x) + mu A(x), the default, or ``additive``
+  F_k(x) + mu A(x). Head and lora placements are additive by construction (convex is refused).
+  The exact frozen-output reuse path mixes with the same rule (:meth:`PersonalizedModel.mix`).
+* ``zero_init`` (branch): the adapter's output layer starts at zero; with ``additive`` a fresh
+  personalized model then equals its local model bit for bit.
+* ``input_pool`` (branch, images): the adapter reads a 2x or 4x average-pooled input (cheap).
+  ``describe`` reports the adapter's and the smallest local model's forward+backward FLOPs per
+  sample, measured with :mod:`pfedlora.metrics.flops`, and their ratio.
+* ``aggregation``: ``factors`` (the default) averages every tensor, each factor of a B.A pair
+  separately, which is exact only with one client or when all clients share one factor
+  (mean(B) mean(A) != mean(B A) in general). ``product`` averages the weighted products
+  W_i = B_i A_i (a conv pair as matrices: A ``rank x (in k k)``, B ``out x rank``) and
+  re-factorises the mean by truncated SVD, B = U_r S_r and A = V_r^T (A's rows orthonormal, so no
+  rank component is left with both factors zero and no gradient); other tensors are averaged as
+  usual. It is exact when the mean product has rank <= r (one client, or the clients' products
+  spanning at most r dimensions). The relative Frobenius residual ||mean - B A|| / ||mean||, the
+  maximum over pairs, is kept in the server state and reported per round as the metrics column
+  ``refactor_residual_max`` (through :attr:`Algorithm.server_metrics`).
 """
 
 from __future__ import annotations
@@ -30,7 +51,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pfedlora.algorithms.aggregation import fedavg_aggregate
+from pfedlora.algorithms.aggregation import WeightedMean, fedavg_aggregate
 from pfedlora.algorithms.base import (
     Algorithm,
     ClientData,
@@ -39,6 +60,7 @@ from pfedlora.algorithms.base import (
     Payload,
     State,
     TrainStats,
+    Upload,
     derive_seed,
     load_into,
     prefixed,
@@ -46,12 +68,22 @@ from pfedlora.algorithms.base import (
 )
 from pfedlora.algorithms.training import train_epochs
 from pfedlora.metrics import flops as flop_count
-from pfedlora.models.adapters import PersonalizedModel, build_adapter, inject_lora, is_lora_key, lora_depth
+from pfedlora.models.adapters import (
+    PersonalizedModel,
+    build_adapter,
+    factor_pairs,
+    inject_lora,
+    is_lora_key,
+    lora_depth,
+    lora_factor_pairs,
+)
 from pfedlora.models.cnn import CNN_SPECS
 from pfedlora.models.registry import parameter_count
 
 LOCAL = "local_model."
 ADAPTER = "adapter."
+# server state only (aggregation: product): the last aggregation's worst re-factorisation residual
+RESIDUAL = "server.refactor_residual_max"
 
 
 def adapter_reference(ctx: FederationContext) -> str:
@@ -74,6 +106,8 @@ def _new_adapter(ctx: FederationContext) -> nn.Module:
         num_classes=ctx.num_classes,
         image_size=ctx.image_size,
         text=ctx.text,
+        zero_init=spec.zero_init,
+        input_pool=spec.input_pool,
     )
 
 
@@ -115,12 +149,20 @@ def init_server(ctx: FederationContext) -> tuple[State, Payload]:
     if _uses_lora(ctx):
         lora = _split_lora(_lora_model(ctx, adapter_reference(ctx), derive_seed(ctx.config.seed, "adapter")).state_dict())[1]
         global_adapter = prefixed("", lora)
-        return global_adapter, dict(global_adapter)
+        return _server_state(ctx, global_adapter, residual=0.0), dict(global_adapter)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derive_seed(ctx.config.seed, "adapter"))
         adapter = _new_adapter(ctx)
     global_adapter = prefixed("", adapter.state_dict())
-    return global_adapter, dict(global_adapter)
+    return _server_state(ctx, global_adapter, residual=0.0), dict(global_adapter)
+
+
+def _server_state(ctx: FederationContext, global_adapter: State, residual: float) -> State:
+    """The global adapter, plus the re-factorisation residual when aggregating products."""
+    if ctx.config.adapter.aggregation != "product":
+        return global_adapter
+    device = next(iter(global_adapter.values())).device
+    return global_adapter | {RESIDUAL: torch.tensor(residual, dtype=torch.float32, device=device)}
 
 
 def init_client(ctx: FederationContext, client_id: int) -> State:
@@ -136,7 +178,8 @@ def _personalized(ctx: FederationContext, client_id: int, local_state: State, ad
         return load_into(_lora_workspace(ctx, ctx.client_arch(client_id)), local_state | adapter_state)
     local_model = load_into(_local_workspace(ctx, client_id), local_state)
     adapter = load_into(_adapter_workspace(ctx), adapter_state)
-    return PersonalizedModel(local_model, adapter, ctx.config.adapter.mu, ctx.config.adapter.placement)
+    return PersonalizedModel(local_model, adapter, ctx.config.adapter.mu, ctx.config.adapter.placement,
+                             combine=ctx.config.adapter.combine_rule)
 
 
 def client_update(
@@ -148,7 +191,7 @@ def client_update(
     generator: torch.Generator,
 ) -> ClientResult:
     cfg = ctx.config
-    # the received global adapter replaces the client's previous one
+    # the received global adapter replaces the client's previous one: step 1 trains with it
     model = _personalized(ctx, client_id, unprefixed(LOCAL, state), broadcast)
     if _uses_lora(ctx):
         local_params = [p for n, p in model.named_parameters() if not is_lora_key(n)]
@@ -180,7 +223,8 @@ def client_update(
 #
 # While one part is frozen its outputs depend on the (unaugmented) inputs only, so they are computed
 # once per step in large no-grad batches instead of in every mini-batch's forward and backward.
-# Same batches, same losses and gradients up to float summation order.
+# Same batches, same losses and gradients up to float summation order. With train.precision bf16
+# the outputs are computed under the training loop's bf16 autocast, as the plain path computes them.
 
 
 def _can_reuse_frozen(ctx: FederationContext, model: nn.Module, data: ClientData) -> bool:
@@ -192,40 +236,46 @@ def _can_reuse_frozen(ctx: FederationContext, model: nn.Module, data: ClientData
     return not any(isinstance(m, stochastic) for m in model.modules())
 
 
-def _frozen_outputs(fn, x: torch.Tensor, batch_size: int, stats: TrainStats) -> torch.Tensor:
-    """``fn(x)`` without gradients, in batches; its FLOPs are added to ``stats``."""
-    with torch.no_grad():
+def _training_autocast(precision: str, x: torch.Tensor) -> torch.autocast:
+    """The autocast the training loop runs forwards under (pfedlora.algorithms.training.train_epochs)."""
+    return torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+def _frozen_outputs(fn, x: torch.Tensor, batch_size: int, stats: TrainStats, precision: str = "fp32") -> torch.Tensor:
+    """``fn(x)`` without gradients, in batches, under the training precision's autocast; its FLOPs
+    are added to ``stats``."""
+    with torch.no_grad(), _training_autocast(precision, x):
         out = torch.cat([fn(x[i : i + batch_size]) for i in range(0, int(x.shape[0]), batch_size)])
-    # counted once per (structure, batch shape) and cached: a counter around every pass cost ~5% of a client
-    stats.flops += flop_count.evaluation_flops(fn, x, batch_size)
+        # counted once per (structure, batch shape) and cached: a counter around every pass cost ~5% of a client
+        stats.flops += flop_count.evaluation_flops(fn, x, batch_size)
     return out
 
 
 def _branch_loss_adapter_cached(model: PersonalizedModel, xb: tuple[torch.Tensor, torch.Tensor], yb: torch.Tensor) -> torch.Tensor:
     inputs, adapter_out = xb
-    return F.cross_entropy((1.0 - model.mu) * model.local_model(inputs) + model.mu * adapter_out, yb)
+    return F.cross_entropy(model.mix(model.local_model(inputs), adapter_out), yb)
 
 
 def _branch_loss_local_cached(model: PersonalizedModel, xb: tuple[torch.Tensor, torch.Tensor], yb: torch.Tensor) -> torch.Tensor:
     inputs, local_out = xb
-    return F.cross_entropy((1.0 - model.mu) * local_out + model.mu * model.adapter(inputs), yb)
+    return F.cross_entropy(model.mix(local_out, model.adapter(inputs)), yb)
 
 
 def _head_loss_local_cached(model: PersonalizedModel, xb: tuple[torch.Tensor, torch.Tensor], yb: torch.Tensor) -> torch.Tensor:
     representation, head_out = xb
-    return F.cross_entropy(head_out + model.mu * model.adapter(representation), yb)
+    return F.cross_entropy(model.mix(head_out, model.adapter(representation)), yb)
 
 
 def _iterative_reusing_frozen(ctx: FederationContext, model: PersonalizedModel, local_params: list, adapter_params: list,
                               data: ClientData, common: dict) -> list[TrainStats]:
     cfg = ctx.config
     # the training batch size: larger no-grad batches measured slower per sample on CPU
-    batch = cfg.train.batch_size
+    batch, precision = cfg.train.batch_size, cfg.train.precision
     x, y = data.train_x, data.train_y
     pre_local, pre_adapter = TrainStats(), TrainStats()
     if cfg.adapter.placement == "branch" and cfg.train.local_epochs > 0 and data.num_train:
         # step 1: the adapter is frozen and sees the raw input
-        adapter_out = _frozen_outputs(model.adapter, x, batch, pre_local)
+        adapter_out = _frozen_outputs(model.adapter, x, batch, pre_local, precision)
         step1 = train_epochs(model, local_params, (x, adapter_out), y, epochs=cfg.train.local_epochs,
                              loss_fn=_branch_loss_adapter_cached, name="local_model", **common)
     else:  # head placement: the frozen adapter reads the representation being trained
@@ -233,12 +283,12 @@ def _iterative_reusing_frozen(ctx: FederationContext, model: PersonalizedModel, 
     if cfg.train.adapter_epochs > 0 and data.num_train:
         # step 2: the local model is frozen
         if cfg.adapter.placement == "branch":
-            local_out = _frozen_outputs(model.local_model, x, batch, pre_adapter)
+            local_out = _frozen_outputs(model.local_model, x, batch, pre_adapter, precision)
             step2 = train_epochs(model, adapter_params, (x, local_out), y, epochs=cfg.train.adapter_epochs,
                                  loss_fn=_branch_loss_local_cached, name="adapter", **common)
         else:
-            representation = _frozen_outputs(model.local_model.represent, x, batch, pre_adapter)
-            head_out = _frozen_outputs(model.local_model.head, representation, batch, pre_adapter)
+            representation = _frozen_outputs(model.local_model.represent, x, batch, pre_adapter, precision)
+            head_out = _frozen_outputs(model.local_model.head, representation, batch, pre_adapter, precision)
             step2 = train_epochs(model, adapter_params, (representation, head_out), y, epochs=cfg.train.adapter_epochs,
                                  loss_fn=_head_loss_local_cached, name="adapter", **common)
     else:
@@ -248,7 +298,84 @@ def _iterative_reusing_frozen(ctx: FederationContext, model: PersonalizedModel, 
     return [step1, step2]
 
 
-aggregate = fedavg_aggregate  # the server state is the sample-weighted mean of the uploads
+# ---- aggregation: FedAvg of the factors (default) or of the B.A products
+
+
+def aggregate(ctx: FederationContext, server_state: State, uploads: list[Upload]) -> tuple[State, Payload]:
+    """The sample-weighted mean of the uploaded adapters (``adapter.aggregation``: of each factor, or
+    of each B.A product, re-factorised)."""
+    if ctx.config.adapter.aggregation == "factors":
+        return fedavg_aggregate(ctx, server_state, uploads)
+    global_adapter = {name: tensor for name, tensor in server_state.items() if name != RESIDUAL}
+    if not uploads:  # the previous global adapter (and its residual) is kept
+        return server_state, dict(global_adapter)
+    averaged, residuals = product_mean(uploads, _factor_pairs(ctx), like=global_adapter)
+    return _server_state(ctx, averaged, residual=max(residuals, default=0.0)), dict(averaged)
+
+
+def _factor_pairs(ctx: FederationContext) -> list[tuple[str, str]]:
+    if _uses_lora(ctx):
+        return lora_factor_pairs(list(_split_lora(_lora_workspace(ctx, adapter_reference(ctx)).state_dict())[1]))
+    return factor_pairs(_adapter_workspace(ctx))
+
+
+def product_mean(uploads: list[Upload], pairs: list[tuple[str, str]], like: Payload) -> tuple[Payload, list[float]]:
+    """The weighted mean of the uploads where each ``(B, A)`` pair is averaged as its product B.A and
+    re-factorised to the pair's rank by truncated SVD; every other tensor is FedAvg'd. Also returns
+    each pair's relative Frobenius residual ||mean - B'A'|| / ||mean||. Output dtypes follow ``like``."""
+    factors = {name for pair in pairs for name in pair}
+    others, products = WeightedMean(), WeightedMean()
+    for upload in uploads:
+        others.add({k: v for k, v in upload.payload.items() if k not in factors}, upload.weight)
+        products.add({b: _as_matrix(upload.payload[b]) @ _as_matrix(upload.payload[a]) for b, a in pairs},
+                     upload.weight)
+    averaged = others.result(like)
+    # float64 products (the sums are float64 already): the SVD and the residual in full precision
+    mean_products = products.result({b: torch.empty((), dtype=torch.float64) for b, _ in pairs})
+    residuals = []
+    for b, a in pairs:
+        rank = like[a].shape[0]
+        new_b, new_a, residual = refactorize(mean_products[b], rank)
+        averaged[b] = new_b.reshape(like[b].shape).to(like[b].dtype)
+        averaged[a] = new_a.reshape(like[a].shape).to(like[a].dtype)
+        residuals.append(residual)
+    return {name: averaged[name] for name in like}, residuals
+
+
+def _as_matrix(factor: torch.Tensor) -> torch.Tensor:
+    """A factor as a float64 matrix: B ``out x rank (x 1 x 1)`` -> ``out x rank``,
+    A ``rank x in (x k x k)`` -> ``rank x (in k k)``."""
+    return factor.detach().to(torch.float64).reshape(factor.shape[0], -1)
+
+
+def refactorize(matrix: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """``(B, A, residual)``: B = U_r S_r (``m x rank``), A = V_r^T (``rank x n``), the best rank-``rank``
+    approximation of ``matrix`` (Eckart-Young), and its relative Frobenius residual, exactly
+    sqrt(sum of the discarded S^2) / ||matrix|| (0 when nothing is discarded or the matrix is 0).
+
+    When ``rank`` exceeds min(m, n), B's extra columns are zero and A's extra rows are the next
+    right singular vectors (an orthonormal complement; zero rows once n runs out), so those
+    components still receive gradient through B, as a LoRA component with B = 0 does.
+    """
+    m, n = matrix.shape
+    full = rank > min(m, n)
+    u, s, vh = torch.linalg.svd(matrix, full_matrices=full)
+    keep = min(rank, s.shape[0])
+    b = matrix.new_zeros(m, rank)
+    b[:, :keep] = u[:, :keep] * s[:keep]
+    a = matrix.new_zeros(rank, n)
+    rows = min(rank, vh.shape[0])
+    a[:rows] = vh[:rows]
+    total = float(torch.linalg.vector_norm(s))
+    residual = float(torch.linalg.vector_norm(s[keep:])) / total if total > 0 else 0.0
+    return b, a, residual
+
+
+def server_metrics(ctx: FederationContext, server_state: State) -> dict[str, float]:
+    """Per-round facts of the server state for metrics.csv: the re-factorisation residual (product)."""
+    if RESIDUAL not in server_state:
+        return {}
+    return {"refactor_residual_max": float(server_state[RESIDUAL])}
 
 
 def personalized_model(ctx: FederationContext, client_id: int, state: State, broadcast: Payload) -> nn.Module:
@@ -263,10 +390,40 @@ def describe(ctx: FederationContext) -> dict:
             "adapter_reference": adapter_reference(ctx),
             "adapter_parameters": sum(p.numel() for n, p in reference.named_parameters() if is_lora_key(n)),
         }
-    return {
+    facts = {
         "adapter_reference": adapter_reference(ctx),
         "adapter_parameters": parameter_count(_adapter_workspace(ctx)),
     }
+    if ctx.text is None:  # measured on image inputs (a text adapter's cost depends on the token lengths)
+        facts |= adapter_cost(ctx)
+    return facts
+
+
+def adapter_cost(ctx: FederationContext) -> dict:
+    """Forward+backward FLOPs per sample of training the adapter alone and the pool's cheapest local
+    model alone (measured with the FLOP counter on fresh modules), and their ratio."""
+    images = torch.randn(2, *ctx.input_shape, device=ctx.device)
+    archs = sorted({ctx.client_arch(k) for k in range(ctx.config.num_clients)})
+    local = {arch: _training_flops_per_sample(ctx.new_model(arch, seed=0), images) for arch in archs}
+    cheapest = min(archs, key=lambda arch: local[arch])
+    with torch.random.fork_rng(devices=[]):
+        adapter = _new_adapter(ctx).to(ctx.device)
+    # head placement: the adapter reads the representation, not the image
+    inputs = torch.randn(2, adapter.lora_A.shape[1], device=ctx.device) if ctx.config.adapter.placement == "head" else images
+    adapter_flops = _training_flops_per_sample(adapter, inputs)
+    return {
+        "adapter_flops_per_sample": adapter_flops,
+        "smallest_local_model": cheapest,
+        "smallest_local_flops_per_sample": local[cheapest],
+        "adapter_to_smallest_local_flops": adapter_flops / local[cheapest],
+    }
+
+
+def _training_flops_per_sample(module: nn.Module, inputs: torch.Tensor) -> int:
+    """Forward+backward FLOPs per sample of one training step of all of ``module``'s parameters."""
+    with flop_count.counting() as counter:
+        module(inputs).sum().backward()
+    return int(counter.get_total_flops()) // int(inputs.shape[0])
 
 
 ALGORITHM = Algorithm(
@@ -277,4 +434,5 @@ ALGORITHM = Algorithm(
     aggregate=aggregate,
     personalized_model=personalized_model,
     describe=describe,
+    server_metrics=server_metrics,
 )

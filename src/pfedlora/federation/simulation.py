@@ -462,7 +462,8 @@ def _execute(config: Config, out: Path, checkpoint: dict[str, Any] | None, *,
                 client_accuracies = evaluate_clients(federation, store, broadcast, meter=costs)
                 # the metrics row: one per evaluated round (update counts and costs since the previous row)
                 row = {"round": round_index, **summarize(client_accuracies), "train_loss": result.train_loss,
-                       **pending, "wall_s": elapsed_before + time.perf_counter() - started, **costs.row()}
+                       **pending, "wall_s": elapsed_before + time.perf_counter() - started, **costs.row(),
+                       **federation.algorithm.server_metrics(federation.context, server_state)}
                 pending = {key: 0 for key in pending}
                 metrics.write(row)
                 history.append(row)
@@ -488,6 +489,8 @@ def _execute(config: Config, out: Path, checkpoint: dict[str, Any] | None, *,
 
     summary = run_summary(config, history, client_accuracies, elapsed_before + time.perf_counter() - started)
     summary |= counts | costs.totals() | participation(config, client_accuracies)
+    summary |= {f"final_{key}": value
+                for key, value in federation.algorithm.server_metrics(federation.context, server_state).items()}
     if config.target_accuracy is not None:
         summary["time_to_target"] = time_to_target(history, config.target_accuracy)
     write_json(out / "summary.json", summary)

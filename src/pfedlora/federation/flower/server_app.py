@@ -223,7 +223,8 @@ def run_server(grid: Grid, config: Config, out_dir: str | Path, *, overwrite: bo
                    "train_loss": float(np.mean(losses)) if losses else math.nan,
                    "wall_s": time.perf_counter() - started,
                    "up_bytes": up_bytes, "down_bytes": down_bytes,
-                   "replied": len(uploads), "evaluated": len(results)}
+                   "replied": len(uploads), "evaluated": len(results),
+                   **algorithm.server_metrics(ctx, server_state)}
             metrics.write(row)
             history.append(row)
             up_bytes = down_bytes = 0
