@@ -9,19 +9,21 @@ from pfedlora.federation.simulation import run
 SMALL = {"num_clients": 5, "rounds": 2, "eval_every": 2, "train": {"batch_size": 32}}
 
 # algorithm -> (final mean accuracy % measured with seed 0 on CPU, floor asserted).
-# Personalized models on 2-class clients: chance is ~50%; the floors sit ~10 points below the
-# measurement (one client flipping between 100% and 50% moves the mean by 10 points).
+# Personalized models on 2-class clients: chance is ~50%; the floors sit ~7-12 points below the
+# measurement (one client flipping between 100% and 50% moves the mean by 10 points). Measured
+# 2026-11-30 with the whole-string seed derivation. With 5 clients x 2 classes every class has one
+# holder, so FD's leave-one-out targets are empty and FD equals Standalone here; whether each
+# federated term acts is tested in test_federated_terms.py.
 MEASURED = {
-    "standalone": (87.3, 75.0),
-    "lg_fedavg": (86.2, 75.0),
-    "fd": (87.3, 75.0),
-    "fedproto": (87.8, 75.0),
-    "fml": (77.3, 65.0),
-    "fedkd": (78.0, 65.0),
-    "fedgh": (79.3, 65.0),
+    "standalone": (61.5, 55.0),
+    "lg_fedavg": (71.7, 60.0),
+    "fd": (61.5, 55.0),
+    "fedproto": (71.3, 60.0),
+    "fml": (86.0, 75.0),
+    "fedkd": (89.7, 78.0),
+    "fedgh": (62.8, 55.0),
     # FedAvg is evaluated with its one global 10-class model (chance 10%), here on an IID split
-    # (on the pathological split 2 rounds give it 31.7%)
-    "fedavg": (49.8, 35.0),
+    "fedavg": (45.3, 35.0),
 }
 
 

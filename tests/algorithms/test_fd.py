@@ -1,4 +1,4 @@
-"""FD: per-class mean logits up, per-class averages (over clients holding the class) down."""
+"""FD: per-class mean logits up; per-class averages and who is in them down; leave-one-out targets."""
 
 import torch
 import torch.nn.functional as F
@@ -21,28 +21,85 @@ def test_upload_is_per_class_mean_logits_with_counts_for_the_classes_held(make_c
     assert torch.equal(logits[0], torch.zeros(10))
 
 
-def test_server_averages_each_class_over_the_clients_that_hold_it(make_context):
+def _upload(rows: dict[int, float], counts: dict[int, int]):
+    logits, class_counts = torch.zeros(10, 10), torch.zeros(10)
+    for c, value in rows.items():
+        logits[c], class_counts[c] = value, counts[c]
+    return {fd.LOGITS: logits, fd.COUNTS: class_counts}
+
+
+def test_server_averages_each_class_over_the_clients_that_hold_it_and_records_who(make_context):
     ctx = make_context()
     server_state, _ = fd.init_server(ctx)
-    first = {fd.LOGITS: torch.zeros(10, 10), fd.COUNTS: torch.zeros(10)}
-    second = {fd.LOGITS: torch.zeros(10, 10), fd.COUNTS: torch.zeros(10)}
-    first[fd.LOGITS][3], first[fd.COUNTS][3] = 1.0, 100
-    second[fd.LOGITS][3], second[fd.COUNTS][3] = 3.0, 1
-    second[fd.LOGITS][5], second[fd.COUNTS][5] = 4.0, 2
-    _, broadcast = fd.aggregate(ctx, server_state, [Upload(0, first, 100.0), Upload(1, second, 3.0)])
+    first, second = _upload({3: 1.0}, {3: 100}), _upload({3: 3.0, 5: 4.0}, {3: 1, 5: 2})
+    state, broadcast = fd.aggregate(ctx, server_state, [Upload(0, first, 100.0), Upload(1, second, 3.0)])
     assert torch.allclose(broadcast[fd.LOGITS][3], torch.full((10,), 2.0))  # each client once
     assert torch.allclose(broadcast[fd.LOGITS][5], torch.full((10,), 4.0))  # a missing class does not count
     assert broadcast[fd.COUNTS][0] == 0
+    assert broadcast[fd.HOLDERS][3].tolist() == [1, 1] and broadcast[fd.HOLDERS][5].tolist() == [0, 1]
+    assert broadcast[fd.FORMED][3] == 1 and broadcast[fd.FORMED][0] == 0 and broadcast[fd.ROUND] == 1
+    # round 2: only client 0 uploads; class 3 is re-formed from it alone, class 5 keeps its average
+    state, broadcast = fd.aggregate(ctx, state, [Upload(0, _upload({3: 7.0}, {3: 100}), 100.0)])
+    assert broadcast[fd.HOLDERS][3].tolist() == [1, 0] and broadcast[fd.FORMED][3] == 2
+    assert broadcast[fd.HOLDERS][5].tolist() == [0, 1] and broadcast[fd.FORMED][5] == 1
+    assert torch.allclose(broadcast[fd.LOGITS][5], torch.full((10,), 4.0))
 
 
-def test_distillation_term_pulls_toward_the_global_logits_of_known_labels_only():
+def _federation_of_three(ctx):
+    """Clients 0, 1, 2 all hold class 3 (logits 1, 2, 6); client 0 alone holds class 5."""
+    server_state, _ = fd.init_server(ctx)
+    uploads = [Upload(0, _upload({3: 1.0, 5: 9.0}, {3: 10, 5: 10}), 20.0),
+               Upload(1, _upload({3: 2.0}, {3: 10}), 10.0), Upload(2, _upload({3: 6.0}, {3: 10}), 10.0)]
+    _, broadcast = fd.aggregate(ctx, server_state, uploads)
+    own = {fd.OWN_LOGITS: uploads[0].payload[fd.LOGITS], fd.OWN_ROUND: torch.tensor(1, dtype=torch.int32)}
+    return broadcast, own
+
+
+def test_leave_one_out_target_is_the_mean_of_the_other_holders(make_context):
+    ctx = make_context(num_clients=3)
+    broadcast, own = _federation_of_three(ctx)
+    targets, has_target = fd.distillation_targets(broadcast, 0, own, "leave_one_out")
+    assert torch.allclose(targets[3], torch.full((10,), 4.0))  # (2 + 6) / 2, not (1 + 2 + 6) / 3
+    assert not has_target[5]  # the client is the class's only holder: nothing to distil from
+    assert not has_target[0]  # no one holds class 0
+    # the paper's rule off: the plain mean over all holders, the client's own logits included
+    targets, has_target = fd.distillation_targets(broadcast, 0, own, "include_own")
+    assert torch.allclose(targets[3], torch.full((10,), 3.0)) and has_target[5]
+    assert torch.allclose(targets[5], torch.full((10,), 9.0))
+
+
+def test_a_client_not_in_the_average_or_without_a_matching_upload_gets_the_plain_mean(make_context):
+    ctx = make_context(num_clients=4)
+    broadcast, own = _federation_of_three(ctx)
+    targets, _ = fd.distillation_targets(broadcast, 3, {}, "leave_one_out")  # never uploaded
+    assert torch.allclose(targets[3], torch.full((10,), 3.0))
+    stale = own | {fd.OWN_ROUND: torch.tensor(2, dtype=torch.int32)}  # its latest upload is not in the average
+    targets, has_target = fd.distillation_targets(broadcast, 0, stale, "leave_one_out")
+    assert torch.allclose(targets[3], torch.full((10,), 3.0)) and has_target[5]
+
+
+def test_client_update_keeps_its_upload_and_distils_towards_the_others(make_context, make_data):
+    ctx = make_context(num_clients=3)
+    broadcast, own = _federation_of_three(ctx)
+    data = make_data(classes=(3, 5))
+    state = fd.init_client(ctx, 0) | own
+    result = fd.client_update(ctx, 0, state, broadcast, data, torch.Generator().manual_seed(0))
+    assert torch.equal(result.state[fd.OWN_LOGITS], result.upload[fd.LOGITS])
+    assert int(result.state[fd.OWN_ROUND]) == 2  # the aggregation this upload is for
+    # the same update with the client's own logits counted in the target trains differently
+    include = make_context(num_clients=3, fd={"target": "include_own"})
+    other = fd.client_update(include, 0, state, broadcast, data, torch.Generator().manual_seed(0))
+    assert not torch.equal(other.upload[fd.LOGITS], result.upload[fd.LOGITS])
+
+
+def test_distillation_term_pulls_toward_the_target_logits_of_labels_with_a_target():
     model = torch.nn.Linear(4, 3)
     x, y = torch.randn(6, 4), torch.tensor([0, 0, 1, 1, 2, 2])
-    global_logits = torch.randn(3, 3)
-    none_known = fd.distillation_loss(global_logits, torch.zeros(3), gamma=1.0, temperature=1.0)
+    targets = torch.randn(3, 3)
+    none_known = fd.distillation_loss(targets, torch.zeros(3, dtype=torch.bool), gamma=1.0, temperature=1.0)
     assert torch.allclose(none_known(model, x, y), F.cross_entropy(model(x), y))
-    known = fd.distillation_loss(global_logits, torch.tensor([1.0, 0.0, 0.0]), gamma=2.0, temperature=1.0)
+    known = fd.distillation_loss(targets, torch.tensor([True, False, False]), gamma=2.0, temperature=1.0)
     logits = model(x)
-    target = F.softmax(global_logits[0], 0)
+    target = F.softmax(targets[0], 0)
     kl = (target * (target.log() - F.log_softmax(logits[:2], 1))).sum(1).mean()
     assert torch.allclose(known(model, x, y), F.cross_entropy(logits, y) + 2.0 * kl, atol=1e-6)

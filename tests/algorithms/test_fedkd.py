@@ -80,3 +80,52 @@ def test_adaptive_mutual_loss_reaches_both_models_and_weights_distillation_by_co
     twin = ModelPair(ctx.new_model("cnn5", seed=3), ctx.new_model("cnn5", seed=3))
     ce = torch.nn.functional.cross_entropy(twin.local_model(data.train_x), data.train_y)
     assert torch.allclose(fedkd.adaptive_mutual_loss(1.0)(twin, data.train_x, data.train_y), 2 * ce, atol=1e-5)
+
+
+def test_the_adaptive_weight_is_one_over_the_sum_of_task_losses(make_context, make_data):
+    """Fails if w is replaced by 1 (or by anything but 1 / (CE_t + CE_s))."""
+    ctx = make_context()
+    data = make_data(n=8)
+    pair = ModelPair(ctx.new_model("cnn2", seed=1), ctx.new_model("cnn5", seed=2))
+    x, y = data.train_x, data.train_y
+    h_t, h_s = pair.local_model.represent(x), pair.shared_model.represent(x)
+    logits_t, logits_s = pair.local_model.head(h_t), pair.shared_model.head(h_s)
+    ce_t, ce_s = (torch.nn.functional.cross_entropy(z, y) for z in (logits_t, logits_s))
+    from pfedlora.algorithms.distillation import distillation_kl
+
+    transfer = (distillation_kl(logits_t, logits_s) + torch.nn.functional.mse_loss(h_t, h_s)
+                + distillation_kl(logits_s, logits_t) + torch.nn.functional.mse_loss(h_s, h_t))
+    expected = ce_t + ce_s + transfer / (ce_t + ce_s)
+    got = fedkd.adaptive_mutual_loss(1.0)(pair, x, y)
+    assert torch.allclose(got, expected, rtol=1e-5)
+    assert not torch.allclose(got, ce_t + ce_s + transfer, rtol=1e-3)
+    # kd_weight scales the transfer terms; 0 leaves the two task losses
+    assert torch.allclose(fedkd.adaptive_mutual_loss(1.0, kd_weight=0.0)(pair, x, y), ce_t + ce_s)
+
+
+def _upload(make_context, make_data):
+    ctx = make_context(model_pool=["cnn1", "cnn5"])
+    _, broadcast = fedkd.init_server(ctx)
+    result = fedkd.client_update(ctx, 0, fedkd.init_client(ctx, 0), broadcast, make_data(),
+                                 torch.Generator().manual_seed(0))
+    return ctx, broadcast, result.upload
+
+
+def test_an_upload_missing_factors_or_mixing_ranks_is_rejected_as_malformed(make_context, make_data):
+    from pfedlora.federation.validation import UpdateValidator
+
+    ctx, broadcast, upload = _upload(make_context, make_data)
+    algorithm = fedkd.ALGORITHM
+    spec, check = algorithm.expected_upload(ctx, broadcast), algorithm.upload_check(ctx, broadcast)
+    validator = UpdateValidator(norm_factor=None)
+    assert not validator.validate([Upload(0, upload, 1.0)], spec, broadcast, check).rejected
+    factored = next(k[: -len(".U")] for k in upload if k.endswith(".U"))
+    no_matrices = {k: v for k, v in upload.items() if not k.endswith((".U", ".S", ".V")) and v.dim() < 2}
+    one_factor_gone = {k: v for k, v in upload.items() if k != f"{factored}.S"}
+    ranks_differ = dict(upload) | {f"{factored}.S": upload[f"{factored}.S"][:-1]}
+    both = dict(upload) | {f"{factored}.dense": broadcast[factored].clone()}
+    for bad in (no_matrices, one_factor_gone, ranks_differ, both):
+        report = validator.validate([Upload(0, bad, 1.0)], spec, broadcast, check)
+        assert [r.reason for r in report.rejected] == ["malformed"], report.rejected
+    # without the algorithm's rule the spec alone let the upload with no matrices through
+    assert not validator.validate([Upload(0, no_matrices, 1.0)], spec, broadcast).rejected

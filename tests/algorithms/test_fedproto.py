@@ -15,14 +15,23 @@ def _upload(value, counts):
     return {fedproto.PROTOTYPES: prototypes, fedproto.COUNTS: class_counts}
 
 
-def test_server_averages_prototypes_weighted_by_class_counts(make_context):
+def test_server_takes_the_plain_mean_over_holders_by_default_as_the_authors_code(make_context):
     ctx = make_context()
+    server_state, _ = fedproto.init_server(ctx)
+    uploads = [Upload(0, _upload(1.0, {4: 30, 6: 5}), 35.0), Upload(1, _upload(5.0, {4: 10}), 10.0)]
+    _, broadcast = fedproto.aggregate(ctx, server_state, uploads)
+    assert torch.allclose(broadcast[fedproto.PROTOTYPES][4], torch.full((500,), 3.0))  # (1 + 5) / 2
+    assert torch.allclose(broadcast[fedproto.PROTOTYPES][6], torch.full((500,), 1.0))
+    assert broadcast[fedproto.COUNTS].tolist()[4] == 40 and broadcast[fedproto.COUNTS][0] == 0
+
+
+def test_samples_aggregation_weights_prototypes_by_class_counts(make_context):
+    ctx = make_context(fedproto={"aggregation": "samples"})
     server_state, _ = fedproto.init_server(ctx)
     uploads = [Upload(0, _upload(1.0, {4: 30, 6: 5}), 35.0), Upload(1, _upload(5.0, {4: 10}), 10.0)]
     _, broadcast = fedproto.aggregate(ctx, server_state, uploads)
     assert torch.allclose(broadcast[fedproto.PROTOTYPES][4], torch.full((500,), 2.0))  # (30·1 + 10·5) / 40
     assert torch.allclose(broadcast[fedproto.PROTOTYPES][6], torch.full((500,), 1.0))
-    assert broadcast[fedproto.COUNTS].tolist()[4] == 40 and broadcast[fedproto.COUNTS][0] == 0
 
 
 def test_loss_is_ce_plus_lambda_times_distance_to_the_label_prototype(make_context, make_data):

@@ -32,8 +32,8 @@ def _toy_algorithm() -> Algorithm:
 
 def _toy_federation(**overrides) -> Federation:
     config = build_config({"num_clients": 10, **overrides})
-    empty = torch.zeros(0)
-    clients = [ClientData(empty, empty, empty, empty) for _ in range(config.num_clients)]
+    empty, one = torch.zeros(0), torch.zeros(1)  # one training sample each: a client without any is skipped
+    clients = [ClientData(one, one, empty, empty) for _ in range(config.num_clients)]
     ctx = FederationContext(config, (1, 8, 8), 2, torch.device("cpu"))
     return Federation(config, None, clients, ctx, _toy_algorithm(), {})
 

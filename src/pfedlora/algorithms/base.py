@@ -18,6 +18,7 @@ sent over the wire as they are.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -80,9 +81,25 @@ class Upload:
     weight: float
 
 
+def _words(part: int | str) -> list[int]:
+    """SeedSequence entropy words for one part: an int as itself; a string as a marker word and its
+    whole SHA-256 digest (eight 32-bit words), so no two tags share a seed however they begin."""
+    if isinstance(part, int):
+        return [part]
+    digest = hashlib.sha256(part.encode()).digest()
+    return [_STRING_MARKER, *(int.from_bytes(digest[i : i + 4], "little") for i in range(0, 32, 4))]
+
+
+_STRING_MARKER = 0x5EED5EED  # separates a string's words from neighbouring int parts
+
+
 def derive_seed(*parts: int | str) -> int:
-    """A 63-bit seed from ``parts``; independent of call order, so clients can run in any order."""
-    words = [p if isinstance(p, int) else int.from_bytes(p.encode(), "little") % (2**32) for p in parts]
+    """A 63-bit seed from ``parts``, a function of the values alone (clients can run in any order).
+
+    Strings are hashed whole: until 2026-11-30 (commit cd07257) only their first 4 bytes counted,
+    so "global_header" and "global_model" (and "train"/"trained") gave the same seed.
+    """
+    words = [word for part in parts for word in _words(part)]
     return int(np.random.SeedSequence(words).generate_state(2, dtype=np.uint64)[0] >> np.uint64(1))
 
 
@@ -178,6 +195,10 @@ class Algorithm:
     # ``{"protos": TensorSpec((C, None), torch.float32), "counts": TensorSpec((C,), torch.float32)}``
     # or SVD factors with a varying rank: ``TensorSpec((d, None), torch.float32, max_numel=d * r_max)``.
     upload_spec: Callable[[FederationContext, Payload], UploadSpec | None] | None = None
+    # Rules the spec cannot state tensor by tensor (e.g. "each weight dense or as U, S and V of one
+    # rank"): given the broadcast and an upload that passed its spec, a one-line reason it is
+    # malformed, or None. The server's validator rejects the upload with that reason.
+    check_upload: Callable[[FederationContext, Payload, Payload], str | None] | None = None
     # Facts of the server state after a round's aggregation, added to that round's metrics row
     # (e.g. a re-factorisation residual); the same keys every round.
     server_metrics: Callable[[FederationContext, State], dict[str, float]] = lambda ctx, server_state: {}
@@ -186,6 +207,13 @@ class Algorithm:
         """The upload spec the server validates against this round."""
         spec = self.upload_spec(ctx, broadcast) if self.upload_spec is not None else None
         return spec_like(broadcast) if spec is None else spec
+
+    def upload_check(self, ctx: FederationContext, broadcast: Payload) -> Callable[[Payload], str | None] | None:
+        """The round's extra upload rule for the validator (None: the spec is the whole rule)."""
+        if self.check_upload is None:
+            return None
+        check = self.check_upload
+        return lambda payload: check(ctx, broadcast, payload)
 
 
 def prefixed(prefix: str, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

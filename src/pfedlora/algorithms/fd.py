@@ -4,14 +4,30 @@ Jeong, E., Oh, S., Kim, H., Park, J., Bennis, M., Kim, S.-L. "Communication-Effi
 Machine Learning: Federated Distillation and Augmentation under Non-IID Private Data."
 NeurIPS Workshop on Machine Learning on the Phone and other Consumer Devices, 2018.
 
-A selected client trains its local model with ``CE + fd.gamma · KL(global_logits[y] ‖ logits)``
-(temperature ``fd.temperature``; samples of classes the federation has no global logit for yet
-get no distillation term), then uploads the mean logit vector of each class it holds (computed in
-one pass over its training data after training) and its class counts. The server averages each
-class's logits over the clients that hold it, every such client counting once as in the paper;
-classes no selected client holds keep their previous global logits. Deviation: the paper's
-distillation regulariser is a cross-entropy to the global soft labels; the KL used here differs
-from it by a constant (the target entropy), so the gradients are the same.
+A selected client trains its local model with ``CE + fd.gamma · KL(target[y] ‖ logits)``
+(temperature ``fd.temperature``), then uploads the mean logit vector of each class it holds
+(computed in one pass over its training data after training) and its class counts. The server
+averages each class's logits over the clients that hold it, every such client counting once;
+classes no selected client holds keep their previous average.
+
+The target (``fd.target``):
+
+* ``leave_one_out`` (default, the paper's Algorithm 1): client i's target for class c is the
+  mean of the *other* holders' logits, (F̂_c − F_c⁽ⁱ⁾)/(M_c − 1), so a client never distils
+  towards its own output. The broadcast stays per class: the average, and for each class which
+  clients are in it (a ``[classes, clients]`` 0/1 mask, 1 byte each) and the aggregation that
+  formed it; each client keeps its own last upload and subtracts it. A class whose only holder
+  is the client itself gives no target. If a client's latest upload was left out of the average
+  while an older one of it is still in it (a rejected upload of a class's only other holder),
+  the client cannot subtract exactly and uses the plain average for that class.
+* ``include_own``: the plain average over all holders, the client's own logits included (the
+  rule used here until 2026-11-30). With 2 classes per client a class has about 2 holders, so
+  about half of each target is then the client's own output.
+
+Samples whose class has no target get no distillation term. Deviations: the paper accumulates
+the per-class logits during local training; here they are computed after training, with the
+trained model. The paper's regulariser is a cross-entropy to the global soft labels; the KL used
+here differs from it by a constant (the target entropy), so the gradients are the same.
 """
 
 from __future__ import annotations
@@ -27,7 +43,9 @@ from pfedlora.algorithms.base import (
     FederationContext,
     Payload,
     State,
+    TensorSpec,
     Upload,
+    UploadSpec,
     prefixed,
 )
 from pfedlora.algorithms.class_stats import average_class_means, class_means
@@ -35,28 +53,55 @@ from pfedlora.algorithms.distillation import distillation_kl
 from pfedlora.algorithms.local_models import LOCAL, init_local_state, load_local
 from pfedlora.algorithms.training import train_epochs
 
-LOGITS = "class_logits"
-COUNTS = "class_counts"
+LOGITS = "class_logits"  # [classes, classes]: per-class mean logits (upload: the client's own)
+COUNTS = "class_counts"  # [classes]: samples behind each row
+HOLDERS = "class_holders"  # broadcast [classes, clients] uint8: whose logits are in each class's average
+FORMED = "class_formed"  # broadcast [classes] int32: the aggregation that formed each class's average (0: none)
+ROUND = "round"  # broadcast int32: aggregations so far
+OWN_LOGITS = "own.class_logits"  # client state: its last upload ...
+OWN_ROUND = "own.round"  # ... and the aggregation it was sent for
 
 
-init_client = init_local_state  # a private local model, nothing else
+init_client = init_local_state  # a private local model; its own last upload is added once it has one
 
 
 def init_server(ctx: FederationContext) -> tuple[State, Payload]:
-    c = ctx.num_classes
-    state = {LOGITS: torch.zeros(c, c, device=ctx.device), COUNTS: torch.zeros(c, device=ctx.device)}
+    c, n = ctx.num_classes, ctx.config.num_clients
+    state = {
+        LOGITS: torch.zeros(c, c, device=ctx.device),
+        COUNTS: torch.zeros(c, device=ctx.device),
+        HOLDERS: torch.zeros(c, n, dtype=torch.uint8, device=ctx.device),
+        FORMED: torch.zeros(c, dtype=torch.int32, device=ctx.device),
+        ROUND: torch.zeros((), dtype=torch.int32, device=ctx.device),
+    }
     return state, dict(state)
 
 
-def distillation_loss(global_logits: torch.Tensor, global_counts: torch.Tensor, gamma: float, temperature: float):
-    """The FD local loss: CE plus the distillation term toward the global logits of each label."""
+def distillation_targets(broadcast: Payload, client_id: int, state: State, rule: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(targets [classes, classes], has_target [classes] bool) for client ``client_id``."""
+    average = broadcast[LOGITS].to(torch.float64)
+    holders = broadcast[HOLDERS].to(torch.float64)
+    count = holders.sum(1)
+    has_target = count > 0
+    if rule == "include_own" or OWN_LOGITS not in state:
+        return average.to(torch.float32), has_target
+    own_round = int(state[OWN_ROUND])
+    mine = (holders[:, client_id] > 0) & (broadcast[FORMED] == own_round)
+    others = (count - 1).clamp(min=1).unsqueeze(1)
+    without_me = (average * count.unsqueeze(1) - state[OWN_LOGITS].to(torch.float64)) / others
+    targets = torch.where(mine.unsqueeze(1), without_me, average)
+    return targets.to(torch.float32), has_target & ~(mine & (count <= 1))
+
+
+def distillation_loss(targets: torch.Tensor, has_target: torch.Tensor, gamma: float, temperature: float):
+    """The FD local loss: CE plus the distillation term toward each label's target logits."""
 
     def loss_fn(module: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         logits = module(x)
         loss = F.cross_entropy(logits, y)
-        known = global_counts[y] > 0
+        known = has_target[y]
         if gamma > 0 and bool(known.any()):
-            loss = loss + gamma * distillation_kl(logits[known], global_logits[y[known]], temperature)
+            loss = loss + gamma * distillation_kl(logits[known], targets[y[known]], temperature)
         return loss
 
     return loss_fn
@@ -66,19 +111,29 @@ def client_update(ctx: FederationContext, client_id: int, state: State, broadcas
                   data: ClientData, generator: torch.Generator) -> ClientResult:
     cfg = ctx.config
     model = load_local(ctx, client_id, state)
-    loss_fn = distillation_loss(broadcast[LOGITS], broadcast[COUNTS], cfg.fd.gamma, cfg.fd.temperature)
+    targets, has_target = distillation_targets(broadcast, client_id, state, cfg.fd.target)
+    loss_fn = distillation_loss(targets, has_target, cfg.fd.gamma, cfg.fd.temperature)
     stats = train_epochs(model, model.parameters(), data.train_x, data.train_y, augment=data.augment, epochs=cfg.train.local_epochs,
                          train=cfg.train, generator=generator, loss_fn=loss_fn, name="local_model")
     model.eval()
     logits, counts = class_means(model, data.train_x, data.train_y, ctx.num_classes, cfg.train.eval_batch_size)
-    return ClientResult(state=prefixed(LOCAL, model.state_dict()), upload={LOGITS: logits, COUNTS: counts},
+    # remembered so the next round's target can leave this client's own logits out
+    own = {OWN_LOGITS: logits.clone(), OWN_ROUND: (broadcast[ROUND] + 1).to(torch.int32)}
+    return ClientResult(state=prefixed(LOCAL, model.state_dict()) | own, upload={LOGITS: logits, COUNTS: counts},
                         weight=float(data.num_train), stats=[stats])
 
 
 def aggregate(ctx: FederationContext, server_state: State, uploads: list[Upload]) -> tuple[State, Payload]:
+    round_index = server_state[ROUND] + 1
     logits, counts = average_class_means(uploads, LOGITS, COUNTS, by_samples=False,
                                          previous=(server_state[LOGITS], server_state[COUNTS]))
-    state = {LOGITS: logits, COUNTS: counts}
+    holders, formed = server_state[HOLDERS].clone(), server_state[FORMED].clone()
+    fresh = torch.zeros_like(holders)
+    for upload in uploads:
+        fresh[upload.payload[COUNTS] > 0, upload.client_id] = 1
+    updated = fresh.bool().any(1)  # classes some upload holds get a new average; the others keep theirs
+    holders[updated], formed[updated] = fresh[updated], round_index.to(torch.int32)
+    state = {LOGITS: logits, COUNTS: counts, HOLDERS: holders, FORMED: formed, ROUND: round_index.to(torch.int32)}
     return state, dict(state)
 
 
@@ -86,8 +141,14 @@ def personalized_model(ctx: FederationContext, client_id: int, state: State, bro
     return load_local(ctx, client_id, state)
 
 
+def upload_spec(ctx: FederationContext, broadcast: Payload) -> UploadSpec:
+    c = ctx.num_classes
+    return {LOGITS: TensorSpec((c, c), torch.float32), COUNTS: TensorSpec((c,), torch.float32)}
+
+
 ALGORITHM = Algorithm(
     name="fd",
+    upload_spec=upload_spec,
     init_server=init_server,
     init_client=init_client,
     client_update=client_update,

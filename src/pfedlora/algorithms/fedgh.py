@@ -8,8 +8,12 @@ A selected client replaces its local header with the global header, trains its w
 training data after training) with its class counts. The server treats every (client, class)
 mean representation as a labelled sample and trains the global header on them with SGD
 (``fedgh.server_lr``, ``fedgh.server_epochs``, ``fedgh.server_batch_size``; momentum and weight
-decay as on the clients), really stepping its optimizer, then broadcasts it. Evaluation uses
-each client's model as it left its last local training (never selected: the global header).
+decay as on the clients), really stepping its optimizer, then broadcasts it.
+
+Evaluation (``fedgh.evaluation``): ``local_header`` (default, the authors' convention) uses each
+client's model as it left its last local training, its own trained header included;
+``global_header`` loads the current global header first. A client never selected yet uses the
+global header either way.
 """
 
 from __future__ import annotations
@@ -96,7 +100,7 @@ def aggregate(ctx: FederationContext, server_state: State, uploads: list[Upload]
 
 def personalized_model(ctx: FederationContext, client_id: int, state: State, broadcast: Payload) -> nn.Module:
     model = load_local(ctx, client_id, state)
-    if TRAINED not in state:
+    if TRAINED not in state or ctx.config.fedgh.evaluation == "global_header":
         model.head.load_state_dict(broadcast)
     return model
 

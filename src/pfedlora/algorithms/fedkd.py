@@ -9,10 +9,11 @@ selected client loads the global student and trains both at once; with CE_t, CE_
 h the 500-d representations and w = 1 / (CE_t + CE_s) (the adaptive weight: distillation counts
 more when both models predict the labels well),
 
-    L_teacher = CE_t + w · KL(p_s ‖ p_t) + w · MSE(h_t, h_s)
-    L_student = CE_s + w · KL(p_t ‖ p_s) + w · MSE(h_s, h_t)
+    L_teacher = CE_t + κ · w · (KL(p_s ‖ p_t) + MSE(h_t, h_s))
+    L_student = CE_s + κ · w · (KL(p_t ‖ p_s) + MSE(h_s, h_t))
 
-each distillation target being the other model's (fixed) output. The student's *update*
+each distillation target being the other model's (fixed) output; κ = ``fedkd.kd_weight`` (1 in
+the paper; 0 switches knowledge transfer off, and the teacher then trains as in Standalone). The student's *update*
 (trained − received weights) is then compressed: each weight tensor, reshaped to a matrix, is
 factorised by SVD and only the top-k singular triplets are uploaded, k the smallest number whose
 energy Σσ_i² reaches the threshold T (annealed linearly from ``fedkd.energy_start`` in the first
@@ -20,9 +21,24 @@ round to ``fedkd.energy_end`` in the last, as in the paper); a tensor is sent de
 factors would not be smaller. The server reconstructs the updates, averages them weighted by
 training sample counts, and adds the mean update to the global student.
 
-Deviations: the hidden-state loss uses the 500-d representations (the CNNs have no attention
-maps); the downlink broadcasts the global student dense (the paper also compresses it) because a
-client the simulator did not select for some rounds has no base to apply a compressed update to.
+An upload must hold, for every weight tensor, either ``NAME.dense`` or all three of ``NAME.U``,
+``NAME.S``, ``NAME.V`` of one rank k; anything else is rejected by the server's validator
+(reason ``malformed``) before aggregation, so a round never counts an upload it cannot use.
+
+Deviations from the paper and its code, each a choice of this library:
+
+* The adaptive weight w = 1 / (CE_t + CE_s) is detached: a constant within each step. In the
+  paper's loss it is a function of both models' parameters, so its gradient adds terms this
+  implementation does not have.
+* No learnable hidden-state projection: the paper maps the student's hidden states to the
+  teacher's with a learned linear layer because their widths differ; every model here exposes a
+  500-d representation, so the MSE compares them directly (an identity projection). The hidden
+  states are those 500-d representations (the CNNs have no attention maps).
+* One learning rate for teacher and student (``train.lr``, one optimizer stepping both losses);
+  the paper's code can give the student its own.
+* The downlink broadcasts the global student dense (the paper also compresses it), because a
+  client the simulator did not select for some rounds has no base to apply a compressed update to.
+
 Evaluation uses the teacher (the client's local model).
 """
 
@@ -109,13 +125,13 @@ def init_server(ctx: FederationContext) -> tuple[State, Payload]:
     return weights | {ROUND: torch.zeros(())}, weights | {ENERGY: torch.tensor(energy_threshold(ctx, 1))}
 
 
-def adaptive_mutual_loss(temperature: float):
+def adaptive_mutual_loss(temperature: float, kd_weight: float = 1.0):
     def loss_fn(pair: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         teacher, student = pair.local_model, pair.shared_model
         h_t, h_s = teacher.represent(x), student.represent(x)
         logits_t, logits_s = teacher.head(h_t), student.head(h_s)
         ce_t, ce_s = F.cross_entropy(logits_t, y), F.cross_entropy(logits_s, y)
-        w = 1.0 / (ce_t + ce_s).detach().clamp(min=1e-6)
+        w = kd_weight / (ce_t + ce_s).detach().clamp(min=1e-6)
         teacher_loss = ce_t + w * (distillation_kl(logits_t, logits_s, temperature) + F.mse_loss(h_t, h_s.detach()))
         student_loss = ce_s + w * (distillation_kl(logits_s, logits_t, temperature) + F.mse_loss(h_s, h_t.detach()))
         return teacher_loss + student_loss
@@ -129,7 +145,7 @@ def client_update(ctx: FederationContext, client_id: int, state: State, broadcas
     received = {name: t for name, t in broadcast.items() if name != ENERGY}
     pair = ModelPair(load_local(ctx, client_id, state), load_into(shared_workspace(ctx, shared_arch(ctx)), received))
     stats = train_epochs(pair, pair.parameters(), data.train_x, data.train_y, augment=data.augment, epochs=cfg.train.local_epochs,
-                         train=cfg.train, generator=generator, loss_fn=adaptive_mutual_loss(cfg.fedkd.temperature),
+                         train=cfg.train, generator=generator, loss_fn=adaptive_mutual_loss(cfg.fedkd.temperature, cfg.fedkd.kd_weight),
                          name="local_model+shared_model")
     update = {name: t.detach() - received[name] for name, t in pair.shared_model.state_dict().items()}
     upload = svd_compress(update, float(broadcast[ENERGY]))
@@ -142,13 +158,8 @@ def aggregate(ctx: FederationContext, server_state: State, uploads: list[Upload]
     round_index = int(server_state[ROUND]) + 1
     if uploads:
         mean_update = WeightedMean()
-        for upload in uploads:
-            try:
-                update = svd_decompress(upload.payload, weights)
-            except (KeyError, RuntimeError, ValueError):
-                # the validator checks each tensor; factors that do not fit together land here
-                continue
-            mean_update.add(update, upload.weight)
+        for upload in uploads:  # validated: every tensor dense or as factors of one rank
+            mean_update.add(svd_decompress(upload.payload, weights), upload.weight)
         if mean_update.total_weight > 0:
             update = mean_update.result(like=weights)
             weights = {name: weights[name] + update[name] for name in weights}
@@ -180,9 +191,30 @@ def upload_spec(ctx: FederationContext, broadcast: Payload) -> UploadSpec:
     return spec
 
 
+def check_upload(ctx: FederationContext, broadcast: Payload, payload: Payload) -> str | None:
+    """Each weight tensor dense, or as U (m x k), S (k), V (k x n) of one rank k; never both, never neither."""
+    for name, tensor in broadcast.items():
+        if name == ENERGY:
+            continue
+        factors = [f"{name}.{part}" for part in "USV"]
+        present = [key for key in factors if key in payload]
+        dense = f"{name}.dense" in payload
+        if dense and present:
+            return f"{name} sent both dense and as factors"
+        if not dense and len(present) < 3:
+            missing = [key for key in factors if key not in payload]
+            return f"{name} needs {name}.dense or all of U, S, V; missing {', '.join(missing)}"
+        if not dense:
+            u, s, v = (payload[key] for key in factors)
+            if not (u.shape[1] == s.shape[0] == v.shape[0]):
+                return f"{name}: factor ranks differ (U {u.shape[1]}, S {s.shape[0]}, V {v.shape[0]})"
+    return None
+
+
 ALGORITHM = Algorithm(
     name="fedkd",
     upload_spec=upload_spec,
+    check_upload=check_upload,
     init_server=init_server,
     init_client=init_client,
     client_update=client_update,

@@ -7,9 +7,17 @@ A prototype is the mean 500-d representation (``represent(x)``) of one class. A 
 trains its local model with ``CE + fedproto.lam · ‖rep − global_proto(y)‖²`` (the squared
 distance as mean squared error over the 500 dimensions, as in the authors' code; samples of
 classes without a global prototype yet get no regulariser), then uploads its per-class
-prototypes (one pass over its training data after training) with its class counts. The server
-averages each class's prototypes weighted by those counts; classes no selected client holds keep
-their previous global prototype.
+prototypes (one pass over its training data after training) with its class counts. Classes no
+selected client holds keep their previous global prototype.
+
+The global prototype of a class (``fedproto.aggregation``):
+
+* ``clients`` (default): the plain mean over the clients that hold the class, as the authors'
+  code does (``proto_aggregation`` in their ``lib/utils.py``).
+* ``samples``: the mean weighted by each client's sample count of the class. This is what the
+  paper's Eq. (6) writes (client i's prototype weighted by |D_i,c| / N_c, N_c the class's samples
+  over its holders; we read the printed formula, which also carries a 1/|N_c| factor, as this
+  count-weighted mean), and the rule used here until 2026-11-30.
 
 Deviation: evaluation uses each client's own model and classifier (``head``), not the paper's
 nearest-global-prototype rule, so every baseline is evaluated the same way.
@@ -80,7 +88,8 @@ def client_update(ctx: FederationContext, client_id: int, state: State, broadcas
 
 
 def aggregate(ctx: FederationContext, server_state: State, uploads: list[Upload]) -> tuple[State, Payload]:
-    prototypes, counts = average_class_means(uploads, PROTOTYPES, COUNTS, by_samples=True,
+    by_samples = ctx.config.fedproto.aggregation == "samples"
+    prototypes, counts = average_class_means(uploads, PROTOTYPES, COUNTS, by_samples=by_samples,
                                              previous=(server_state[PROTOTYPES], server_state[COUNTS]))
     state = {PROTOTYPES: prototypes, COUNTS: counts}
     return state, dict(state)

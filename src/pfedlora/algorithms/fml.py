@@ -11,7 +11,10 @@ A selected client loads the global shared model and trains both at once by deep 
     L_shared = β · CE(shared) + (1 − β) · KL(p_local ‖ p_shared)
 
 each KL with the other model's prediction as a fixed target; one optimizer steps on
-L_local + L_shared, which gives each model exactly its own loss's gradient. The client uploads
+L_local + L_shared, which gives each model exactly its own loss's gradient. The KL is the true
+KL divergence averaged over the batch (``reduction="batchmean"``); some public code uses
+``reduction="mean"``, which also divides by the number of classes, so α and β tuned there weigh
+the KL term (number of classes)× less than the same values here. The client uploads
 the shared model; the server averages it weighted by training sample counts (FedAvg).
 Evaluation uses the private model.
 """

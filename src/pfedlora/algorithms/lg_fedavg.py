@@ -9,8 +9,12 @@ homogeneous, global part: a selected client loads the global header into its mod
 whole model, and uploads the header; the server averages headers weighted by training sample
 counts. Deviation: the paper's global part is the last layers of a homogeneous model; with
 heterogeneous extractors only the header can be shared (as in the MHPFL benchmarks of FedGH and
-pFedLoRA). Evaluation uses each client's model as it left its last local training (a client never
-selected yet uses the global header).
+pFedLoRA).
+
+Evaluation (``lg_fedavg.evaluation``): ``local_header`` (default) uses each client's model as it
+left its last local training, its own trained header included (the FedGH authors' convention for
+this baseline); ``global_header`` loads the current global header first, as other libraries do.
+A client never selected yet uses the global header either way.
 """
 
 from __future__ import annotations
@@ -62,7 +66,7 @@ aggregate = fedavg_aggregate  # the server state is the sample-weighted mean of 
 
 def personalized_model(ctx: FederationContext, client_id: int, state: State, broadcast: Payload) -> nn.Module:
     model = load_local(ctx, client_id, state)
-    if TRAINED not in state:
+    if TRAINED not in state or ctx.config.lg_fedavg.evaluation == "global_header":
         model.head.load_state_dict(broadcast)
     return model
 

@@ -66,7 +66,8 @@ def participation(config: Config, client_accuracies: list[float]) -> dict[str, A
     """How many clients were ever selected, and their final mean accuracy: with partial participation
     (e.g. 1% of 1,000 clients per round) many clients never train within the rounds run."""
     selected = sorted(set().union(*(sample_clients(config, r) for r in range(1, config.rounds + 1))))
-    accuracies = [client_accuracies[k] for k in selected] if len(client_accuracies) == config.num_clients else []
+    accuracies = [client_accuracies[k] for k in selected if client_accuracies[k] is not None] \
+        if len(client_accuracies) == config.num_clients else []
     return {"clients_ever_selected": len(selected),
             "selected_clients_final_accuracy": sum(accuracies) / len(accuracies) if accuracies else None}
 
@@ -251,7 +252,9 @@ def run_round(federation: Federation, store: ClientStore, server_state: State, b
     received_broadcast, broadcast_bytes = transmit(broadcast, config.payload_dtype)
     up_bytes = 0
     fates = {client_id: client_fate(faults, config.seed, round_index, client_id) for client_id in selected}
-    working = [client_id for client_id in selected if not fates[client_id].dropped]
+    # a client without training samples has nothing to train on or report (logged once per run)
+    working = [client_id for client_id in selected
+               if not fates[client_id].dropped and federation.clients[client_id].num_train > 0]
     results = train_clients(federation, store, received_broadcast, round_index, working)
     for client_id in working:
         fate, result = fates[client_id], results[client_id]
@@ -266,7 +269,8 @@ def run_round(federation: Federation, store: ClientStore, server_state: State, b
                                         config.payload_dtype)
         up_bytes += upload_bytes
         received.append(Upload(client_id, upload, result.weight))
-    report = validator.validate(received, algorithm.expected_upload(ctx, broadcast), broadcast)
+    report = validator.validate(received, algorithm.expected_upload(ctx, broadcast), broadcast,
+                                algorithm.upload_check(ctx, broadcast))
     for rejection in report.rejected:
         if log is not None:
             log(f"round {round_index}: {rejection}")
@@ -342,8 +346,8 @@ def validator_for(config: Config) -> UpdateValidator:
 
 
 def evaluate_clients(federation: Federation, store: ClientStore, broadcast: Payload,
-                     meter: CostMeter | None = None) -> list[float]:
-    """Every client's personalized model on its own test split (accuracy in percent)."""
+                     meter: CostMeter | None = None) -> list[float | None]:
+    """Every client's personalized model on its own test split (accuracy in percent; None: no test split)."""
     algorithm, ctx = federation.algorithm, federation.context
     batch = federation.config.train.eval_batch_size
     accuracies = []
@@ -423,6 +427,10 @@ def _execute(config: Config, out: Path, checkpoint: dict[str, Any] | None, *,
         with (out / "events.log").open("a") as handle:
             handle.write(line + "\n")
 
+    if checkpoint is None:
+        for line in empty_split_notes(federation):
+            event(line)
+
     store = ClientStore(federation)
     server_state, broadcast = federation.algorithm.init_server(federation.context)
     metrics = MetricsWriter(out / "metrics.csv")
@@ -495,6 +503,17 @@ def _execute(config: Config, out: Path, checkpoint: dict[str, Any] | None, *,
         summary["time_to_target"] = time_to_target(history, config.target_accuracy)
     write_json(out / "summary.json", summary)
     return summary
+
+
+def empty_split_notes(federation: Federation) -> list[str]:
+    """One line per client with an empty training or test split, saying what the run does about it."""
+    notes = []
+    for client_id, data in enumerate(federation.clients):
+        if data.num_train == 0:
+            notes.append(f"client {client_id}: no training samples; it is never trained and uploads nothing")
+        if int(data.test_y.shape[0]) == 0:
+            notes.append(f"client {client_id}: empty test split; left out of the mean accuracy")
+    return notes
 
 
 def _to_device(state: State, device: torch.device) -> State:

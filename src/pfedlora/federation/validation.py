@@ -11,6 +11,8 @@ reason, when
 * a tensor has the wrong dtype (``dtype``), more elements than expected (``oversized``) or another
   shape (``shape``);
 * a value is NaN or infinite (``non_finite``);
+* the algorithm's own rule over several tensors says it is malformed (``malformed``; e.g. FedKD:
+  every weight either dense or as SVD factors U, S, V of one rank);
 * the update's L2 norm exceeds ``max_norm`` (``norm_above_max``) or ``norm_factor`` times the
   median norm of the round's structurally valid uploads (``norm_above_median``, only with at least
   ``min_for_median`` of them, so one honest client is never judged against a single attacker).
@@ -23,7 +25,7 @@ every algorithm.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -39,6 +41,7 @@ REASONS = (
     "oversized",
     "shape",
     "non_finite",
+    "malformed",
     "norm_above_max",
     "norm_above_median",
 )
@@ -70,8 +73,12 @@ class UpdateValidator:
         self.max_norm = max_norm
         self.min_for_median = max(1, int(min_for_median))
 
-    def check_one(self, upload: Upload, spec: UploadSpec, broadcast: Payload) -> Rejection | float:
-        """A rejection, or the update's L2 norm when the upload is structurally valid."""
+    def check_one(self, upload: Upload, spec: UploadSpec, broadcast: Payload,
+                  check: Callable[[Payload], str | None] | None = None) -> Rejection | float:
+        """A rejection, or the update's L2 norm when the upload is structurally valid.
+
+        ``check``: the algorithm's extra rule (:meth:`Algorithm.upload_check`), run once the spec holds.
+        """
         client_id = getattr(upload, "client_id", "?")
         payload = getattr(upload, "payload", None)
         if not isinstance(payload, Mapping) or not all(isinstance(k, str) for k in payload):
@@ -103,6 +110,10 @@ class UpdateValidator:
             if isinstance(reference, torch.Tensor) and reference.shape == values.shape:
                 values = values - reference.detach().to(device=values.device, dtype=torch.float64)
             squared += float((values * values).sum())
+        if check is not None:
+            problem = check(payload)
+            if problem is not None:
+                return Rejection(client_id, "malformed", problem)
         norm = math.sqrt(squared)
         if not math.isfinite(norm):
             return Rejection(client_id, "non_finite", "update norm overflows")
@@ -110,9 +121,10 @@ class UpdateValidator:
             return Rejection(client_id, "norm_above_max", f"norm {norm:.4g} > max_norm {self.max_norm:.4g}")
         return norm
 
-    def validate(self, uploads: list[Upload], spec: UploadSpec, broadcast: Payload) -> ValidationReport:
+    def validate(self, uploads: list[Upload], spec: UploadSpec, broadcast: Payload,
+                 check: Callable[[Payload], str | None] | None = None) -> ValidationReport:
         """Split ``uploads`` into accepted ones and rejections (in upload order)."""
-        checked = [(upload, self.check_one(upload, spec, broadcast)) for upload in uploads]
+        checked = [(upload, self.check_one(upload, spec, broadcast, check)) for upload in uploads]
         norms = {u.client_id: r for u, r in checked if isinstance(r, float)}
         bound = None
         if self.norm_factor is not None and len(norms) >= self.min_for_median:

@@ -13,11 +13,11 @@ if TYPE_CHECKING:
 
 
 @torch.inference_mode()
-def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024) -> float:
-    """Top-1 accuracy in percent (0..100); 0 for an empty test split."""
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024) -> float | None:
+    """Top-1 accuracy in percent (0..100); None for an empty test split (nothing to measure)."""
     n = int(y.shape[0])
     if n == 0:
-        return 0.0
+        return None
     was_training = model.training
     model.eval()
     correct = 0
@@ -28,8 +28,21 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
     return 100.0 * correct / n
 
 
-def summarize(accuracies: list[float]) -> dict[str, float]:
-    """Mean, population std, min and max over clients."""
+def measured(accuracies: list[float | None]) -> list[float]:
+    """The accuracies of clients that have a test split (None marks one without)."""
+    return [a for a in accuracies if a is not None]
+
+
+def summarize(accuracies: list[float | None]) -> dict[str, float]:
+    """Mean, population std, min and max over the clients that have a test split.
+
+    A client with an empty test split (None) is left out rather than counted as 0%;
+    :func:`run_summary` says how many were left out.
+    """
+    accuracies = measured(accuracies)
+    if not accuracies:
+        nan = float("nan")
+        return {"mean_acc": nan, "std_acc": nan, "min_acc": nan, "max_acc": nan}
     return {
         "mean_acc": statistics.fmean(accuracies),
         "std_acc": statistics.pstdev(accuracies) if len(accuracies) > 1 else 0.0,
@@ -53,4 +66,6 @@ def run_summary(config: Config, history: list[dict], client_accuracies: list[flo
         "best_round": int(best["round"]),
         "wall_seconds": wall_seconds,
         "client_accuracies": client_accuracies,
+        # clients left out of every mean: their test split is empty (their entry above is null)
+        "clients_without_test": sum(a is None for a in client_accuracies),
     }

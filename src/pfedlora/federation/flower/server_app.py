@@ -177,6 +177,11 @@ def run_server(grid: Grid, config: Config, out_dir: str | Path, *, overwrite: bo
     for round_index in range(1, config.rounds + 1):
         nodes.refresh(grid, config_text, timeout, log)
         selected = sample_clients(config, round_index)
+        # a client without training samples has nothing to train on or report
+        empty = [k for k in selected if k in nodes.info and int(nodes.info[k]["num-train"]) == 0]
+        if empty:
+            log(f"round {round_index}: selected clients {empty} have no training samples; skipped")
+            selected = [k for k in selected if k not in empty]
         absent = [k for k in selected if k not in nodes.node_of]
         if absent:
             log(f"round {round_index}: selected clients {absent} have no SuperNode", logging.WARNING)
@@ -194,7 +199,8 @@ def run_server(grid: Grid, config: Config, out_dir: str | Path, *, overwrite: bo
             if int(reported["num-losses"]):
                 losses.extend(float(v) for v in reported["train-losses"])
         uploads.sort(key=lambda u: u.client_id)  # the simulator's order
-        report = validator.validate(uploads, algorithm.expected_upload(ctx, broadcast), broadcast)
+        report = validator.validate(uploads, algorithm.expected_upload(ctx, broadcast), broadcast,
+                                algorithm.upload_check(ctx, broadcast))
         for rejection in report.rejected:
             log(f"round {round_index}: {rejection}", logging.WARNING)
         uploads = report.accepted
@@ -212,7 +218,7 @@ def run_server(grid: Grid, config: Config, out_dir: str | Path, *, overwrite: bo
             eval_messages = [_message(broadcast, config_text, round_index, k, nodes.node_of[k], MessageType.EVALUATE,
                                       config.payload_dtype)
                              for k in clients]
-            results = {k: float(reply.content[protocol.METRICS]["accuracy"])
+            results = {k: _accuracy(reply.content[protocol.METRICS])
                        for k, reply in _replies(grid, eval_messages, timeout, nodes.client_of,
                                                 f"evaluate {round_index}", log)}
             if not results:
@@ -242,3 +248,10 @@ def run_server(grid: Grid, config: Config, out_dir: str | Path, *, overwrite: bo
     write_json(out / "summary.json", summary)
     log(f"done: final accuracy {summary['final_accuracy']:.2f}%")
     return summary
+
+
+def _accuracy(metrics: Any) -> float | None:
+    """A client's reported accuracy; None when its test split is empty (left out of the mean)."""
+    if "num-test" in metrics and int(metrics["num-test"]) == 0:
+        return None
+    return float(metrics["accuracy"])
