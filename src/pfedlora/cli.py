@@ -38,11 +38,11 @@ def _progress_bar(total: int, description: str):
 
 def _run_with_progress(config, run_dir: Path, label: str) -> dict:
     """One run of a comparison or sweep, with a progress bar labelled ``label``."""
-    from pfedlora.federation.simulation import run
+    from pfedlora.federation.simulation import run_or_resume
 
     bar, update = _progress_bar(config.rounds, label)
-    try:
-        return run(config, run_dir, overwrite=True, progress=update, log=lambda _: None)
+    try:  # an interrupted run of the same config continues from its checkpoint
+        return run_or_resume(config, run_dir, progress=update, log=lambda _: None)
     finally:
         bar.close()
 
@@ -165,7 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(compare_parser)
     compare_parser.add_argument("--algorithms", default="all", metavar="A,B,C|all", help="algorithms to compare (default: all)")
     compare_parser.add_argument("--seeds", default="0,1,2", metavar="S,S", help="seeds (default: 0,1,2)")
-    compare_parser.add_argument("--out", metavar="DIR", help="output directory (default: runs/<time>-compare); finished runs in it are reused")
+    compare_parser.add_argument("--out", metavar="DIR", help="output directory (default: runs/<time>-compare); finished runs in it are reused, interrupted ones continue from their checkpoint")
     compare_parser.add_argument("--target", type=float, metavar="ACC", help="target mean accuracy in percent (default: config target_accuracy, else --target-fraction)")
     compare_parser.add_argument("--target-fraction", type=float, default=0.9, metavar="F",
                                 help="target = F x the best baseline's final accuracy (default: 0.9)")
@@ -177,7 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
                               help="add or replace a grid key, e.g. --grid adapter.rank=[4,8,16] (repeatable)")
     sweep_parser.add_argument("--algorithms", metavar="A,B|all", help="algorithms (default: the config's sweep.algorithms, else pfedlora)")
     sweep_parser.add_argument("--seeds", metavar="S,S", help="seeds (default: the config's sweep.seeds, else 0)")
-    sweep_parser.add_argument("--out", metavar="DIR", help="output directory (default: runs/<time>-sweep); finished runs in it are reused")
+    sweep_parser.add_argument("--out", metavar="DIR", help="output directory (default: runs/<time>-sweep); finished runs in it are reused, interrupted ones continue from their checkpoint")
     sweep_parser.set_defaults(handler=cmd_sweep)
 
     report_parser = commands.add_parser("report", help="plots and report.md for run directories")

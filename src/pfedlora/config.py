@@ -86,6 +86,9 @@ class AdapterConfig(_Section):
     input_pool: Literal[1, 2, 4] = 1
     # B.A factor pairs: factors = FedAvg of each factor; product = mean of B_i A_i re-factorised by SVD
     aggregation: Literal["factors", "product"] = "factors"
+    # iterative step 2's frozen local-model outputs: recompute them with the trained local model (the
+    # paper), or use those recorded during step 1's last epoch (saves one forward pass over the data)
+    step2_outputs: Literal["recompute", "recorded"] = "recompute"
 
     @model_validator(mode="after")
     def _options_fit_placement(self) -> AdapterConfig:
@@ -94,6 +97,8 @@ class AdapterConfig(_Section):
                              "mu times the adapter's delta (additive): leave combine unset or set additive")
         if self.input_pool != 1 and self.placement != "branch":
             raise ValueError(f"input_pool applies to placement branch (the adapter reads the input), not {self.placement}")
+        if self.step2_outputs == "recorded" and (self.placement == "lora" or self.schedule != "iterative"):
+            raise ValueError("step2_outputs: recorded applies to the iterative schedule with placement branch or head")
         if self.aggregation == "product" and self.placement == "branch" and self.construction == "reduced":
             raise ValueError("aggregation: product needs B.A factor pairs (construction factorized, or placement "
                              "head or lora); the reduced branch adapter has none")
@@ -423,6 +428,9 @@ class Config(_Section):
 
             valid = sorted(TEXT_MODEL_SPECS) if is_text else sorted(MODEL_BUILDERS)
             raise ValueError(f"model {wrong[0]!r} does not fit the {kind} dataset {self.dataset.name!r}; valid: {', '.join(valid)}")
+        if self.adapter.step2_outputs == "recorded" and self.dataset.augment:
+            raise ValueError("adapter.step2_outputs: recorded needs unaugmented inputs (step 1's outputs are reused "
+                             "in step 2); set dataset.augment false or adapter.step2_outputs recompute")
         if is_text and self.dataset.augment:
             raise ValueError("dataset.augment (random crop + flip) is for image datasets; set it to false for text")
         if self.adapter.placement == "lora":

@@ -347,3 +347,48 @@ def test_bf16_frozen_output_reuse_matches_the_plain_path(make_context, make_data
     # measured: identical; with the cached outputs computed in fp32 (outside autocast) the weights
     # differed by up to 1.3e-4 (branch) and 1.2e-5 (head)
     _assert_close(reused.state, plain.state, rtol=1e-5, atol=1e-6)
+
+
+# ---- adapter.step2_outputs: recorded
+
+
+@pytest.mark.parametrize("placement", ["head", "branch"])
+def test_recorded_step2_outputs_leave_step_1_alone_and_cut_the_adapter_steps_flops(make_context, make_data, placement):
+    extra = {"input_pool": 2, "zero_init": True, "combine": "additive"} if placement == "branch" else {}
+    adapter = {"placement": placement, "rank": 8, "mu": 0.5, **extra}
+    data = make_data()
+    recompute = _update(make_context(adapter=adapter), data)
+    recorded = _update(make_context(adapter={**adapter, "step2_outputs": "recorded"}), data)
+    _assert_equal(unprefixed("local_model.", recorded.state), unprefixed("local_model.", recompute.state))
+    assert _differ(recorded.upload, recompute.upload)  # step 2 saw other (older) outputs
+    assert recorded.stats[0].flops == recompute.stats[0].flops
+    # no forward pass of the local model in step 2: its cost drops to the adapter's own training
+    assert recorded.stats[1].flops < 0.1 * recompute.stats[1].flops
+
+
+def test_recorded_outputs_are_the_local_models_outputs_in_step_1(make_context, make_data):
+    """With one mini-batch per epoch, step 1's recorded outputs are the received local model's, so
+    step 2 must equal training the adapter on the outputs of the local model before step 1."""
+    ctx = make_context(train={"batch_size": 64, "lr": 0.05},
+                       adapter={"placement": "head", "rank": 8, "mu": 0.5, "step2_outputs": "recorded"})
+    data = make_data(n=48)
+    _, broadcast = pfedlora.init_server(ctx)
+    state = pfedlora.init_client(ctx, 0)
+    broadcast = {k: torch.randn_like(v) for k, v in broadcast.items()}  # a non-zero B: A gets gradient
+    result = pfedlora.client_update(ctx, 0, state, broadcast, data, torch.Generator().manual_seed(0))
+    model = pfedlora.personalized_model(ctx, 0, state, broadcast)
+    with torch.no_grad():
+        representation = model.local_model.represent(data.train_x)
+        head_out = model.local_model.head(representation)
+    generator = torch.Generator().manual_seed(0)
+    torch.randperm(48, generator=generator)  # step 1's one epoch
+    train_epochs(model, model.adapter.parameters(), (representation, head_out), data.train_y, epochs=1,
+                 train=ctx.config.train, generator=generator, loss_fn=pfedlora._head_loss_local_cached)
+    _assert_close(result.upload, prefixed("", model.adapter.state_dict()), atol=1e-6, rtol=1e-5)
+
+
+def test_recorded_step2_outputs_are_refused_where_they_cannot_apply():
+    with pytest.raises(UserError, match="step2_outputs: recorded"):
+        build_config({"adapter": {"step2_outputs": "recorded", "schedule": "synchronous"}})
+    with pytest.raises(UserError, match="step2_outputs: recorded needs unaugmented"):
+        build_config({"adapter": {"step2_outputs": "recorded"}, "dataset": {"augment": True}})

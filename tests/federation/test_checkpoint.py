@@ -170,3 +170,27 @@ def test_bad_data_path_exits_2_and_an_existing_run_directory_is_untouched(tmp_pa
     assert main(["run", *OVERRIDES, "--out", str(out)]) == 2
     assert "not empty" in capsys.readouterr().err
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_a_comparison_continues_an_interrupted_run_from_its_checkpoint(reference, tmp_path):
+    """compare/sweep call run_or_resume: an unfinished run of the same config resumes, bit-exact."""
+    from pfedlora.federation.simulation import run_or_resume
+
+    config = build_config(TINY)
+
+    def stop_at_round_2(round_index, rounds, row):
+        if round_index == 2:
+            raise KeyboardInterrupt  # after round 2's metrics row, before its checkpoint
+
+    with pytest.raises(KeyboardInterrupt):
+        run(config, tmp_path / "run", progress=stop_at_round_2, log=lambda _: None)
+    assert checkpoint_round(tmp_path / "run") == 1 and not (tmp_path / "run" / "summary.json").exists()
+    lines = []
+    run_or_resume(config, tmp_path / "run", log=lines.append)
+    assert "resuming after round 1 of 3" in lines
+    assert _rows(tmp_path / "run") == _rows(reference) and _accuracies(tmp_path / "run") == _accuracies(reference)
+    # another config in the same directory starts over instead of resuming
+    other = build_config({**TINY, "seed": 1})
+    lines.clear()
+    run_or_resume(other, tmp_path / "run", log=lines.append)
+    assert not any(line.startswith("resuming") for line in lines)

@@ -367,6 +367,25 @@ def run(config: Config, out_dir: str | Path, *, overwrite: bool = False,
     return _execute(config, out, None, progress=progress, log=log)
 
 
+def run_or_resume(config: Config, out_dir: str | Path, *,
+                  progress: Callable[[int, int, dict], None] | None = None,
+                  log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Continue ``out_dir`` from its checkpoint when it holds an unfinished run of this very config
+    (an interrupted comparison or sweep picks up where it stopped); otherwise start afresh there."""
+    from pfedlora.federation.checkpoint import CHECKPOINT_NAME
+
+    out = Path(out_dir)
+    if (out / CHECKPOINT_NAME).is_file() and not (out / "summary.json").is_file():
+        try:
+            saved, checkpoint = load_resumable(out)
+        except UserError:
+            checkpoint = None  # another config or an unusable checkpoint: this run starts over
+        else:
+            if checkpoint is not None and saved.to_dict() == config.to_dict():
+                return _execute(config, out, checkpoint, progress=progress, log=log)
+    return run(config, out, overwrite=True, progress=progress, log=log)
+
+
 def resume(run_dir: str | Path, *, progress: Callable[[int, int, dict], None] | None = None,
            log: Callable[[str], None] = print) -> dict[str, Any]:
     """Continue the run in ``run_dir`` from its last checkpoint (from round 1 if it has none)."""

@@ -103,9 +103,9 @@ def resolve_seeds(text: str) -> list[int]:
 
 
 def _default_runner(config: Config, out: Path, label: str) -> dict:
-    from pfedlora.federation.simulation import run
+    from pfedlora.federation.simulation import run_or_resume
 
-    return run(config, out, overwrite=True, log=lambda _: None)
+    return run_or_resume(config, out, log=lambda _: None)
 
 
 def run_all(document: dict[str, Any], overrides: Sequence[str], algorithms: Sequence[str], seeds: Sequence[int],
