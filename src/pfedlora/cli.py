@@ -100,9 +100,16 @@ def cmd_compare(args: argparse.Namespace) -> int:
     import copy
 
     from pfedlora.config import QUICKSTART, load_document
-    from pfedlora.metrics.compare import compare, comparison_markdown, resolve_algorithms, resolve_seeds
+    from pfedlora.metrics.compare import (
+        compare,
+        comparison_markdown,
+        parse_algorithm_overrides,
+        resolve_algorithms,
+        resolve_seeds,
+    )
 
     document = load_document(args.config) if args.config else copy.deepcopy(QUICKSTART)
+    algorithm_overrides = parse_algorithm_overrides(args.set_for)
     algorithms = resolve_algorithms(args.algorithms)
     seeds = resolve_seeds(args.seeds)
     out = Path(args.out) if args.out else _default_out("compare")
@@ -110,7 +117,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     table = compare(document, args.overrides, algorithms, seeds, out, target_accuracy=args.target,
                     target_fraction=args.target_fraction, runner=_run_with_progress,
-                    skip_incompatible=args.algorithms.strip() == "all")
+                    skip_incompatible=args.algorithms.strip() == "all", algorithm_overrides=algorithm_overrides)
     print(comparison_markdown(table))
     print(f"results: {out / 'comparison.md'}, {out / 'comparison.csv'}, {out / 'report.md'}")
     return 0
@@ -165,6 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(compare_parser)
     compare_parser.add_argument("--algorithms", default="all", metavar="A,B,C|all", help="algorithms to compare (default: all)")
     compare_parser.add_argument("--seeds", default="0,1,2", metavar="S,S", help="seeds (default: 0,1,2)")
+    compare_parser.add_argument("--set-for", dest="set_for", action="append", default=[], metavar="ALGORITHM:KEY=VALUE",
+                                help="override a config key for one algorithm only, e.g. standalone:train.lr=0.02 "
+                                     "(each algorithm's tuned value of a shared key; repeatable)")
     compare_parser.add_argument("--out", metavar="DIR", help="output directory (default: runs/<time>-compare); finished runs in it are reused, interrupted ones continue from their checkpoint")
     compare_parser.add_argument("--target", type=float, metavar="ACC", help="target mean accuracy in percent (default: config target_accuracy, else --target-fraction)")
     compare_parser.add_argument("--target-fraction", type=float, default=0.9, metavar="F",

@@ -101,3 +101,23 @@ def test_all_skips_an_algorithm_the_setting_does_not_admit(tmp_path):
                 announce=said.append, skip_incompatible=True)
     assert said[0].startswith("skipping fedavg: config: fedavg needs one architecture")
     assert [a[0].algorithm for a in ran] == ["standalone"]
+
+
+def test_set_for_overrides_a_key_for_one_algorithm_only(tmp_path):
+    from pfedlora.metrics.compare import parse_algorithm_overrides, run_all
+
+    seen = {}
+
+    def runner(config, out, label):
+        seen[config.algorithm] = config.train.lr
+        raise SystemExit  # nothing needs to run: the configs are what is tested
+
+    scoped = parse_algorithm_overrides(["standalone:train.lr=0.02"])
+    with pytest.raises(SystemExit):
+        run_all({}, ["train.lr=0.005"], ["standalone"], [0], tmp_path, runner=runner, algorithm_overrides=scoped)
+    with pytest.raises(SystemExit):
+        run_all({}, ["train.lr=0.005"], ["fd"], [0], tmp_path, runner=runner, algorithm_overrides=scoped)
+    assert seen == {"standalone": 0.02, "fd": 0.005}
+    for bad in ("train.lr=0.02", "nope:train.lr=0.02", "fd:train.lr"):
+        with pytest.raises(UserError, match="--set-for expects ALGORITHM:KEY=VALUE"):
+            parse_algorithm_overrides([bad])

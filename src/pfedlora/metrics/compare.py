@@ -108,10 +108,28 @@ def _default_runner(config: Config, out: Path, label: str) -> dict:
     return run_or_resume(config, out, log=lambda _: None)
 
 
+def parse_algorithm_overrides(texts: Sequence[str]) -> dict[str, list[str]]:
+    """``ALGORITHM:KEY=VALUE`` items (``--set-for``) as {algorithm: [KEY=VALUE, ...]}."""
+    from pfedlora.algorithms import algorithm_names
+
+    scoped: dict[str, list[str]] = {}
+    for text in texts:
+        algorithm, sep, override = text.partition(":")
+        if not sep or algorithm not in algorithm_names() or "=" not in override:
+            raise UserError(f"--set-for expects ALGORITHM:KEY=VALUE with ALGORITHM one of {', '.join(algorithm_names())} "
+                            f"(e.g. standalone:train.lr=0.02), got {text!r}")
+        scoped.setdefault(algorithm, []).append(override)
+    return scoped
+
+
 def run_all(document: dict[str, Any], overrides: Sequence[str], algorithms: Sequence[str], seeds: Sequence[int],
             out: Path, runner: Runner = _default_runner,
-            announce: Callable[[str], None] = print, skip_incompatible: bool = False) -> list[RunRecord]:
+            announce: Callable[[str], None] = print, skip_incompatible: bool = False,
+            algorithm_overrides: dict[str, list[str]] | None = None) -> list[RunRecord]:
     """Run every (algorithm, seed) under ``out``; reuse runs already finished with the same config.
+
+    ``algorithm_overrides``: extra ``KEY=VALUE`` overrides for one algorithm only (e.g. each
+    algorithm's tuned learning rate), applied after ``overrides``.
 
     ``skip_incompatible`` (``--algorithms all``): an algorithm the setting does not admit (FedAvg
     on a heterogeneous pool) is skipped with a line saying why instead of stopping the comparison.
@@ -119,7 +137,8 @@ def run_all(document: dict[str, Any], overrides: Sequence[str], algorithms: Sequ
     configs = []
     for algorithm in algorithms:
         try:
-            configs += [(algorithm, s, build_config(document, [*overrides, f"algorithm={algorithm}", f"seed={s}"]))
+            scoped = (algorithm_overrides or {}).get(algorithm, [])
+            configs += [(algorithm, s, build_config(document, [*overrides, *scoped, f"algorithm={algorithm}", f"seed={s}"]))
                         for s in seeds]
         except UserError as exc:
             if not skip_incompatible:
@@ -292,7 +311,7 @@ def comparison_markdown(table: dict[str, Any], title: str = "Comparison") -> str
 def compare(document: dict[str, Any], overrides: Sequence[str], algorithms: Sequence[str], seeds: Sequence[int],
             out: str | Path, *, target_accuracy: float | None = None, target_fraction: float = 0.9,
             runner: Runner = _default_runner, announce: Callable[[str], None] = print,
-            skip_incompatible: bool = False) -> dict[str, Any]:
+            skip_incompatible: bool = False, algorithm_overrides: dict[str, list[str]] | None = None) -> dict[str, Any]:
     """Run, tabulate and report; writes comparison.md, comparison.csv and report.md under ``out``."""
     from pfedlora.metrics.report import write_report
 
@@ -303,7 +322,7 @@ def compare(document: dict[str, Any], overrides: Sequence[str], algorithms: Sequ
         raise UserError(f"output path {str(out)!r} exists and is not a directory")
     out.mkdir(parents=True, exist_ok=True)
     records = run_all(document, overrides, algorithms, seeds, out, runner=runner, announce=announce,
-                      skip_incompatible=skip_incompatible)
+                      skip_incompatible=skip_incompatible, algorithm_overrides=algorithm_overrides)
     if target_accuracy is None:  # the config's target_accuracy, if any
         target_accuracy = build_config(document, list(overrides)).target_accuracy
     table = summarize_comparison(records, target_accuracy=target_accuracy, target_fraction=target_fraction)

@@ -1,0 +1,68 @@
+"""Mean client accuracy against round, one panel per budget, one colour per algorithm.
+
+Each panel reads a ``pfedlora compare`` directory (``<dir>/<algorithm>/seed<k>/metrics.csv``): a
+line for the mean over seeds and a band from the lowest to the highest seed (no band with one seed).
+    python scripts/plot_budgets.py OUT.png "20 rounds, 5,000 images=DIR" "50 rounds, 50,000 images=DIR"
+"""
+
+from __future__ import annotations
+
+import csv
+import statistics
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+# one colour per algorithm, the same in every panel and every figure made with this script
+ALGORITHMS = ["pfedlora", "standalone", "lg_fedavg", "fd", "fedproto", "fml", "fedkd", "fedgh"]
+COLOURS = dict(zip(ALGORITHMS, plt.get_cmap("tab10").colors))
+
+
+def curves(compare_dir: Path) -> dict[str, tuple[list[int], list[float], list[float], list[float], int]]:
+    """algorithm -> (rounds, mean, low, high, number of seeds), over the rounds every seed evaluated."""
+    out = {}
+    for algorithm in ALGORITHMS:
+        runs = []
+        for metrics in sorted((compare_dir / algorithm).glob("seed*/metrics.csv")):
+            if not (metrics.parent / "summary.json").is_file():
+                continue  # an unfinished run
+            with metrics.open(newline="") as handle:
+                runs.append({int(float(r["round"])): float(r["mean_acc"]) for r in csv.DictReader(handle)})
+        if not runs:
+            continue
+        rounds = sorted(set.intersection(*(set(r) for r in runs)))
+        values = [[run[k] for run in runs] for k in rounds]
+        out[algorithm] = (rounds, [statistics.fmean(v) for v in values], [min(v) for v in values],
+                          [max(v) for v in values], len(runs))
+    return out
+
+
+def main(out: Path, panels: list[tuple[str, Path]]) -> None:
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.2 * len(panels) + 2.2, 4.6), squeeze=False)
+    shown = {}
+    for ax, (title, directory) in zip(axes[0], panels):
+        for algorithm, (rounds, mean, low, high, seeds) in curves(directory).items():
+            colour = COLOURS[algorithm]
+            line, = ax.plot(rounds, mean, color=colour, linewidth=2.2 if algorithm == "pfedlora" else 1.4)
+            if seeds > 1:
+                ax.fill_between(rounds, low, high, color=colour, alpha=0.18, linewidth=0)
+            shown[algorithm] = line
+        ax.set(title=title, xlabel="round", ylabel="mean client test accuracy (%)")
+        ax.grid(alpha=0.3)
+    order = [a for a in ALGORITHMS if a in shown]
+    fig.legend([shown[a] for a in order], order, loc="center right", title="algorithm (band: min-max over seeds)",
+               frameon=False)
+    fig.tight_layout(rect=(0, 0, 1 - 2.2 / (6.2 * len(panels) + 2.2), 1))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=130)
+    print(out)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) < 3:
+        sys.exit(__doc__)
+    main(Path(sys.argv[1]), [(spec.split("=", 1)[0], Path(spec.split("=", 1)[1])) for spec in sys.argv[2:]])
