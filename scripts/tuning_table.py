@@ -1,7 +1,7 @@
 """Print the tuning table of a tuning directory (``<dir>/<algorithm>/<label>/<algorithm>/seed0``).
 
-One row per algorithm: the final validation accuracy of every value tried, the chosen (highest) one
-in bold, and whether the choice sits at the edge of the grid (in the order the script ran them).
+One row per algorithm: the final validation accuracy of every value tried (in the knob's order when
+there is one knob), the chosen (highest) one in bold, and whether the choice sits at the grid's edge.
     python scripts/tuning_table.py docs/results/cifar10/tuning-v2
 """
 
@@ -10,6 +10,16 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+
+
+def _values(runs: list[tuple[str, float, float]]) -> list[float] | None:
+    """The knob's values when every label is ``key=number`` of one key, else None."""
+    try:
+        keys = {label.split("=", 1)[0] for label, _, _ in runs}
+        values = [float(label.split("=", 1)[1]) for label, _, _ in runs]
+    except (IndexError, ValueError):
+        return None
+    return values if len(keys) == 1 else None
 
 
 def main(root: Path) -> None:
@@ -25,10 +35,13 @@ def main(root: Path) -> None:
                 runs.append((label_dir.name, summary["final_accuracy"], summary["wall_seconds"]))
         if not runs:
             continue
+        numeric = _values(runs)
+        if numeric is not None:  # one knob: in the order of its values, and the edge is meaningful
+            runs = [run for _, run in sorted(zip(numeric, runs))]
         best = max(runs, key=lambda r: r[1])
         cells = ", ".join(f"{'**' if r is best else ''}{r[0]}: {r[1]:.2f}{'**' if r is best else ''} ({r[2]:.0f} s)"
                           for r in runs)
-        edge = "yes" if best in (runs[0], runs[-1]) else "no"
+        edge = ("yes" if best in (runs[0], runs[-1]) else "no") if numeric is not None else "n/a (several knobs)"
         print(f"| {algorithm} | {cells} | {best[0]} | {edge} |")
 
 
