@@ -238,7 +238,7 @@ def test_default_aggregation_reports_no_server_metrics(make_context):
     assert pfedlora.RESIDUAL not in server_state
 
 
-def test_residual_column_in_metrics_csv_and_it_survives_resume(tmp_path):
+def test_residual_column_in_metrics_csv_and_it_survives_resume(tmp_path, interrupted_run):
     config = build_config({"num_clients": 4, "fraction": 0.5, "rounds": 2, "model_pool": ["cnn5", "cnn4"],
                            "train": {"batch_size": 32},
                            "dataset": {"max_train_samples": 300, "max_test_samples": 90},
@@ -251,12 +251,7 @@ def test_residual_column_in_metrics_csv_and_it_survives_resume(tmp_path):
     assert all(0 <= value < 1 for value in residuals)
     assert summary["final_refactor_residual_max"] == pytest.approx(residuals[-1], abs=1e-6)
 
-    def crash_in_round_2(round_index, rounds, row):  # after round 1's checkpoint, before round 2's
-        if round_index == 2:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        run(config, tmp_path / "part", progress=crash_in_round_2, log=lambda _: None)
+    interrupted_run(config, tmp_path / "part", at_round=2)  # after round 1's checkpoint
     resumed = resume(tmp_path / "part", log=lambda _: None)
     assert resumed["final_refactor_residual_max"] == summary["final_refactor_residual_max"]
     assert resumed["client_accuracies"] == summary["client_accuracies"]

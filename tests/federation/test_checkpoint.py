@@ -172,18 +172,13 @@ def test_bad_data_path_exits_2_and_an_existing_run_directory_is_untouched(tmp_pa
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
 
 
-def test_a_comparison_continues_an_interrupted_run_from_its_checkpoint(reference, tmp_path):
+def test_a_comparison_continues_an_interrupted_run_from_its_checkpoint(reference, tmp_path, interrupted_run):
     """compare/sweep call run_or_resume: an unfinished run of the same config resumes, bit-exact."""
     from pfedlora.federation.simulation import run_or_resume
 
     config = build_config(TINY)
 
-    def stop_at_round_2(round_index, rounds, row):
-        if round_index == 2:
-            raise KeyboardInterrupt  # after round 2's metrics row, before its checkpoint
-
-    with pytest.raises(KeyboardInterrupt):
-        run(config, tmp_path / "run", progress=stop_at_round_2, log=lambda _: None)
+    interrupted_run(config, tmp_path / "run", at_round=2)
     assert checkpoint_round(tmp_path / "run") == 1 and not (tmp_path / "run" / "summary.json").exists()
     lines = []
     run_or_resume(config, tmp_path / "run", log=lines.append)

@@ -66,16 +66,11 @@ def test_disk_store_round_trip_atomic_files_and_same_results(tmp_path):
     assert _rounds({"engine": {"client_store": "disk"}})[1] == _rounds({})[1]
 
 
-def test_checkpoint_and_resume_with_the_disk_store(tmp_path):
+def test_checkpoint_and_resume_with_the_disk_store(tmp_path, interrupted_run):
     config = build_config({**TINY, "rounds": 2, "engine": {"client_store": "disk"}})
     whole = run(config, tmp_path / "whole", log=lambda _: None)
 
-    def crash_in_round_2(round_index, rounds, row):  # after round 1's checkpoint, before round 2's
-        if round_index == 2:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        run(config, tmp_path / "part", progress=crash_in_round_2, log=lambda _: None)
+    interrupted_run(config, tmp_path / "part", at_round=2)  # after round 1's checkpoint
     resumed = resume(tmp_path / "part", log=lambda _: None)
     assert resumed["client_accuracies"] == whole["client_accuracies"]
 
