@@ -17,9 +17,10 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-# one colour per algorithm, the same in every panel and every figure made with this script
-ALGORITHMS = ["pfedlora", "standalone", "lg_fedavg", "fd", "fedproto", "fml", "fedkd", "fedgh"]
-COLOURS = dict(zip(ALGORITHMS, plt.get_cmap("tab10").colors))
+from pfedlora.metrics.report import ALGORITHM_ORDER, algorithm_colour  # noqa: E402
+
+# the library's colour of each algorithm, as in every report plot
+ALGORITHMS = [a for a in ALGORITHM_ORDER if a != "fedavg"]
 
 
 def curves(compare_dir: Path) -> dict[str, tuple[list[int], list[float], list[float], list[float], int]]:
@@ -46,7 +47,7 @@ def main(out: Path, panels: list[tuple[str, Path]]) -> None:
     shown = {}
     for ax, (title, directory) in zip(axes[0], panels):
         for algorithm, (rounds, mean, low, high, seeds) in curves(directory).items():
-            colour = COLOURS[algorithm]
+            colour = algorithm_colour(algorithm)
             line, = ax.plot(rounds, mean, color=colour, linewidth=2.2 if algorithm == "pfedlora" else 1.4)
             if seeds > 1:
                 ax.fill_between(rounds, low, high, color=colour, alpha=0.18, linewidth=0)

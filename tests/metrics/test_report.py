@@ -38,3 +38,25 @@ def test_report_writes_valid_pngs_and_markdown(tmp_path, capsys):
 def test_report_on_a_missing_run_is_a_user_error(tmp_path, capsys):
     assert main(["report", str(tmp_path / "nothing")]) == 2
     assert "not a finished run directory" in capsys.readouterr().err
+
+
+def test_seeds_of_one_algorithm_are_one_mean_line_with_a_band_in_its_own_colour(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from pfedlora.metrics.compare import load_run
+    from pfedlora.metrics.report import _mean_band, _seed_groups, algorithm_colour
+
+    (tmp_path / "cmp" / "fd").mkdir(parents=True)
+    (tmp_path / "cmp" / "fedproto").mkdir()
+    runs = [_fake_run(tmp_path / "cmp" / "fd" / f"seed{k}", "fd", 10 * (k + 1)) for k in range(3)]
+    runs.append(_fake_run(tmp_path / "cmp" / "fedproto" / "seed0", "fedproto", 5))
+    groups = _seed_groups([load_run(p) for p in runs])
+    assert [(g.algorithm, len(g.records), g.label) for g in groups] == [("fd", 3, "fd, 3 seeds"),
+                                                                        ("fedproto", 1, "fedproto seed 0")]
+    curve = _mean_band(groups[0].records, lambda row: row["round"])
+    assert [p[0] for p in curve] == [1, 2, 3] and curve[0][1:] == (40.0, 40.0, 40.0)
+    assert algorithm_colour("fd") != algorithm_colour("fedproto")
+    assert algorithm_colour("fd") == plt.get_cmap("tab10").colors[3]

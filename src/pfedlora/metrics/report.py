@@ -1,8 +1,10 @@
 """``pfedlora report``: plots of one or more run directories and a report.md embedding them.
 
-Plots (PNG, matplotlib's Agg backend, one line per run): mean accuracy vs round, vs cumulative
+Plots (PNG, matplotlib's Agg backend): mean accuracy vs round, vs cumulative
 bytes (up + down) and vs cumulative FLOPs (training + server), and the distribution of the final
-per-client accuracies. Cost axes are logarithmic because algorithms differ by orders of magnitude;
+per-client accuracies. Runs of one algorithm that differ only by seed (``<out>/<algorithm>/seed<k>``)
+are drawn as their mean with a band from the lowest to the highest seed; every algorithm keeps one
+colour in every figure (:func:`algorithm_colour`) and the legend sits outside the data. Cost axes are logarithmic because algorithms differ by orders of magnitude;
 a run whose costs are all zero (e.g. ``standalone`` sends nothing) cannot be placed on them and
 is listed under the plot instead.
 """
@@ -10,6 +12,7 @@ is listed under the plot instead.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from pfedlora.errors import UserError
@@ -61,21 +64,23 @@ def write_report(run_dirs: Sequence[str | Path], out: str | Path, title: str = "
     out.mkdir(parents=True, exist_ok=True)
     left_out: dict[str, list[str]] = {"bytes": [], "flops": []}
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for record, label in zip(records, labels):
-        ax.plot([r["round"] for r in record.history], [r["mean_acc"] for r in record.history], marker=".", label=label)
+    groups = _seed_groups(records)
+    fig, ax = plt.subplots(figsize=(8.5, 4.5))
+    for group in groups:
+        curve = _mean_band(group.records, lambda row: row["round"])
+        _draw(ax, group, curve)
     ax.set(xlabel="round", ylabel="mean client accuracy (%)", title=PLOTS["accuracy_vs_round.png"])
     _finish(fig, ax, out / "accuracy_vs_round.png")
 
     for kind, unit in (("bytes", "bytes (up + down)"), ("flops", "FLOPs (training + server)")):
-        fig, ax = plt.subplots(figsize=(7, 4.5))
-        for record, label in zip(records, labels):
-            points = [(_cumulative(r, kind), r["mean_acc"]) for r in record.history]
-            points = [(x, y) for x, y in points if x is not None and x > 0]
-            if not points:
-                left_out[kind].append(label)
+        fig, ax = plt.subplots(figsize=(8.5, 4.5))
+        for group in groups:
+            curve = _mean_band(group.records, lambda row: _cumulative(row, kind))
+            curve = [point for point in curve if point[0] > 0]
+            if not curve:
+                left_out[kind].append(group.label)
                 continue
-            ax.plot([x for x, _ in points], [y for _, y in points], marker=".", label=label)
+            _draw(ax, group, curve)
         ax.set_xscale("log")
         ax.set(xlabel=f"cumulative {unit}", ylabel="mean client accuracy (%)",
                title=PLOTS[f"accuracy_vs_{kind}.png"])
@@ -95,12 +100,78 @@ def write_report(run_dirs: Sequence[str | Path], out: str | Path, title: str = "
     return report
 
 
+# one colour per algorithm in every figure (matplotlib's tab10, in this order), so a reader can
+# follow an algorithm from plot to plot; further variants of one algorithm change the line style
+ALGORITHM_ORDER = ("pfedlora", "standalone", "lg_fedavg", "fd", "fedproto", "fml", "fedkd", "fedgh", "fedavg")
+_LINE_STYLES = ("-", "--", ":", "-.")
+
+
+def algorithm_colour(algorithm: str) -> tuple[float, float, float]:
+    import matplotlib.pyplot as plt
+
+    colours = plt.get_cmap("tab10").colors
+    index = ALGORITHM_ORDER.index(algorithm) if algorithm in ALGORITHM_ORDER else len(ALGORITHM_ORDER)
+    return colours[index % len(colours)]
+
+
+@dataclass
+class _Group:
+    """The runs of one algorithm in one setting that differ only by seed (a mean line and a band)."""
+
+    algorithm: str
+    label: str
+    style: str
+    records: list[RunRecord]
+
+
+def _seed_groups(records: Sequence[RunRecord]) -> list[_Group]:
+    settings: dict[tuple[str, Path], list[RunRecord]] = {}
+    for record in records:  # <out>/<algorithm>/seed<k>: runs sharing <out> differ only by seed
+        settings.setdefault((record.algorithm, record.path.resolve().parent.parent), []).append(record)
+    per_algorithm: dict[str, int] = {}
+    groups = []
+    for (algorithm, setting), members in settings.items():
+        variant = per_algorithm.get(algorithm, 0)
+        per_algorithm[algorithm] = variant + 1
+        groups.append(_Group(algorithm, algorithm, _LINE_STYLES[variant % len(_LINE_STYLES)], members))
+    for group in groups:  # name the setting when an algorithm appears in several
+        if per_algorithm[group.algorithm] > 1:
+            group.label = f"{group.algorithm} ({group.records[0].path.resolve().parent.parent.name})"
+        seeds = len(group.records)
+        group.label += f", {seeds} seeds" if seeds > 1 else f" seed {group.records[0].seed}"
+    return groups
+
+
+def _mean_band(records: Sequence[RunRecord], x_of) -> list[tuple[float, float, float, float]]:
+    """(mean x, mean accuracy, lowest, highest) at each evaluated round all ``records`` share."""
+    by_round = [{int(row["round"]): row for row in record.history} for record in records]
+    shared = sorted(set.intersection(*(set(rounds) for rounds in by_round)))
+    points = []
+    for round_index in shared:
+        xs = [x_of(rounds[round_index]) for rounds in by_round]
+        if any(x is None for x in xs):
+            continue
+        ys = [rounds[round_index]["mean_acc"] for rounds in by_round]
+        points.append((sum(xs) / len(xs), sum(ys) / len(ys), min(ys), max(ys)))
+    return points
+
+
+def _draw(ax, group: _Group, curve: list[tuple[float, float, float, float]]) -> None:
+    colour = algorithm_colour(group.algorithm)
+    xs = [p[0] for p in curve]
+    ax.plot(xs, [p[1] for p in curve], color=colour, linestyle=group.style, marker="." if len(curve) < 30 else None,
+            linewidth=2.0 if group.algorithm == "pfedlora" else 1.3, label=group.label)
+    if len(group.records) > 1:
+        ax.fill_between(xs, [p[2] for p in curve], [p[3] for p in curve], color=colour, alpha=0.15, linewidth=0)
+
+
 def _finish(fig, ax, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     ax.grid(True, alpha=0.3)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize="small")
+    if ax.get_legend_handles_labels()[0]:  # outside the data, with what the band means
+        ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False,
+                  title="band: lowest to highest seed", title_fontsize="small")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
