@@ -44,10 +44,11 @@ def reference(tmp_path_factory):
     return out
 
 
-def _start(out: Path) -> subprocess.Popen:
+def _start(out: Path, *extra: str, new_session: bool = False) -> subprocess.Popen:
     env = dict(os.environ, PYTHONPATH=str(SRC) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    return subprocess.Popen([sys.executable, "-m", "pfedlora.cli", "run", *OVERRIDES, "--out", str(out)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    return subprocess.Popen([sys.executable, "-m", "pfedlora.cli", "run", *OVERRIDES, *extra, "--out", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            start_new_session=new_session)
 
 
 def _wait_for_checkpoint(proc: subprocess.Popen, out: Path, round_index: int, timeout: float = 600) -> None:
@@ -189,3 +190,17 @@ def test_a_comparison_continues_an_interrupted_run_from_its_checkpoint(reference
     lines.clear()
     run_or_resume(other, tmp_path / "run", log=lines.append)
     assert not any(line.startswith("resuming") for line in lines)
+
+
+@pytest.mark.slow
+def test_sigterm_to_the_process_group_with_forked_workers_stops_instead_of_hanging(tmp_path):
+    """SIGTERM to the whole group (a job scheduler's cancel, ``kill -- -PGID``) kills the workers
+    mid-round too: the run must still end with exit 143 and a resumable checkpoint, not wait forever."""
+    out = tmp_path / "group"
+    proc = _start(out, "--set", "engine.workers=2", "--set", "rounds=30", new_session=True)
+    _wait_for_checkpoint(proc, out, 1)
+    os.killpg(proc.pid, signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 143, err[-2000:]
+    assert "resume with: pfedlora run --resume" in err.strip().splitlines()[-1]
+    assert (checkpoint_round(out) or 0) >= 1

@@ -94,3 +94,20 @@ def test_workers_take_the_largest_clients_first():
     # same model (clients 0, 2 are cnn1): work is proportional to the data size; cnn1 costs more per sample than cnn5
     assert work[0] * sizes[2] == work[2] * sizes[0]
     assert work[0] / sizes[0] > work[1] / sizes[1]
+
+
+def _die_on_two(item):
+    import os
+    import signal
+
+    if item == 2:
+        os.kill(os.getpid(), signal.SIGTERM)  # as when SIGTERM reaches the whole process group
+    return item * 10
+
+
+def test_a_worker_killed_by_a_signal_is_an_error_not_a_hang():
+    from pfedlora.federation.parallel import WorkerDied, map_forked
+
+    assert map_forked(_die_on_two, [0, 1, 3], workers=2) == [0, 10, 30]
+    with pytest.raises(WorkerDied, match="worker process ended"):
+        map_forked(_die_on_two, [0, 1, 2, 3], workers=2)

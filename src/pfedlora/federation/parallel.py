@@ -15,6 +15,8 @@ import io
 import multiprocessing
 import signal
 from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 import torch
@@ -40,15 +42,28 @@ def _run(item: Any) -> tuple[bytes, dict]:
     return buffer.getvalue(), flop_count.counted_since(known)
 
 
+class WorkerDied(RuntimeError):
+    """A worker process ended without returning its result (killed by a signal, out of memory)."""
+
+
 def map_forked(fn: Callable[[Any], Any], items: Sequence[Any], workers: int) -> list[Any]:
-    """``[fn(item) for item in items]`` computed by ``workers`` forked processes, in order."""
+    """``[fn(item) for item in items]`` computed by ``workers`` forked processes, in order.
+
+    A worker that dies (e.g. SIGTERM sent to the whole process group, which workers do not
+    ignore) raises :class:`WorkerDied` here instead of leaving the parent waiting for its result
+    forever, as ``multiprocessing.Pool`` does.
+    """
     global _TASK
     if "fork" not in multiprocessing.get_all_start_methods():
         return [fn(item) for item in items]
     _TASK = fn
     try:
-        with multiprocessing.get_context("fork").Pool(workers, initializer=_init_worker) as pool:
-            replies = pool.map(_run, items, chunksize=1)
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"),
+                                 initializer=_init_worker) as executor:
+            replies = list(executor.map(_run, items, chunksize=1))
+    except BrokenProcessPool as exc:
+        raise WorkerDied("a worker process ended without returning its result (killed by a signal or out "
+                         "of memory)") from exc
     finally:
         _TASK = None
     results = []

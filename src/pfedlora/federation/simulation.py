@@ -39,6 +39,7 @@ from pfedlora.data.augment import random_crop_flip
 from pfedlora.data.noise import corrupt_labels
 from pfedlora.federation.checkpoint import load_checkpoint, restore_rng, save_checkpoint
 from pfedlora.federation.faults import client_fate, corrupt_upload
+from pfedlora.federation.parallel import WorkerDied
 from pfedlora.federation.validation import Rejection, UpdateValidator, all_finite
 from pfedlora.federation.payload import transmit
 from pfedlora.metrics.accuracy import accuracy, run_summary, summarize
@@ -479,8 +480,15 @@ def _execute(config: Config, out: Path, checkpoint: dict[str, Any] | None, *,
 
     with _StopOnSignal() as stop:
         for round_index in range(first_round, config.rounds + 1):
-            server_state, broadcast, result = run_round(federation, store, server_state, broadcast, round_index,
-                                                        validator=validator, log=event)
+            try:
+                server_state, broadcast, result = run_round(federation, store, server_state, broadcast, round_index,
+                                                            validator=validator, log=event)
+            except WorkerDied:
+                if stop.signum is None:
+                    raise
+                # the signal reached the workers too (e.g. SIGTERM to the process group): this round
+                # is lost, the checkpoint of an earlier round stays as it is
+                raise RunInterrupted(round_index - 1, stop.signum, str(out)) from None
             pending["expected"] += result.expected
             pending["received"] += result.received
             pending["rejected"] += len(result.rejections)
