@@ -43,7 +43,9 @@ def curves(compare_dir: Path) -> dict[str, tuple[list[int], list[float], list[fl
 
 
 def main(out: Path, panels: list[tuple[str, Path]]) -> None:
-    fig, axes = plt.subplots(1, len(panels), figsize=(6.2 * len(panels) + 2.2, 4.6), squeeze=False)
+    legend_width = 2.8  # inches kept free on the right for the legend
+    width = 6.2 * len(panels) + legend_width
+    fig, axes = plt.subplots(1, len(panels), figsize=(width, 4.6), squeeze=False)
     shown = {}
     for ax, (title, directory) in zip(axes[0], panels):
         for algorithm, (rounds, mean, low, high, seeds) in curves(directory).items():
@@ -55,9 +57,9 @@ def main(out: Path, panels: list[tuple[str, Path]]) -> None:
         ax.set(title=title, xlabel="round", ylabel="mean client test accuracy (%)")
         ax.grid(alpha=0.3)
     order = [a for a in ALGORITHMS if a in shown]
-    fig.legend([shown[a] for a in order], order, loc="center right", title="algorithm (band: min-max over seeds)",
+    fig.legend([shown[a] for a in order], order, loc="center right", title="algorithm\n(band: lowest to\nhighest seed)",
                frameon=False)
-    fig.tight_layout(rect=(0, 0, 1 - 2.2 / (6.2 * len(panels) + 2.2), 1))
+    fig.tight_layout(rect=(0, 0, 1 - legend_width / width, 1))
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=130)
     print(out)
