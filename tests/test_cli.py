@@ -33,3 +33,14 @@ def test_run_command_end_to_end(tmp_path, capsys):
     assert code == 0
     printed = capsys.readouterr().out
     assert "final accuracy" in printed and (out / "summary.json").exists()
+
+
+def test_progress_is_one_line_per_evaluated_round_when_not_a_terminal(tmp_path, capsys):
+    # capsys is not a terminal: no progress bar, a line per evaluated round (rounds 2 and 3 here)
+    code = main(["run", "--set", "num_clients=2", "--set", "partition.kind=iid", "--set", "rounds=3",
+                 "--set", "eval_every=2", "--set", "model_pool=[cnn5]", "--out", str(tmp_path / "run")])
+    assert code == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("pfedlora: round ")]
+    assert [line.split()[2] for line in lines] == ["2/3", "3/3"]
+    assert all("acc " in line and "% " in line and "elapsed" in line and "ETA" in line for line in lines)
+    assert lines[-1].endswith("ETA 0 s")

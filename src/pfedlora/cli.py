@@ -23,17 +23,45 @@ def _default_out(prefix: str) -> Path:
 
 
 def _progress_bar(total: int, description: str):
+    """A progress display for a run of ``total`` rounds: a tqdm bar on a terminal; otherwise (output
+    piped to ``tee``, a file, a CI log) one line per evaluated round on stdout, so logs show progress."""
     from tqdm import tqdm
 
     bar = tqdm(total=total, desc=description, unit="round", dynamic_ncols=True, file=sys.stderr,
                disable=None)
+    if not bar.disable:
+        def update(round_index: int, rounds: int, row: dict) -> None:
+            if row:
+                bar.set_postfix(acc=f"{row['mean_acc']:.2f}%")
+            bar.update(round_index - bar.n)  # a resumed run starts past 0
 
-    def update(round_index: int, rounds: int, row: dict) -> None:
-        if row:
-            bar.set_postfix(acc=f"{row['mean_acc']:.2f}%")
-        bar.update(round_index - bar.n)  # a resumed run starts past 0
+        return bar, update
 
-    return bar, update
+    def update_lines(round_index: int, rounds: int, row: dict) -> None:
+        if not row:
+            return
+        # wall_s counts the whole run, an earlier interrupted part included
+        elapsed = float(row.get("wall_s", float("nan")))
+        eta = elapsed / round_index * (rounds - round_index) if round_index > 0 else float("nan")
+        accuracy = row.get("mean_acc")
+        shown = f"{accuracy:.2f}%" if isinstance(accuracy, (int, float)) and accuracy == accuracy else "n/a"
+        print(f"{description}: round {round_index}/{rounds}  acc {shown}  elapsed {_duration(elapsed)}  "
+              f"ETA {_duration(eta)}", flush=True)
+
+    return bar, update_lines
+
+
+def _duration(seconds: float) -> str:
+    if seconds != seconds:  # NaN: not known yet
+        return "?"
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    minutes, seconds = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes} min {seconds:02d} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min"
 
 
 def _run_with_progress(config, run_dir: Path, label: str) -> dict:

@@ -64,7 +64,8 @@ def test_fates_are_deterministic_and_follow_the_probabilities():
 @pytest.mark.parametrize("kind, reason", [("nan_clients", "non_finite"), ("wrong_shape_clients", "shape"),
                                           ("oversized_clients", "oversized"), ("scale_clients", "norm_above_median")])
 def test_each_malicious_client_is_rejected_with_its_reason_and_never_aggregated(kind, reason):
-    federation = _toy_federation(faults={kind: [4]})
+    # a 1000x scaled update stands far above the 100x median bound (honest spreads reach 39x)
+    federation = _toy_federation(faults={kind: [4], "scale_factor": 1000.0})
     store, state, result, messages = _round(federation)
     assert (result.expected, result.received) == (10, 10)
     assert [(r.client_id, r.reason) for r in result.rejections] == [(4, reason)]
@@ -86,6 +87,15 @@ def test_drops_crashes_and_late_stragglers_are_not_received():
         # a crashed or dropped client keeps its old state; a late one keeps what it trained
         trained = not (fate.dropped or fate.crashed)
         assert float(store.get(k)["seen"]) == (1.0 if trained else 0.0)
+
+
+def test_a_scaled_update_within_the_honest_spread_is_not_told_apart():
+    # 50x the toy's honest update is 50x the median: below the default bound of 100x, as an honest
+    # client still learning while the others converged can be (README "Reliability"); a tighter
+    # norm_factor rejects it
+    assert not _round(_toy_federation(faults={"scale_clients": [4], "scale_factor": 50.0}))[2].rejections
+    tight = _toy_federation(faults={"scale_clients": [4], "scale_factor": 50.0}, validation={"norm_factor": 10.0})
+    assert [(r.client_id, r.reason) for r in _round(tight)[2].rejections] == [(4, "norm_above_median")]
 
 
 def test_too_few_valid_updates_keep_the_previous_global_state():
@@ -131,6 +141,16 @@ FAULTS = {"drop_prob": 0.3, "scale_clients": [1, 5], "scale_factor": 1000.0}
 # once validated, cost at most 2.3 points more.
 MARGIN_CLEAN = 25.0  # attacked (validated) vs clean: measured gap 21.6 (seed 0), 6.0 (seed 1)
 MARGIN_DROPPED = 5.0  # attacked (validated) vs dropped-only: measured 2.3, 0.5
+
+
+@pytest.mark.slow
+def test_a_clean_30_round_quickstart_rejects_no_honest_client(tmp_path):
+    # issue #17: with the old bound (10x the median) 13 of these 300 honest updates were rejected
+    from pfedlora.config import load_config
+
+    run(load_config(None, ["rounds=30", "eval_every=30", "checkpoint_every=0"]), tmp_path / "run", log=lambda _: None)
+    assert not (tmp_path / "run" / "events.log").exists() or "rejected" not in (tmp_path / "run" / "events.log").read_text()
+    assert sum(r["rejected"] for r in read_metrics(tmp_path / "run" / "metrics.csv")) == 0
 
 
 @pytest.mark.slow

@@ -59,7 +59,7 @@ def test_norm_above_round_median_rejects_only_the_scaled_update():
     # the norm is of the update (upload - broadcast), not of the upload
     shifted = {name: t + 100.0 for name, t in BROADCAST.items()}
     moved = [Upload(u.client_id, {n: t + 100.0 for n, t in u.payload.items()}, 1.0) for u in uploads]
-    assert len(UpdateValidator().validate(moved, SPEC, shifted).accepted) == 4
+    assert len(UpdateValidator(norm_factor=10.0).validate(moved, SPEC, shifted).accepted) == 4
 
 
 def test_median_rule_needs_enough_uploads():

@@ -29,6 +29,13 @@ def cross_entropy_loss(module: nn.Module, x: torch.Tensor, y: torch.Tensor) -> t
     return F.cross_entropy(module(x), y)
 
 
+def make_optimizer(parameters: list[nn.Parameter], train: TrainConfig) -> torch.optim.Optimizer:
+    """``train.optimizer`` over ``parameters`` at ``train.lr`` (momentum and weight decay from ``train``)."""
+    if train.optimizer == "adamw":
+        return torch.optim.AdamW(parameters, lr=train.lr, betas=(0.9, 0.999), weight_decay=train.weight_decay)
+    return torch.optim.SGD(parameters, lr=train.lr, momentum=train.momentum, weight_decay=train.weight_decay)
+
+
 def train_epochs(
     module: nn.Module,
     trainable: Iterable[nn.Parameter],
@@ -46,8 +53,10 @@ def train_epochs(
 
     Mini-batches are drawn by a permutation from ``generator`` each epoch; the last batch may be
     smaller. ``x`` may be a tuple of tensors sharing their first dimension: each mini-batch is the
-    same rows of every tensor (augmentation then does not apply). SGD with momentum and weight decay, gradients clipped to ``train.clip_norm``. A fresh
-    optimizer per call: no optimizer state persists across rounds, as in the authors' code.
+    same rows of every tensor (augmentation then does not apply). The optimizer is ``train.optimizer``
+    (momentum SGD or AdamW) with ``train.lr`` warmed up linearly over ``train.warmup_steps`` steps;
+    gradients are clipped to ``train.clip_norm``. A fresh optimizer per call: no optimizer state
+    persists across rounds, as in the authors' code.
     """
     trainable = list(trainable)
     stats = TrainStats(module=name)
@@ -63,7 +72,7 @@ def train_epochs(
         p.requires_grad_(id(p) in trainable_ids)
     for p in trainable:
         p.requires_grad_(True)
-    optimizer = torch.optim.SGD(trainable, lr=train.lr, momentum=train.momentum, weight_decay=train.weight_decay)
+    optimizer = make_optimizer(trainable, train)
     was_training = module.training
     module.train()
     loss_total = torch.zeros((), device=first.device)
@@ -101,6 +110,12 @@ def train_epochs(
                     loss.backward()
                 stats.flops += step_flops[shape]
                 torch.nn.utils.clip_grad_norm_(trainable, train.clip_norm)
+                if stats.num_steps < train.warmup_steps:
+                    for group in optimizer.param_groups:
+                        group["lr"] = train.lr * (stats.num_steps + 1) / (train.warmup_steps + 1)
+                elif stats.num_steps == train.warmup_steps and train.warmup_steps:
+                    for group in optimizer.param_groups:
+                        group["lr"] = train.lr
                 optimizer.step()
                 loss_total += loss.detach()
                 stats.num_steps += 1

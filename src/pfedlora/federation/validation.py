@@ -67,7 +67,7 @@ class ValidationReport:
 class UpdateValidator:
     """Checks uploads against a spec and a norm bound; see the module docstring for the rules."""
 
-    def __init__(self, norm_factor: float | None = 10.0, max_norm: float | None = None,
+    def __init__(self, norm_factor: float | None = 100.0, max_norm: float | None = None,
                  min_for_median: int = 3) -> None:
         self.norm_factor = norm_factor
         self.max_norm = max_norm
@@ -128,9 +128,7 @@ class UpdateValidator:
         norms = {u.client_id: r for u, r in checked if isinstance(r, float)}
         bound = None
         if self.norm_factor is not None and len(norms) >= self.min_for_median:
-            median = _median(list(norms.values()))
-            if median > 0:
-                bound = self.norm_factor * median
+            bound = norm_bound(list(norms.values()), self.norm_factor)
         accepted: list[Upload] = []
         rejected: list[Rejection] = []
         for upload, result in checked:
@@ -179,6 +177,13 @@ def _names(names: list[str]) -> str:
 
 def _dtype(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
+
+
+def norm_bound(norms: list[float], norm_factor: float) -> float | None:
+    """The largest update norm accepted in a round whose structurally valid updates have ``norms``:
+    ``norm_factor`` x their median (``None``, no bound, when the median is 0)."""
+    median = _median(norms)
+    return norm_factor * median if median > 0 else None
 
 
 def _median(values: list[float]) -> float:
