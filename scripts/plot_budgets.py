@@ -3,6 +3,7 @@
 Each panel reads a ``pfedlora compare`` directory (``<dir>/<algorithm>/seed<k>/metrics.csv``): a
 line for the mean over seeds and a band from the lowest to the highest seed (no band with one seed).
     python scripts/plot_budgets.py OUT.png "20 rounds, 5,000 images=DIR" "50 rounds, 50,000 images=DIR"
+``TITLE=DIR#0,1,2`` keeps only those seeds, and only the algorithms that ran every one of them.
 """
 
 from __future__ import annotations
@@ -23,12 +24,20 @@ from pfedlora.metrics.report import ALGORITHM_ORDER, algorithm_colour  # noqa: E
 ALGORITHMS = [a for a in ALGORITHM_ORDER if a != "fedavg"]
 
 
-def curves(compare_dir: Path) -> dict[str, tuple[list[int], list[float], list[float], list[float], int]]:
-    """algorithm -> (rounds, mean, low, high, number of seeds), over the rounds every seed evaluated."""
+def curves(compare_dir: Path, seeds: list[int] | None = None
+           ) -> dict[str, tuple[list[int], list[float], list[float], list[float], int]]:
+    """algorithm -> (rounds, mean, low, high, number of seeds), over the rounds every seed evaluated.
+    ``seeds``: only these seeds, and only algorithms that have every one of them (so means compare
+    like with like when some algorithms ran more seeds than others)."""
     out = {}
     for algorithm in ALGORITHMS:
         runs = []
-        for metrics in sorted((compare_dir / algorithm).glob("seed*/metrics.csv")):
+        found = sorted((compare_dir / algorithm).glob("seed*/metrics.csv"))
+        if seeds is not None:
+            found = [m for m in found if int(m.parent.name.removeprefix("seed")) in seeds]
+            if len(found) < len(seeds):
+                continue
+        for metrics in found:
             if not (metrics.parent / "summary.json").is_file():
                 continue  # an unfinished run
             with metrics.open(newline="") as handle:
@@ -42,13 +51,13 @@ def curves(compare_dir: Path) -> dict[str, tuple[list[int], list[float], list[fl
     return out
 
 
-def main(out: Path, panels: list[tuple[str, Path]]) -> None:
+def main(out: Path, panels: list[tuple[str, Path, list[int] | None]]) -> None:
     legend_width = 2.8  # inches kept free on the right for the legend
     width = 6.2 * len(panels) + legend_width
     fig, axes = plt.subplots(1, len(panels), figsize=(width, 4.6), squeeze=False)
     shown = {}
-    for ax, (title, directory) in zip(axes[0], panels):
-        for algorithm, (rounds, mean, low, high, seeds) in curves(directory).items():
+    for ax, (title, directory, only) in zip(axes[0], panels):
+        for algorithm, (rounds, mean, low, high, seeds) in curves(directory, only).items():
             colour = algorithm_colour(algorithm)
             line, = ax.plot(rounds, mean, color=colour, linewidth=2.2 if algorithm == "pfedlora" else 1.4)
             if seeds > 1:
@@ -68,4 +77,9 @@ def main(out: Path, panels: list[tuple[str, Path]]) -> None:
 if __name__ == "__main__":
     if len(sys.argv) < 3:
         sys.exit(__doc__)
-    main(Path(sys.argv[1]), [(spec.split("=", 1)[0], Path(spec.split("=", 1)[1])) for spec in sys.argv[2:]])
+    panels = []
+    for spec in sys.argv[2:]:
+        title, _, where = spec.partition("=")
+        directory, _, seed_list = where.partition("#")
+        panels.append((title, Path(directory), [int(k) for k in seed_list.split(",")] if seed_list else None))
+    main(Path(sys.argv[1]), panels)
