@@ -8,7 +8,7 @@ from pfedlora.cli import main
 from pfedlora.metrics.run_dir import MetricsWriter
 
 
-def _fake_run(path, algorithm, bytes_per_round):
+def _fake_run(path, algorithm, bytes_per_round, client_accuracies=(50.0, 60.0, 70.0)):
     path.mkdir()
     writer = MetricsWriter(path / "metrics.csv")
     for round_index in (1, 2, 3):
@@ -17,7 +17,7 @@ def _fake_run(path, algorithm, bytes_per_round):
                       "cum_train_flops": 1000 * round_index, "cum_server_flops": 10 * round_index})
     (path / "summary.json").write_text(json.dumps({
         "algorithm": algorithm, "seed": 0, "final_accuracy": 60.0, "best_accuracy": 60.0,
-        "client_accuracies": [50.0, 60.0, 70.0], "total_train_flops": 3000, "total_up_bytes": 3 * bytes_per_round}))
+        "client_accuracies": list(client_accuracies), "total_train_flops": 3000, "total_up_bytes": 3 * bytes_per_round}))
     return path
 
 
@@ -33,6 +33,13 @@ def test_report_writes_valid_pngs_and_markdown(tmp_path, capsys):
         assert f"({name})" in markdown
     # the run that sends nothing cannot sit on a log-bytes axis and is named instead
     assert "Not plotted (no bytes recorded or all zero): standalone seed 0" in markdown
+
+
+def test_a_client_without_a_test_split_is_left_out_of_its_box(tmp_path):
+    run = _fake_run(tmp_path / "a", "pfedlora", 100, client_accuracies=(50.0, None, 70.0))
+    assert main(["report", str(run), "--out", str(tmp_path / "report")]) == 0
+    with Image.open(tmp_path / "report" / "client_accuracy.png") as image:
+        image.verify()
 
 
 def test_report_on_a_missing_run_is_a_user_error(tmp_path, capsys):

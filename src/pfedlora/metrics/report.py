@@ -87,7 +87,12 @@ def write_report(run_dirs: Sequence[str | Path], out: str | Path, title: str = "
         _finish(fig, ax, out / f"accuracy_vs_{kind}.png")
 
     fig, ax = plt.subplots(figsize=(max(5, 1.2 * len(records) + 2), 4.5))
-    ax.boxplot([r.summary.get("client_accuracies") or [r.history[-1]["mean_acc"]] for r in records])
+    # clients without a test split have no accuracy (None): left out of their run's box
+    values = [[a for a in r.summary.get("client_accuracies") or [] if a is not None] or [r.history[-1]["mean_acc"]]
+              for r in records]
+    boxes = ax.boxplot(values, patch_artist=True, medianprops={"color": "black"})
+    for box, record in zip(boxes["boxes"], records):  # the algorithm's colour, as in the line plots
+        box.set(facecolor=(*algorithm_colour(record.algorithm), 0.35), edgecolor=algorithm_colour(record.algorithm))
     ax.set_xticks(range(1, len(records) + 1), labels, rotation=30, ha="right")
     ax.set(ylabel="client accuracy (%)", title=PLOTS["client_accuracy.png"])
     ax.grid(True, alpha=0.3)
