@@ -8,8 +8,6 @@ line for the mean over seeds and a band from the lowest to the highest seed (no 
 
 from __future__ import annotations
 
-import csv
-import statistics
 import sys
 from pathlib import Path
 
@@ -18,36 +16,28 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from pfedlora.metrics.report import ALGORITHM_ORDER, algorithm_colour  # noqa: E402
+from pfedlora.metrics.compare import load_run  # noqa: E402
+from pfedlora.metrics.report import ALGORITHM_ORDER, algorithm_colour, mean_band  # noqa: E402
 
 # the library's colour of each algorithm, as in every report plot
 ALGORITHMS = [a for a in ALGORITHM_ORDER if a != "fedavg"]
 
 
 def curves(compare_dir: Path, seeds: list[int] | None = None
-           ) -> dict[str, tuple[list[int], list[float], list[float], list[float], int]]:
-    """algorithm -> (rounds, mean, low, high, number of seeds), over the rounds every seed evaluated.
-    ``seeds``: only these seeds, and only algorithms that have every one of them (so means compare
-    like with like when some algorithms ran more seeds than others)."""
+           ) -> dict[str, tuple[list[tuple[float, float, float, float]], int]]:
+    """algorithm -> ((round, mean, lowest, highest) at the rounds every seed evaluated, number of seeds),
+    over the finished runs. ``seeds``: only these seeds, and only algorithms that finished every one of
+    them (so means compare like with like when some algorithms ran more seeds than others)."""
     out = {}
     for algorithm in ALGORITHMS:
-        runs = []
-        found = sorted((compare_dir / algorithm).glob("seed*/metrics.csv"))
+        finished = sorted(p.parent for p in (compare_dir / algorithm).glob("seed*/summary.json"))
         if seeds is not None:
-            found = [m for m in found if int(m.parent.name.removeprefix("seed")) in seeds]
-            if len(found) < len(seeds):
+            finished = [p for p in finished if int(p.name.removeprefix("seed")) in seeds]
+            if len(finished) < len(seeds):
                 continue
-        for metrics in found:
-            if not (metrics.parent / "summary.json").is_file():
-                continue  # an unfinished run
-            with metrics.open(newline="") as handle:
-                runs.append({int(float(r["round"])): float(r["mean_acc"]) for r in csv.DictReader(handle)})
-        if not runs:
-            continue
-        rounds = sorted(set.intersection(*(set(r) for r in runs)))
-        values = [[run[k] for run in runs] for k in rounds]
-        out[algorithm] = (rounds, [statistics.fmean(v) for v in values], [min(v) for v in values],
-                          [max(v) for v in values], len(runs))
+        if finished:
+            records = [load_run(p) for p in finished]
+            out[algorithm] = (mean_band(records, lambda row: row["round"]), len(records))
     return out
 
 
@@ -57,8 +47,9 @@ def main(out: Path, panels: list[tuple[str, Path, list[int] | None]]) -> None:
     fig, axes = plt.subplots(1, len(panels), figsize=(width, 4.6), squeeze=False)
     shown = {}
     for ax, (title, directory, only) in zip(axes[0], panels):
-        for algorithm, (rounds, mean, low, high, seeds) in curves(directory, only).items():
+        for algorithm, (curve, seeds) in curves(directory, only).items():
             colour = algorithm_colour(algorithm)
+            rounds, mean, low, high = ([point[i] for point in curve] for i in range(4))
             line, = ax.plot(rounds, mean, color=colour, linewidth=2.2 if algorithm == "pfedlora" else 1.4)
             if seeds > 1:
                 ax.fill_between(rounds, low, high, color=colour, alpha=0.18, linewidth=0)

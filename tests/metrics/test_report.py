@@ -54,7 +54,7 @@ def test_seeds_of_one_algorithm_are_one_mean_line_with_a_band_in_its_own_colour(
     import matplotlib.pyplot as plt
 
     from pfedlora.metrics.compare import load_run
-    from pfedlora.metrics.report import _mean_band, _seed_groups, algorithm_colour
+    from pfedlora.metrics.report import _seed_groups, algorithm_colour, mean_band
 
     (tmp_path / "cmp" / "fd").mkdir(parents=True)
     (tmp_path / "cmp" / "fedproto").mkdir()
@@ -63,7 +63,7 @@ def test_seeds_of_one_algorithm_are_one_mean_line_with_a_band_in_its_own_colour(
     groups = _seed_groups([load_run(p) for p in runs])
     assert [(g.algorithm, len(g.records), g.label) for g in groups] == [("fd", 3, "fd, 3 seeds"),
                                                                         ("fedproto", 1, "fedproto seed 0")]
-    curve = _mean_band(groups[0].records, lambda row: row["round"])
+    curve = mean_band(groups[0].records, lambda row: row["round"])
     assert [p[0] for p in curve] == [1, 2, 3] and curve[0][1:] == (40.0, 40.0, 40.0)
     assert algorithm_colour("fd") != algorithm_colour("fedproto")
     assert algorithm_colour("fd") == plt.get_cmap("tab10").colors[3]

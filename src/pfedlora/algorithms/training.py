@@ -110,12 +110,9 @@ def train_epochs(
                     loss.backward()
                 stats.flops += step_flops[shape]
                 torch.nn.utils.clip_grad_norm_(trainable, train.clip_norm)
-                if stats.num_steps < train.warmup_steps:
+                if train.warmup_steps:  # linear warm-up: lr x k/(warmup + 1) at step k, then lr
                     for group in optimizer.param_groups:
-                        group["lr"] = train.lr * (stats.num_steps + 1) / (train.warmup_steps + 1)
-                elif stats.num_steps == train.warmup_steps and train.warmup_steps:
-                    for group in optimizer.param_groups:
-                        group["lr"] = train.lr
+                        group["lr"] = train.lr * min(1.0, (stats.num_steps + 1) / (train.warmup_steps + 1))
                 optimizer.step()
                 loss_total += loss.detach()
                 stats.num_steps += 1

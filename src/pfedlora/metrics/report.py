@@ -67,7 +67,7 @@ def write_report(run_dirs: Sequence[str | Path], out: str | Path, title: str = "
     groups = _seed_groups(records)
     fig, ax = plt.subplots(figsize=(8.5, 4.5))
     for group in groups:
-        curve = _mean_band(group.records, lambda row: row["round"])
+        curve = mean_band(group.records, lambda row: row["round"])
         _draw(ax, group, curve)
     ax.set(xlabel="round", ylabel="mean client accuracy (%)", title=PLOTS["accuracy_vs_round.png"])
     _finish(fig, ax, out / "accuracy_vs_round.png")
@@ -75,7 +75,7 @@ def write_report(run_dirs: Sequence[str | Path], out: str | Path, title: str = "
     for kind, unit in (("bytes", "bytes (up + down)"), ("flops", "FLOPs (training + server)")):
         fig, ax = plt.subplots(figsize=(8.5, 4.5))
         for group in groups:
-            curve = _mean_band(group.records, lambda row: _cumulative(row, kind))
+            curve = mean_band(group.records, lambda row: _cumulative(row, kind))
             curve = [point for point in curve if point[0] > 0]
             if not curve:
                 left_out[kind].append(group.label)
@@ -147,7 +147,7 @@ def _seed_groups(records: Sequence[RunRecord]) -> list[_Group]:
     return groups
 
 
-def _mean_band(records: Sequence[RunRecord], x_of) -> list[tuple[float, float, float, float]]:
+def mean_band(records: Sequence[RunRecord], x_of) -> list[tuple[float, float, float, float]]:
     """(mean x, mean accuracy, lowest, highest) at each evaluated round all ``records`` share."""
     by_round = [{int(row["round"]): row for row in record.history} for record in records]
     shared = sorted(set.intersection(*(set(rounds) for rounds in by_round)))
