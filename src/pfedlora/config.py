@@ -219,11 +219,59 @@ class LGFedAvgConfig(_Section):
 
 
 # --- end baselines ------------------------------------------------------------------------------
+class SecAggConfig(_Section):
+    """Secure aggregation on Flower with Flower's own SecAgg+ (``secaggplus_mod`` + ``SecAggPlusWorkflow``):
+    the server only learns the sum of the masked, quantised updates (pfedlora.federation.flower.secagg)."""
+
+    enabled: bool = False
+    # shares each client's secrets are split into: an int (> 2), or a fraction of the round's clients
+    num_shares: int | float = Field(default=1.0, gt=0)
+    # shares needed to rebuild a secret: an int, or a fraction of num_shares; a round survives as
+    # long as every client keeps at least this many live neighbours
+    reconstruction_threshold: int | float = Field(default=0.67, gt=0)
+    # every coordinate of a (weight-scaled) update is clamped to +-clipping_range before quantisation
+    clipping_range: float = Field(default=8.0, gt=0)
+    quantization_range: int = Field(default=2**22, ge=2)  # quantisation levels over [-range, range]
+
+
 class FlowerConfig(_Section):
     """Flower runtime (``pfedlora.federation.flower``): how long to wait and how many replies suffice."""
 
     round_timeout: float = Field(default=600.0, gt=0)  # seconds to wait for a round's replies
     connect_timeout: float = Field(default=120.0, gt=0)  # seconds to wait for num_clients SuperNodes
+    secagg: SecAggConfig = SecAggConfig()
+
+
+# --- privacy: client-level differential privacy (pfedlora.federation.privacy) --------------------
+
+
+class PrivacyConfig(_Section):
+    """Client-level DP (DP-FedAvg): clip every update, add Gaussian noise, account epsilon at delta."""
+
+    mode: Literal["off", "central", "local"] = "off"
+    clip_norm: float | None = Field(default=None, gt=0)  # L2 bound on each client's update (required when on)
+    # noise std = noise_multiplier x clip_norm (on the sum: central; on every upload: local)
+    noise_multiplier: float | None = Field(default=None, gt=0)
+    delta: float | None = Field(default=None, gt=0, lt=1)  # default 1 / num_clients
+    # set the noise multiplier so that epsilon after `rounds` rounds is this (instead of noise_multiplier)
+    target_epsilon: float | None = Field(default=None, gt=0)
+    accountant: Literal["rdp", "pld"] = "rdp"  # dp-accounting's Renyi-DP or privacy-loss-distribution accountant
+
+    @field_validator("mode", mode="before")
+    @classmethod
+    def _yaml_off(cls, value: Any) -> Any:
+        return "off" if value is False else value  # YAML 1.1 reads a bare `off` as false
+
+    @model_validator(mode="after")
+    def _complete(self) -> PrivacyConfig:
+        if self.mode == "off":
+            return self
+        if self.clip_norm is None:
+            raise ValueError(f"mode {self.mode} needs clip_norm (> 0), the L2 bound on each update")
+        if (self.noise_multiplier is None) == (self.target_epsilon is None):
+            raise ValueError(f"mode {self.mode} needs exactly one of noise_multiplier and "
+                             "target_epsilon")
+        return self
 
 
 # --- speed: how the simulator executes (never what it computes) ----------------------------------
@@ -359,6 +407,7 @@ class Config(_Section):
     fedkd: FedKDConfig = FedKDConfig()
     fedgh: FedGHConfig = FedGHConfig()
     flower: FlowerConfig = FlowerConfig()
+    privacy: PrivacyConfig = PrivacyConfig()
     engine: EngineConfig = EngineConfig()
     # --- costs (pfedlora.metrics.costs) ---
     # dtype of floating tensors in every payload sent, both directions
@@ -406,8 +455,16 @@ class Config(_Section):
                 )
         self._check_baselines()
         self._text_consistent()
+        self._privacy_consistent()
         return self
 
+    def _privacy_consistent(self) -> None:
+        """DP and SecAgg+ need an algorithm whose aggregate is a mean of uploads; a target epsilon must be reachable."""
+        if self.privacy.mode == "off" and not self.flower.secagg.enabled:
+            return
+        from pfedlora.federation.privacy import check_privacy_config
+
+        check_privacy_config(self)
     def _check_baselines(self) -> None:
         from pfedlora.models.registry import model_names
 
@@ -454,8 +511,15 @@ class Config(_Section):
         return self.model_pool[client_id % len(self.model_pool)]
 
     def to_dict(self) -> dict[str, Any]:
-        # a run ignores the sweep section: leaving it out keeps config.yaml (and run reuse) independent of it
-        return self.model_dump(mode="json", exclude={"sweep"})
+        # a run ignores the sweep section: leaving it out keeps config.yaml (and run reuse) independent of it.
+        # privacy and flower.secagg are left out while off, so configs (and checkpoint hashes, reused
+        # comparison runs) from before they existed stay the same
+        exclude: dict[str, Any] = {"sweep": True}
+        if self.privacy.mode == "off":
+            exclude["privacy"] = True
+        if not self.flower.secagg.enabled:
+            exclude["flower"] = {"secagg"}
+        return self.model_dump(mode="json", exclude=exclude)
 
 
 def _format_error(error: ValidationError) -> str:

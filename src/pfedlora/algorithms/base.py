@@ -205,6 +205,11 @@ class Algorithm:
     # Facts of the server state after a round's aggregation, added to that round's metrics row
     # (e.g. a re-factorisation residual); the same keys every round.
     server_metrics: Callable[[FederationContext, State], dict[str, float]] = lambda ctx, server_state: {}
+    # True when, under this config, the upload has the broadcast's keys, shapes and float dtypes and
+    # ``aggregate`` makes the broadcast the weighted mean of the uploads, tensor by tensor. Only then
+    # can a runtime bound one client's influence by clipping ``upload - broadcast`` (client-level DP)
+    # or aggregate masked sums (SecAgg+): see pfedlora.federation.privacy.
+    averages_uploads: Callable[[Config], bool] = lambda config: False
 
     def expected_upload(self, ctx: FederationContext, broadcast: Payload) -> UploadSpec:
         """The upload spec the server validates against this round."""

@@ -71,4 +71,6 @@ ALGORITHM = Algorithm(
     client_update=client_update,
     aggregate=aggregate,
     personalized_model=personalized_model,
+    # the upload is the broadcast's tensors and the aggregate their weighted mean (DP, SecAgg+)
+    averages_uploads=lambda config: True,
 )

@@ -96,4 +96,6 @@ ALGORITHM = Algorithm(
     aggregate=aggregate,
     personalized_model=personalized_model,
     describe=describe,
+    # the upload is the broadcast's tensors and the aggregate their weighted mean (DP, SecAgg+)
+    averages_uploads=lambda config: True,
 )

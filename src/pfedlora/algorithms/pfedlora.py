@@ -523,4 +523,6 @@ ALGORITHM = Algorithm(
     personalized_model=personalized_model,
     describe=describe,
     server_metrics=server_metrics,
+    # FedAvg of the factors is a mean of uploads (DP, SecAgg+); a re-factorised mean of products is not
+    averages_uploads=lambda config: config.adapter.aggregation == "factors",
 )

@@ -40,6 +40,7 @@ from pfedlora.data.noise import corrupt_labels
 from pfedlora.federation.checkpoint import load_checkpoint, restore_rng, save_checkpoint
 from pfedlora.federation.faults import client_fate, corrupt_upload
 from pfedlora.federation.parallel import WorkerDied
+from pfedlora.federation.privacy import Privacy
 from pfedlora.federation.validation import Rejection, UpdateValidator, all_finite
 from pfedlora.federation.payload import transmit
 from pfedlora.metrics.accuracy import accuracy, run_summary, summarize
@@ -87,6 +88,8 @@ class Federation:
     context: FederationContext
     algorithm: Algorithm
     partition: dict[str, Any]
+    # client-level DP (pfedlora.federation.privacy); mode off: uploads and aggregation untouched
+    privacy: Privacy = field(default_factory=lambda: Privacy("off", 0.0, 0.0, 0.0, 0))
 
     @classmethod
     def build(cls, config: Config) -> Federation:
@@ -120,7 +123,8 @@ class Federation:
         context = FederationContext(config, dataset.input_shape, dataset.num_classes, device,
                                     text=dataset.text)
         counts = partition_counts(splits, dataset.train_y.numpy(), dataset.test_y.numpy(), dataset.num_classes)
-        return cls(config, dataset, clients, context, get_algorithm(config.algorithm), counts)
+        return cls(config, dataset, clients, context, get_algorithm(config.algorithm), counts,
+                   Privacy.from_config(config))
 
     def parameter_counts(self) -> dict[str, Any]:
         """Parameters of every local model architecture in use, plus the algorithm's own facts."""
@@ -270,10 +274,12 @@ def run_round(federation: Federation, store: ClientStore, server_state: State, b
         losses.extend(s.mean_loss for s in result.stats if s.num_steps)
         if fate.late:
             continue
-        upload, upload_bytes = transmit(corrupt_upload(faults, client_id, result.upload, broadcast),
+        # DP: the client clips (and in local mode noises) its update against the broadcast it received
+        private = federation.privacy.client_upload(result.upload, received_broadcast, round_index, client_id)
+        upload, upload_bytes = transmit(corrupt_upload(faults, client_id, private, broadcast),
                                         config.payload_dtype)
         up_bytes += upload_bytes
-        received.append(Upload(client_id, upload, result.weight))
+        received.append(Upload(client_id, upload, federation.privacy.weight(result.weight)))
     report = validator.validate(received, algorithm.expected_upload(ctx, broadcast), broadcast,
                                 algorithm.upload_check(ctx, broadcast))
     for rejection in report.rejected:
@@ -282,8 +288,12 @@ def run_round(federation: Federation, store: ClientStore, server_state: State, b
     aggregated = len(report.accepted) >= config.min_clients
     server_flops = 0
     if aggregated:
-        (new_state, new_broadcast), server_flops = count_server_flops(algorithm.aggregate, ctx, server_state,
-                                                                      report.accepted)
+        if federation.privacy.enabled:
+            (new_state, new_broadcast), server_flops = count_server_flops(
+                federation.privacy.aggregate, algorithm, ctx, server_state, broadcast, report.accepted, round_index)
+        else:
+            (new_state, new_broadcast), server_flops = count_server_flops(algorithm.aggregate, ctx, server_state,
+                                                                          report.accepted)
         # never let the global state become NaN/Inf, whatever got through
         if all_finite(new_state) and all_finite(new_broadcast):
             server_state, broadcast = new_state, new_broadcast
@@ -503,6 +513,8 @@ def _execute(config: Config, out: Path, checkpoint: dict[str, Any] | None, *,
                 row = {"round": round_index, **summarize(client_accuracies), "train_loss": result.train_loss,
                        **pending, "wall_s": elapsed_before + time.perf_counter() - started, **costs.row(),
                        **federation.algorithm.server_metrics(federation.context, server_state)}
+                if federation.privacy.enabled:  # epsilon spent so far, at delta
+                    row["epsilon"] = federation.privacy.epsilon(config, round_index)
                 pending = {key: 0 for key in pending}
                 metrics.write(row)
                 history.append(row)
@@ -532,6 +544,7 @@ def _execute(config: Config, out: Path, checkpoint: dict[str, Any] | None, *,
                 for key, value in federation.algorithm.server_metrics(federation.context, server_state).items()}
     if config.target_accuracy is not None:
         summary["time_to_target"] = time_to_target(history, config.target_accuracy)
+    summary |= federation.privacy.summary(config, config.rounds)
     write_json(out / "summary.json", summary)
     return summary
 

@@ -1,0 +1,313 @@
+"""Client-level differential privacy for averaged uploads (DP-FedAvg), shared by every runtime.
+
+McMahan, H. B., Ramage, D., Talwar, K., Zhang, L. "Learning Differentially Private Recurrent
+Language Models." ICLR 2018.
+
+It applies to an algorithm whose ``aggregate`` makes the broadcast the weighted mean of the uploads
+(:attr:`Algorithm.averages_uploads`: pfedlora with ``adapter.aggregation: factors``, lg_fedavg,
+fml, fedavg). A client's *update* is ``upload - broadcast`` over the whole payload (every tensor,
+one L2 norm). With ``privacy.mode`` set:
+
+* every update is clipped to L2 norm ``clip_norm`` (C) on the client; in ``central`` mode the
+  server clips again (in float64, so the bound holds exactly whatever the client did);
+* the aggregate is the plain mean over the n aggregated clients (weights fixed at 1, never the
+  sample counts: a weight that depends on the data would change the sensitivity);
+* ``central``: the server adds N(0, (σ·C/n)²) to every coordinate of the mean, i.e. σ·C on the
+  sum, whose sensitivity to one client (add/remove) is C. Epsilon: the Gaussian mechanism with
+  noise multiplier σ, sub-sampled with rate m/N (the clients sampled per round over all clients;
+  ``fraction``), composed over the rounds run;
+* ``local``: every client adds N(0, (σ·C)²) to its clipped update before it leaves, so each
+  upload is private on its own, against the server too. The server picks the clients (no
+  amplification by sampling), and a client's data may be replaced by any other, which moves its
+  clipped update by up to 2C: epsilon is that of the Gaussian mechanism with noise multiplier
+  σ/2, composed over the rounds the most-selected client took part in.
+
+Epsilon at ``delta`` (default 1/num_clients) comes from Google's ``dp-accounting`` (RDP by
+default, PLD on request): pure Python, maintained, both accountants behind one DpEvent API, no
+torch dependency (Opacus would pin its own torch). Noise is drawn in float64 from generators
+seeded by (seed, round[, client]), so a run is reproducible and independent of client order.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from pfedlora.algorithms.base import Algorithm, FederationContext, Payload, State, Upload, derive_seed
+
+if TYPE_CHECKING:
+    from pfedlora.config import Config
+
+MEAN_UPLOAD_ID = -1  # the client id of the one (mean) upload the algorithm's aggregate receives
+MAX_NOISE_MULTIPLIER = 1e4  # target_epsilon: the largest noise multiplier searched
+
+
+def _dp_accounting():
+    try:
+        import dp_accounting
+    except ImportError:  # pragma: no cover - the extra is part of `dev`
+        raise ValueError("privacy needs the dp-accounting package: pip install 'pfedlora[privacy]'") from None
+    return dp_accounting
+
+
+@contextlib.contextmanager
+def _quiet_absl():
+    """dp-accounting's RDP logs a warning per fractional order it cannot evaluate under sampling
+    (it drops that order, which only makes epsilon conservative); keep the run's output readable."""
+    logger = logging.getLogger("absl")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+# ---- configuration checks ---------------------------------------------------------------------
+
+
+def supported_algorithms(config: Config) -> list[str]:
+    from pfedlora.algorithms import algorithm_names, get_algorithm
+
+    return [name for name in algorithm_names() if get_algorithm(name).averages_uploads(config)]
+
+
+def check_privacy_config(config: Config) -> None:
+    """Raise ValueError (one line) when privacy or SecAgg+ settings cannot work together."""
+    from pfedlora.algorithms import get_algorithm
+
+    features = [f"privacy.mode {config.privacy.mode}"] if config.privacy.mode != "off" else []
+    if config.flower.secagg.enabled:
+        features.append("flower.secagg")
+    if not get_algorithm(config.algorithm).averages_uploads(config):
+        extra = " (with adapter.aggregation product it is not)" if config.algorithm == "pfedlora" else ""
+        raise ValueError(
+            f"{' and '.join(features)}: algorithm {config.algorithm} is not supported: its upload is not a "
+            f"weighted mean of tensors{extra}, so one client's influence has no bound to clip and mask; "
+            f"supported: {', '.join(supported_algorithms(config))}")
+    if config.flower.secagg.enabled and config.payload_dtype != "float32":
+        raise ValueError("flower.secagg sends SecAgg+'s own quantised integers; set payload_dtype float32")
+    if config.privacy.mode != "off":
+        _dp_accounting()
+        resolved_noise_multiplier(config)  # a target epsilon that cannot be reached fails here
+
+
+# ---- accounting -------------------------------------------------------------------------------
+
+
+def resolved_delta(config: Config) -> float:
+    return config.privacy.delta if config.privacy.delta is not None else 1.0 / config.num_clients
+
+
+def sampling_rate(config: Config) -> float:
+    """Clients sampled per round over all clients (the simulator's ``max(1, round(fraction x N))``)."""
+    return max(1, int(round(config.fraction * config.num_clients))) / config.num_clients
+
+
+def participations(config: Config, rounds: int) -> int:
+    """Rounds among the first ``rounds`` in which the most-selected client was selected."""
+    if sampling_rate(config) >= 1.0:
+        return rounds
+    from pfedlora.federation.simulation import sample_clients
+
+    counts = [0] * config.num_clients
+    for round_index in range(1, rounds + 1):
+        for client_id in sample_clients(config, round_index):
+            counts[client_id] += 1
+    return max(counts)
+
+
+def _accountant(kind: str):
+    dpa = _dp_accounting()
+    return dpa.rdp.RdpAccountant() if kind == "rdp" else dpa.pld.PLDAccountant()
+
+
+def dp_event(mode: str, noise_multiplier: float, rate: float, count: int):
+    """The dp-accounting event of ``count`` rounds (see the module docstring)."""
+    dpa = _dp_accounting()
+    if mode == "local":
+        per_round = dpa.GaussianDpEvent(noise_multiplier / 2.0)
+    elif rate >= 1.0:
+        per_round = dpa.GaussianDpEvent(noise_multiplier)
+    else:
+        per_round = dpa.PoissonSampledDpEvent(rate, dpa.GaussianDpEvent(noise_multiplier))
+    return dpa.SelfComposedDpEvent(per_round, count)
+
+
+@lru_cache(maxsize=256)
+def _epsilon(mode: str, accountant: str, noise_multiplier: float, rate: float, count: int, delta: float) -> float:
+    if count == 0:
+        return 0.0
+    with _quiet_absl():
+        return float(_accountant(accountant).compose(dp_event(mode, noise_multiplier, rate, count)).get_epsilon(delta))
+
+
+def epsilon(config: Config, rounds: int, noise_multiplier: float | None = None) -> float:
+    """Epsilon at ``delta`` after ``rounds`` rounds."""
+    sigma = noise_multiplier if noise_multiplier is not None else resolved_noise_multiplier(config)
+    count = participations(config, rounds) if config.privacy.mode == "local" else rounds
+    return _epsilon(config.privacy.mode, config.privacy.accountant, float(sigma), sampling_rate(config), count,
+                    resolved_delta(config))
+
+
+def resolved_noise_multiplier(config: Config) -> float:
+    """``noise_multiplier``, or the one that reaches ``target_epsilon`` after ``rounds`` rounds."""
+    p = config.privacy
+    if p.noise_multiplier is not None:
+        return float(p.noise_multiplier)
+    assert p.target_epsilon is not None
+    count = participations(config, config.rounds) if p.mode == "local" else config.rounds
+    return _calibrate(p.mode, p.accountant, float(p.target_epsilon), sampling_rate(config), count,
+                      resolved_delta(config), config.rounds)
+
+
+@lru_cache(maxsize=64)
+def _calibrate(mode: str, accountant: str, target: float, rate: float, count: int, delta: float, rounds: int) -> float:
+    def eps(sigma: float) -> float:
+        return _epsilon(mode, accountant, sigma, rate, count, delta)
+
+    low, high = 1e-2, MAX_NOISE_MULTIPLIER
+    if eps(high) > target:
+        raise ValueError(f"privacy.target_epsilon {target:g} is not reached in {rounds} rounds by any noise multiplier "
+                         f"up to {high:g} (epsilon there: {eps(high):.3g}); raise target_epsilon or lower rounds")
+    if eps(low) <= target:
+        return low
+    for _ in range(60):  # bisection on a monotone function: sigma within 1e-6 relative
+        mid = math.sqrt(low * high)
+        if eps(mid) > target:
+            low = mid
+        else:
+            high = mid
+        if high / low < 1 + 1e-6:
+            break
+    return high  # the smallest noise multiplier found whose epsilon is <= target
+
+
+# ---- clipping and noise -----------------------------------------------------------------------
+
+
+def update_of(upload: Payload, broadcast: Payload) -> dict[str, torch.Tensor]:
+    """``upload - broadcast`` per tensor, in float64 (one client's update)."""
+    update = {}
+    for name, tensor in upload.items():
+        if not tensor.is_floating_point():
+            raise ValueError(f"privacy: upload tensor {name!r} is {tensor.dtype}, not floating point; "
+                             "only float updates can be clipped and noised")
+        update[name] = tensor.detach().to(torch.float64) - broadcast[name].detach().to(tensor.device, torch.float64)
+    return update
+
+
+def l2_norm(update: dict[str, torch.Tensor]) -> float:
+    return math.sqrt(sum(float((t * t).sum()) for t in update.values()))
+
+
+def clip_update(update: dict[str, torch.Tensor], clip_norm: float) -> dict[str, torch.Tensor]:
+    """``update`` scaled by min(1, C / ||update||) over the whole payload (float64)."""
+    norm = l2_norm(update)
+    if norm <= clip_norm:
+        return update
+    scale = clip_norm / norm
+    return {name: tensor * scale for name, tensor in update.items()}
+
+
+def gaussian_like(update: dict[str, torch.Tensor], std: float, seed: int) -> dict[str, torch.Tensor]:
+    """Float64 N(0, std²) noise shaped like ``update``, drawn in payload order from one seeded generator."""
+    generator = torch.Generator().manual_seed(seed)
+    return {name: torch.randn(tensor.shape, generator=generator, dtype=torch.float64).to(tensor.device) * std
+            for name, tensor in update.items()}
+
+
+def _applied(broadcast: Payload, update: dict[str, torch.Tensor]) -> Payload:
+    return {name: (broadcast[name].detach().to(torch.float64) + delta).to(broadcast[name].dtype)
+            for name, delta in update.items()}
+
+
+@dataclass(frozen=True)
+class Privacy:
+    """The privacy settings of one run, resolved (noise multiplier, delta); ``enabled`` False: a no-op."""
+
+    mode: str
+    clip_norm: float
+    noise_multiplier: float
+    delta: float
+    seed: int
+
+    @classmethod
+    def from_config(cls, config: Config) -> Privacy:
+        p = config.privacy
+        if p.mode == "off":
+            return cls("off", 0.0, 0.0, 0.0, config.seed)
+        return cls(p.mode, float(p.clip_norm), resolved_noise_multiplier(config), resolved_delta(config), config.seed)
+
+    @property
+    def enabled(self) -> bool:
+        return self.mode != "off"
+
+    def weight(self, sample_weight: float) -> float:
+        """The aggregation weight: fixed at 1 under DP (uniform over the aggregated clients)."""
+        return 1.0 if self.enabled else sample_weight
+
+    def client_update(self, upload: Payload, broadcast: Payload, round_index: int, client_id: int) -> dict[str, torch.Tensor]:
+        """A client's clipped (and in local mode noised) update, float64."""
+        update = clip_update(update_of(upload, broadcast), self.clip_norm)
+        if self.mode == "local":
+            noise = gaussian_like(update, self.noise_multiplier * self.clip_norm,
+                                  derive_seed(self.seed, "dp-local-noise", round_index, client_id))
+            update = {name: tensor + noise[name] for name, tensor in update.items()}
+        return update
+
+    def client_upload(self, upload: Payload, broadcast: Payload, round_index: int, client_id: int) -> Payload:
+        """What a client sends: ``broadcast`` + its private update, in the upload's dtypes (unchanged when off)."""
+        if not self.enabled:
+            return upload
+        return _applied(broadcast, self.client_update(upload, broadcast, round_index, client_id))
+
+    def mean_update(self, uploads: list[Upload], broadcast: Payload) -> dict[str, torch.Tensor]:
+        """The uniform mean of the uploads' updates; central mode clips each again on the server first."""
+        total: dict[str, torch.Tensor] = {}
+        for upload in uploads:
+            update = update_of(upload.payload, broadcast)
+            if self.mode == "central":
+                update = clip_update(update, self.clip_norm)
+            for name, tensor in update.items():
+                total[name] = total[name] + tensor if name in total else tensor
+        return {name: tensor / len(uploads) for name, tensor in total.items()}
+
+    def release(self, mean_update: dict[str, torch.Tensor], count: int, round_index: int) -> dict[str, torch.Tensor]:
+        """The mean update as released: central mode adds N(0, (σC/count)²) (σC on the sum of ``count``)."""
+        if self.mode != "central":
+            return mean_update
+        noise = gaussian_like(mean_update, self.noise_multiplier * self.clip_norm / count,
+                              derive_seed(self.seed, "dp-central-noise", round_index))
+        return {name: tensor + noise[name] for name, tensor in mean_update.items()}
+
+    def aggregate(self, algorithm: Algorithm, ctx: FederationContext, server_state: State, broadcast: Payload,
+                  uploads: list[Upload], round_index: int) -> tuple[State, Payload]:
+        """The algorithm's aggregate of the private mean: the one upload it averages is that mean."""
+        released = self.release(self.mean_update(uploads, broadcast), len(uploads), round_index)
+        return apply_mean(algorithm, ctx, server_state, broadcast, released)
+
+    def epsilon(self, config: Config, rounds: int) -> float:
+        return epsilon(config, rounds, self.noise_multiplier)
+
+    def summary(self, config: Config, rounds: int) -> dict[str, Any]:
+        """The privacy facts for summary.json ({} when off)."""
+        if not self.enabled:
+            return {}
+        return {"epsilon": self.epsilon(config, rounds), "privacy": {
+            "mode": self.mode, "clip_norm": self.clip_norm, "noise_multiplier": self.noise_multiplier,
+            "delta": self.delta, "accountant": config.privacy.accountant, "sampling_rate": sampling_rate(config),
+            "target_epsilon": config.privacy.target_epsilon}}
+
+
+def apply_mean(algorithm: Algorithm, ctx: FederationContext, server_state: State, broadcast: Payload,
+               mean_update: dict[str, torch.Tensor]) -> tuple[State, Payload]:
+    """The algorithm's ``aggregate`` given one upload, ``broadcast + mean_update``: for an algorithm that
+    averages uploads this makes that mean its new global state (SecAgg+ delivers such a mean too)."""
+    return algorithm.aggregate(ctx, server_state, [Upload(MEAN_UPLOAD_ID, _applied(broadcast, mean_update), 1.0)])
