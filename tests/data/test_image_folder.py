@@ -26,11 +26,13 @@ def test_28x28_grayscale_folder_keeps_its_size_and_fits_every_model_in_the_pool(
     dataset = _load(root)
     assert dataset.name == "image_folder" and dataset.input_shape == (1, 28, 28)
     assert dataset.class_names == ["class0", "class1", "class2"] and len(dataset.train_y) == 30
-    # normalised with the training split's statistics
-    assert abs(float(dataset.train_x.mean())) < 1e-4 and abs(float(dataset.train_x.std()) - 1) < 1e-3
+    # pixels stay uint8; model input is normalised with the training split's statistics
+    train = dataset.normalize(dataset.train_x)
+    assert dataset.train_x.dtype == torch.uint8
+    assert abs(float(train.mean())) < 1e-4 and abs(float(train.std()) - 1) < 1e-3
     for name in sorted(MODEL_BUILDERS):
         model = build_model(name, 1, dataset.num_classes, 28)
-        assert model(dataset.test_x[:2]).shape == (2, 3), name
+        assert model(dataset.normalize(dataset.test_x[:2])).shape == (2, 3), name
 
 
 def test_pixels_are_the_files_pixels(tmp_path: Path) -> None:
@@ -41,7 +43,8 @@ def test_pixels_are_the_files_pixels(tmp_path: Path) -> None:
 
     first = sorted((root / "train").glob(f"{dataset.class_names[0]}/*.png"))[0]
     pixels = torch.from_numpy(np.asarray(Image.open(first), dtype=np.float32))
-    assert torch.allclose(dataset.train_x[0, 0], (pixels - mean[0]) / std[0], atol=1e-5)
+    assert torch.equal(dataset.train_x[0, 0].float(), pixels)
+    assert torch.allclose(dataset.normalize(dataset.train_x[:1])[0, 0], (pixels - mean[0]) / std[0], atol=1e-5)
 
 
 def test_mixed_modes_become_rgb(tmp_path: Path) -> None:
@@ -52,11 +55,9 @@ def test_mixed_modes_become_rgb(tmp_path: Path) -> None:
     assert dataset.input_shape == (3, 28, 28)
     files = [f for c in dataset.class_names for f in sorted((root / "train" / c).glob("*.png"))]
     assert {Image.open(f).mode for f in files} == {"L", "RGB", "RGBA", "P"}
-    mean = torch.tensor(dataset.preprocessing["mean"]).view(3, 1, 1)
-    std = torch.tensor(dataset.preprocessing["std"]).view(3, 1, 1)
     for row, f in zip(dataset.train_x, files):  # each image is its file converted to RGB (alpha dropped)
-        expected = torch.from_numpy(np.asarray(Image.open(f).convert("RGB"), dtype=np.float32)).permute(2, 0, 1)
-        assert torch.allclose(row * std + mean, expected, atol=1e-3)
+        expected = torch.from_numpy(np.asarray(Image.open(f).convert("RGB"), dtype=np.uint8)).permute(2, 0, 1)
+        assert torch.equal(row, expected)
 
 
 def test_image_size_resizes_or_pads(tmp_path: Path) -> None:
@@ -64,9 +65,10 @@ def test_image_size_resizes_or_pads(tmp_path: Path) -> None:
     assert _load(root, image_size=32).input_shape == (1, 32, 32)
     padded = _load(root, image_size=32, image_fit="pad")
     assert padded.input_shape == (1, 32, 32)
-    # the 2-pixel border is the padding: zero pixels, so every image has the same (normalised) value there
-    border = padded.train_x[:, 0, 0, :]
-    assert torch.allclose(border, border[0, 0].expand_as(border))
+    # the 2-pixel border is the padding: zero pixels; the 28x28 inside is the image itself
+    assert int(padded.train_x[:, :, :2].sum()) == 0 and int(padded.train_x[:, :, :, -2:].sum()) == 0
+    native = _load(root)
+    assert torch.equal(padded.train_x[:, :, 2:30, 2:30], native.train_x)
     assert _load(root, image_size=16).input_shape == (1, 16, 16)
 
 

@@ -45,7 +45,7 @@ def test_every_algorithm_exports_the_model_the_run_evaluated(tmp_path: Path, alg
         model = pfedlora.load_personalized(exported / f"client-{k}.json")
         assert not model.training
         data = federation.clients[k]
-        assert accuracy(model, data.test_x, data.test_y, 1024) == summary["client_accuracies"][k]
+        assert accuracy(model, data.test_x, data.test_y, 1024, normalize=data.normalize) == summary["client_accuracies"][k]
         assert model.run_accuracy == summary["client_accuracies"][k]
 
 

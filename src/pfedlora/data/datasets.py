@@ -16,6 +16,7 @@ import shutil
 import tarfile
 import urllib.error
 import urllib.request
+import warnings
 import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -48,7 +49,13 @@ LAYOUTS_HELP = (
 
 @dataclass
 class ArrayDataset:
-    """An in-memory image classification dataset with normalized float32 images."""
+    """An in-memory classification dataset.
+
+    CIFAR-style images stay raw uint8 (a quarter of float32's memory) with their per-channel
+    training statistics in ``mean`` / ``std``; :meth:`normalize` turns the rows a client actually
+    uses into float32 model input, bit for bit what normalising the whole split first gave. With
+    ``mean`` None (digits, text, already-normalised arrays) ``train_x`` / ``test_x`` are model input.
+    """
 
     name: str
     train_x: torch.Tensor
@@ -59,10 +66,18 @@ class ArrayDataset:
     class_names: list[str]
     # text datasets: token ids [N, max_length] plus what text models need (see pfedlora.data.text)
     text: Any = None
+    mean: list[float] | None = None
+    std: list[float] | None = None
     # partition.kind given: the data's own clients (pfedlora.data.client_data.GivenClients)
     clients: Any = None
-    # how a raw input becomes a row of train_x, for exported models (pfedlora.models.export)
+    # how a raw input becomes model input, for exported models (pfedlora.models.export)
     preprocessing: dict[str, Any] | None = None
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """Rows of ``train_x`` / ``test_x`` as float32 model input."""
+        if self.mean is None or self.std is None:
+            return x
+        return _apply_norm(x, torch.tensor(self.mean, device=x.device), torch.tensor(self.std, device=x.device))
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -537,7 +552,9 @@ def _read_cache(cache: Path) -> _Raw | None:
         return None
     try:
         meta = json.loads(meta_path.read_text())
-        arrays = {k: np.load(cache / f"{k}.npy", allow_pickle=False) for k in _ARRAYS}
+        # images memory-mapped: a run on a subset pages in only the rows it takes
+        arrays = {k: np.load(cache / f"{k}.npy", allow_pickle=False, mmap_mode="r" if k.endswith("_x") else None)
+                  for k in _ARRAYS}
         raw = _Raw(
             **arrays,
             class_names=[str(c) for c in meta["class_names"]],
@@ -596,18 +613,27 @@ def _channel_stats(x: np.ndarray) -> tuple[list[float], list[float]]:
     return means, stds
 
 
+def _read_only_tensor(array: np.ndarray) -> torch.Tensor:
+    """A tensor over ``array`` without a copy; it may be a read-only memory map of the cache, which
+    is only ever indexed (copied out) and normalised out of place, never written."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(np.ascontiguousarray(array))
+
+
 def _to_dataset(name: str, raw: _Raw) -> ArrayDataset:
     if raw.mean is None or raw.std is None:
         raw.mean, raw.std = _channel_stats(raw.train_x)
-    mean, std = torch.tensor(raw.mean), torch.tensor(raw.std)
     return ArrayDataset(
         name=name,
-        train_x=_apply_norm(torch.from_numpy(raw.train_x), mean, std),
+        train_x=_read_only_tensor(raw.train_x),
         train_y=torch.from_numpy(np.asarray(raw.train_y, dtype=np.int64)),
-        test_x=_apply_norm(torch.from_numpy(raw.test_x), mean, std),
+        test_x=_read_only_tensor(raw.test_x),
         test_y=torch.from_numpy(np.asarray(raw.test_y, dtype=np.int64)),
         num_classes=len(raw.class_names),
         class_names=list(raw.class_names),
+        mean=list(raw.mean),
+        std=list(raw.std),
         # raw input: uint8 pixels, channel-first, already at the dataset's size
         preprocessing={"kind": "image", "channels": int(raw.train_x.shape[1]), "image_size": int(raw.train_x.shape[-1]),
                        "fit": "resize", "mean": list(raw.mean), "std": list(raw.std)},

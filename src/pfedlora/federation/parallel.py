@@ -57,17 +57,18 @@ def map_forked(fn: Callable[[Any], Any], items: Sequence[Any], workers: int) -> 
     if "fork" not in multiprocessing.get_all_start_methods():
         return [fn(item) for item in items]
     _TASK = fn
+    results = []
     try:
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"),
                                  initializer=_init_worker) as executor:
-            replies = list(executor.map(_run, items, chunksize=1))
+            # each reply is unpacked as it arrives, so the parent never holds every serialised result at once
+            for payload, counted in executor.map(_run, items, chunksize=1):
+                flop_count.merge_counted(counted)
+                results.append(torch.load(io.BytesIO(payload), weights_only=False))
+                del payload
     except BrokenProcessPool as exc:
         raise WorkerDied("a worker process ended without returning its result (killed by a signal or out "
                          "of memory)") from exc
     finally:
         _TASK = None
-    results = []
-    for payload, counted in replies:
-        flop_count.merge_counted(counted)
-        results.append(torch.load(io.BytesIO(payload), weights_only=False))
     return results

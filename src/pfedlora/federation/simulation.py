@@ -159,17 +159,21 @@ def client_data(config: Config, dataset: ArrayDataset, client_id: int, split, de
         noisy, _ = corrupt_labels(train_y.numpy(), dataset.num_classes, config.dataset.label_noise,
                                   config.dataset.noise_kind, rng)
         train_y = torch.as_tensor(noisy)
+    raw_eval = dataset.mean is not None  # evaluation rows stay uint8, normalised per batch
+
     def layout(x: torch.Tensor) -> torch.Tensor:
         if config.engine.channels_last and x.dim() == 4:
             return x.contiguous(memory_format=torch.channels_last)
         return x
 
     return ClientData(
-        train_x=layout(dataset.train_x[torch.as_tensor(train_idx, dtype=torch.long)].to(device)),
+        train_x=layout(dataset.normalize(dataset.train_x[torch.as_tensor(train_idx, dtype=torch.long)]).to(device)),
         train_y=train_y.to(device),
-        test_x=layout(eval_x[torch.as_tensor(eval_idx, dtype=torch.long)].to(device)),
+        test_x=eval_x[torch.as_tensor(eval_idx, dtype=torch.long)].to(device) if raw_eval else
+        layout(eval_x[torch.as_tensor(eval_idx, dtype=torch.long)].to(device)),
         test_y=eval_y[torch.as_tensor(eval_idx, dtype=torch.long)].to(device),
         augment=random_crop_flip if config.dataset.augment else None,
+        normalize=(lambda rows: layout(dataset.normalize(rows))) if raw_eval else None,
     )
 
 
@@ -369,9 +373,9 @@ def evaluate_clients(federation: Federation, store: ClientStore, broadcast: Payl
     accuracies = []
     for client_id, data in enumerate(federation.clients):
         model = algorithm.personalized_model(ctx, client_id, store.get(client_id), broadcast)
-        accuracies.append(accuracy(model, data.test_x, data.test_y, batch))
+        accuracies.append(accuracy(model, data.test_x, data.test_y, batch, normalize=data.normalize))
         if meter is not None:
-            meter.add_evaluation(model, data.test_x, batch)
+            meter.add_evaluation(model, data.test_x, batch, normalize=data.normalize)
     return accuracies
 
 
