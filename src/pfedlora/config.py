@@ -23,7 +23,7 @@ class _Section(BaseModel):
 class DatasetConfig(_Section):
     name: Literal["digits", "cifar10", "cifar100", "trec", "sst2", "sst5", "text_csv", "text_folder",
                   # bring your own data (pfedlora.data.{image_folder,client_data,table,hf}; README)
-                  "image_folder", "client_npz", "client_folders"] = "digits"
+                  "image_folder", "client_npz", "client_folders", "table", "hf"] = "digits"
     path: str | None = None
     cache_dir: str | None = None
     download: bool = False
@@ -44,12 +44,17 @@ class DatasetConfig(_Section):
     image_size: int | None = Field(default=None, ge=8, le=512)
     # how an image of another size reaches image_size: resize (bilinear) or pad (centred, zeros; never shrinks)
     image_fit: Literal["resize", "pad"] = "resize"
-    # columns of tables (text_csv)
+    # columns of tables (text_csv, table, hf); image_column: image paths (table) or images (hf)
     text_column: str = "text"
     label_column: str = "label"
-    # partition.kind given: the column naming each row's client
+    image_column: str | None = None
+    # partition.kind given: the column naming each row's client (table, hf)
     client_column: str | None = None
-    # data without a test split (image_folder DIR/<class>/<image>): the seeded per-class test share
+    # hf: split names; split_test null (or absent from the data): a seeded test_fraction split
+    split_train: str = "train"
+    split_test: str | None = "test"
+    # data without a test split (image_folder DIR/<class>/<image>, table, hf): the seeded per-class
+    # (per-client with client_column) share of rows held out for test
     test_fraction: float = Field(default=0.25, gt=0, lt=1)
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-SOURCE_DATASETS = ("image_folder", "client_npz", "client_folders")
+SOURCE_DATASETS = ("image_folder", "client_npz", "client_folders", "table", "hf")
 
 
 def load_source(name: str, path: str | None, options: Any, *, cache_dir: str | None, download: bool, seed: int,
@@ -29,4 +29,13 @@ def load_source(name: str, path: str | None, options: Any, *, cache_dir: str | N
         from pfedlora.data.client_data import load_client_folders
 
         return load_client_folders(path, options, cache_dir=cache_dir)
+    if name == "table":
+        from pfedlora.data.table import load_table
+
+        return load_table(path, options, seed=seed, tokenizer=tokenizer, max_length=max_length)
+    if name == "hf":
+        from pfedlora.data.hf import load_hf
+
+        return load_hf(path, options, cache_dir=cache_dir, download=download, seed=seed, tokenizer=tokenizer,
+                       max_length=max_length)
     raise ValueError(f"unknown source {name!r}")  # load_dataset only passes SOURCE_DATASETS
