@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from pfedlora.data.arrays import channel_stats, uint8_dataset
 from pfedlora.data.cache import one_line
 from pfedlora.errors import UserError
 
@@ -141,17 +142,11 @@ def native_size(images: Sequence[tuple[str, ImageSource]]) -> tuple[int, int] | 
 
 def image_dataset(name: str, train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray,
                   class_names: list[str], *, fit: str):
-    """An ArrayDataset from uint8 images, normalised with the training split's per-channel statistics."""
-    from pfedlora.data.datasets import _Raw, _channel_stats, _to_dataset
-
+    """An ArrayDataset of uint8 images, normalised (per batch) with the training split's per-channel statistics."""
     if len(train_y) == 0:
         raise UserError(f"{name}: no training images")
-    raw = _Raw(train_x, np.asarray(train_y, dtype=np.int64), test_x, np.asarray(test_y, dtype=np.int64),
-               list(class_names))
-    raw.mean, raw.std = _channel_stats(train_x)
-    dataset = _to_dataset(name, raw)
-    dataset.preprocessing = {**(dataset.preprocessing or {}), "fit": fit}
-    return dataset
+    mean, std = channel_stats(train_x)
+    return uint8_dataset(name, train_x, train_y, test_x, test_y, class_names, mean, std, fit=fit)
 
 
 def preprocess_images(inputs: Any, preprocessing: dict[str, Any]):
