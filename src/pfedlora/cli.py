@@ -210,6 +210,18 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from pfedlora.models.export import export_clients
+
+    for path in export_clients(args.run_dir, args.clients, args.out):
+        document = json.loads(path.read_text())
+        accuracy = document["run"]["accuracy"]
+        shown = "n/a" if accuracy is None else f"{accuracy:.2f}%"
+        print(f"client {document['client']}: {document['architecture']} ({document['algorithm']}), run accuracy "
+              f"{shown} -> {path.with_suffix('.safetensors')}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pfedlora", description="Model-heterogeneous personalized FL with LoRA-style adapters.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -250,6 +262,13 @@ def build_parser() -> argparse.ArgumentParser:
     report_parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
     report_parser.add_argument("--out", metavar="DIR", help="output directory (default: the run directory when one is given, else runs/<time>-report)")
     report_parser.set_defaults(handler=cmd_report)
+
+    export_parser = commands.add_parser("export", help="write chosen clients' personalized models (safetensors + JSON) "
+                                                       "from a finished run; load with pfedlora.load_personalized")
+    export_parser.add_argument("run_dir", metavar="RUN_DIR")
+    export_parser.add_argument("--clients", required=True, metavar="K[,K...]|all", help="client ids, e.g. 0,3 or all")
+    export_parser.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    export_parser.set_defaults(handler=cmd_export)
     return parser
 
 

@@ -25,6 +25,11 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from pfedlora.data.cache import atomic_write as _atomic_write
+from pfedlora.data.cache import default_cache_dir as _default_cache_dir
+from pfedlora.data.cache import file_fingerprint as _file_fingerprint
+from pfedlora.data.cache import one_line as _one_line
+from pfedlora.data.cache import tree_fingerprint as _tree_fingerprint
 from pfedlora.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -63,6 +68,10 @@ class ArrayDataset:
     text: Any = None
     mean: list[float] | None = None
     std: list[float] | None = None
+    # partition.kind given: the data's own clients (pfedlora.data.client_data.GivenClients)
+    clients: Any = None
+    # how a raw input becomes model input, for exported models (pfedlora.models.export)
+    preprocessing: dict[str, Any] | None = None
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         """Rows of ``train_x`` / ``test_x`` as float32 model input."""
@@ -135,12 +144,15 @@ def load_dataset(
     max_length: int = 32,
     max_train_samples: int | None = None,
     max_test_samples: int | None = None,
+    options: Any = None,
 ) -> ArrayDataset:
     """Load ``digits``, ``cifar10`` or ``cifar100`` as a normalized :class:`ArrayDataset`.
 
     ``path`` is required for CIFAR (ignored for digits). ``seed`` only affects the digits
-    train/test split; CIFAR uses its official split.
+    train/test split; CIFAR uses its official split. ``options`` (the config's dataset section)
+    carries the keys of the bring-your-own-data sources (:mod:`pfedlora.data.sources`).
     """
+    from pfedlora.data.sources import SOURCE_DATASETS, load_source
     from pfedlora.data.text import TEXT_DATASETS, is_text_dataset, load_text_dataset
 
     key = str(name).lower().replace("-", "").replace("_", "")
@@ -149,9 +161,15 @@ def load_dataset(
     elif key in _SPECS:
         dataset = _load_cifar(_SPECS[key], path, cache_dir, download)
     elif is_text_dataset(name):
-        dataset = load_text_dataset(name, path, cache_dir=cache_dir, tokenizer=tokenizer, max_length=max_length)
+        columns = {} if options is None else {"text_column": options.text_column, "label_column": options.label_column}
+        dataset = load_text_dataset(name, path, cache_dir=cache_dir, tokenizer=tokenizer, max_length=max_length,
+                                    **columns)
+    elif str(name) in SOURCE_DATASETS:
+        dataset = load_source(str(name), path, options, cache_dir=cache_dir, download=download, seed=seed,
+                              tokenizer=tokenizer, max_length=max_length)
     else:
-        raise UserError(f"unknown dataset.name {name!r}; accepted: digits, cifar10, cifar100, {', '.join(TEXT_DATASETS)}")
+        raise UserError(f"unknown dataset.name {name!r}; accepted: digits, cifar10, cifar100, "
+                        f"{', '.join(TEXT_DATASETS)}, {', '.join(SOURCE_DATASETS)}")
     return subsample(dataset, max_train_samples, max_test_samples, seed)
 
 
@@ -193,6 +211,9 @@ def _load_digits(seed: int) -> ArrayDataset:
     mean = train_x.mean(dim=(0, 2, 3))
     std = train_x.std(dim=(0, 2, 3), unbiased=False)
     std = torch.where(std > 0, std, torch.ones_like(std))
+    # raw input: sklearn's 8x8 digits (values 0..16), bilinearly resized to 32x32
+    preprocessing = {"kind": "image", "channels": 1, "image_size": _IMG_SIZE, "fit": "resize",
+                     "mean": mean.tolist(), "std": std.tolist()}
     return ArrayDataset(
         name="digits",
         train_x=_apply_norm(train_x, mean, std),
@@ -201,6 +222,7 @@ def _load_digits(seed: int) -> ArrayDataset:
         test_y=torch.from_numpy(labels[idx_test]),
         num_classes=10,
         class_names=[str(i) for i in range(10)],
+        preprocessing=preprocessing,
     )
 
 
@@ -320,11 +342,6 @@ def _download(spec: _CifarSpec, source: Path) -> Path:
             f"yourself; {LAYOUTS_HELP}"
         ) from None
     return target
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text[:300]
 
 
 # ---- official python layout
@@ -520,25 +537,6 @@ def _validate_raw(raw: _Raw, source: Path) -> None:
             raise UserError(f"{source}: {split} labels must be in 0..{n - 1}, found {int(y.min())}..{int(y.max())}")
 
 
-def _default_cache_dir() -> Path:
-    env = os.environ.get("PFEDLORA_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "pfedlora"
-
-
-def _file_fingerprint(path: Path) -> str:
-    st = path.stat()
-    return f"file:{path.resolve()}:{st.st_size}:{st.st_mtime_ns}"
-
-
-def _tree_fingerprint(root: Path) -> str:
-    count = total = newest = 0
-    for dirpath, _, files in os.walk(root):
-        for f in files:
-            st = os.stat(os.path.join(dirpath, f))
-            count, total, newest = count + 1, total + st.st_size, max(newest, st.st_mtime_ns)
-    return f"dir:{root.resolve()}:{count}:{total}:{newest}"
-
-
 def _cache_path(spec: _CifarSpec, source: Path, cache_dir: str | os.PathLike[str] | None, fingerprint: str) -> Path:
     base = Path(cache_dir).expanduser() if cache_dir is not None else _default_cache_dir()
     digest = hashlib.sha256(f"v{_CACHE_VERSION}|{spec.name}|{fingerprint}".encode()).hexdigest()[:20]
@@ -601,16 +599,6 @@ def _write_cache(cache: Path, raw: _Raw) -> None:
         log.warning("could not write dataset cache %s: %s", cache, _one_line(exc))
 
 
-def _atomic_write(target: Path, write: Callable[[Any], Any]) -> None:
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            write(fh)
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def _channel_stats(x: np.ndarray) -> tuple[list[float], list[float]]:
     # Exact per-channel mean/std from a histogram of uint8 values: no float copy of the whole split.
     values = np.arange(256, dtype=np.float64)
@@ -646,4 +634,7 @@ def _to_dataset(name: str, raw: _Raw) -> ArrayDataset:
         class_names=list(raw.class_names),
         mean=list(raw.mean),
         std=list(raw.std),
+        # raw input: uint8 pixels, channel-first, already at the dataset's size
+        preprocessing={"kind": "image", "channels": int(raw.train_x.shape[1]), "image_size": int(raw.train_x.shape[-1]),
+                       "fit": "resize", "mean": list(raw.mean), "std": list(raw.std)},
     )

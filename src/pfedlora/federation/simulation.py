@@ -36,6 +36,7 @@ from pfedlora.errors import RunInterrupted, UserError
 from pfedlora.data import load_dataset, partition_clients, partition_counts
 from pfedlora.data.datasets import ArrayDataset
 from pfedlora.data.augment import random_crop_flip
+from pfedlora.data.client_data import given_splits
 from pfedlora.data.noise import corrupt_labels
 from pfedlora.federation.checkpoint import load_checkpoint, restore_rng, save_checkpoint
 from pfedlora.federation.faults import client_fate, corrupt_upload
@@ -104,8 +105,10 @@ class Federation:
             max_length=config.dataset.max_length,
             max_train_samples=config.dataset.max_train_samples,
             max_test_samples=config.dataset.max_test_samples,
+            options=config.dataset,
         )
-        splits = partition_clients(
+        # partition.kind given: the data names each sample's client (pfedlora.data.client_data)
+        splits = given_splits(dataset, config.num_clients) if config.partition.kind == "given" else partition_clients(
             dataset.train_y.numpy(),
             dataset.test_y.numpy(),
             dataset.num_classes,
@@ -123,6 +126,8 @@ class Federation:
         context = FederationContext(config, dataset.input_shape, dataset.num_classes, device,
                                     text=dataset.text)
         counts = partition_counts(splits, dataset.train_y.numpy(), dataset.test_y.numpy(), dataset.num_classes)
+        if dataset.clients is not None:  # client k of the run is the data's client client_names[k]
+            counts |= {"kind": "given", "source": dataset.clients.source, "client_names": dataset.clients.names}
         return cls(config, dataset, clients, context, get_algorithm(config.algorithm), counts,
                    Privacy.from_config(config))
 
@@ -461,6 +466,7 @@ def _execute_rounds(config: Config, out: Path, checkpoint: dict[str, Any] | None
     federation = Federation.build(config)
     write_yaml(out / "config.yaml", config.to_dict())
     write_json(out / "partition.json", federation.partition)
+    write_json(out / "dataset.json", dataset_facts(federation.dataset))
     counts = federation.parameter_counts()
     for arch, n in counts["local_model_parameters"].items():
         log(f"local model {arch}: {n:,} parameters")
@@ -559,6 +565,17 @@ def _execute_rounds(config: Config, out: Path, checkpoint: dict[str, Any] | None
     summary |= federation.privacy.summary(config, config.rounds)
     write_json(out / "summary.json", summary)
     return summary
+
+
+def dataset_facts(dataset: ArrayDataset) -> dict[str, Any]:
+    """What an exported model needs of its dataset (pfedlora.models.export): shapes, classes, text
+    spec and how raw inputs were preprocessed."""
+    text = dataset.text
+    return {"name": dataset.name, "input_shape": list(dataset.input_shape), "num_classes": dataset.num_classes,
+            "class_names": list(dataset.class_names),
+            "text": None if text is None else {"vocab_size": text.vocab_size, "max_length": text.max_length,
+                                                "pad_id": text.pad_id},
+            "preprocessing": dataset.preprocessing}
 
 
 def empty_split_notes(federation: Federation) -> list[str]:
