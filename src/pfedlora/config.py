@@ -308,6 +308,11 @@ class EngineConfig(_Section):
 
     # processes training the round's clients in parallel (forked, one torch thread each); 1: in-process
     workers: int | Literal["auto"] = 1
+    # torch intra-op threads of the run's own process (in-process training, evaluation). 1 by default:
+    # as fast as 2 for these models on this machine when idle and many times faster when another process
+    # holds a core (benchmarks/README.md, "Defaults"), and it makes the numbers independent of
+    # engine.workers and of `--jobs`. "auto": torch's default (one per core)
+    threads: int | Literal["auto"] = 1
     # where client states live between rounds: "memory", or "disk" (one file per client, for many clients)
     client_store: Literal["memory", "disk"] = "memory"
     # directory of the disk store; None: a temporary directory removed at exit
@@ -317,11 +322,11 @@ class EngineConfig(_Section):
     # image models and batches in channels-last memory layout (faster CPU convolutions)
     channels_last: bool = False
 
-    @field_validator("workers")
+    @field_validator("workers", "threads")
     @classmethod
-    def _positive(cls, value: int | str) -> int | str:
+    def _positive(cls, value: int | str, info: Any) -> int | str:
         if isinstance(value, int) and value < 1:
-            raise ValueError("workers must be >= 1 or 'auto'")
+            raise ValueError(f"{info.field_name} must be >= 1 or 'auto'")
         return value
 
     def resolved_workers(self) -> int:

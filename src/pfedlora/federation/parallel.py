@@ -24,6 +24,18 @@ import torch
 from pfedlora.metrics import flops as flop_count
 
 _TASK: Callable[[Any], Any] | None = None
+_WORKER_LIMIT: int | None = None
+
+
+def limit_workers(limit: int | None) -> None:
+    """Cap ``engine.workers`` in this process (None: no cap). Set by ``--jobs``: runs that share the
+    cores must not each fork one worker per core. Results do not depend on the worker count."""
+    global _WORKER_LIMIT
+    _WORKER_LIMIT = limit
+
+
+def worker_limit() -> int | None:
+    return _WORKER_LIMIT
 
 
 def _init_worker() -> None:

@@ -332,10 +332,10 @@ def train_clients(federation: Federation, store: ClientStore, broadcast: Payload
                   client_ids: list[int]) -> dict[int, ClientResult]:
     """The updates of ``client_ids``: in this process, or with ``engine.workers`` > 1 in forked
     worker processes (see :mod:`pfedlora.federation.parallel`)."""
-    workers = min(federation.config.engine.resolved_workers(), len(client_ids))
-    if workers > 1:
-        from pfedlora.federation.parallel import map_forked
+    from pfedlora.federation.parallel import map_forked, worker_limit
 
+    workers = min(federation.config.engine.resolved_workers(), len(client_ids), worker_limit() or len(client_ids))
+    if workers > 1:
         # longest first: a free worker takes the next client, so the round ends with short ones
         # and no worker idles long while another finishes a big client (results do not depend on it)
         order = sorted(client_ids, key=lambda k: _client_work(federation, k), reverse=True)
@@ -449,6 +449,18 @@ class _StopOnSignal:
 
 def _execute(config: Config, out: Path, checkpoint: dict[str, Any] | None, *,
              progress: Callable[[int, int, dict], None] | None, log: Callable[[str], None]) -> dict[str, Any]:
+    """The run at ``engine.threads`` torch threads (the process's own setting is restored after)."""
+    previous = torch.get_num_threads()
+    if config.engine.threads != "auto":
+        torch.set_num_threads(int(config.engine.threads))
+    try:
+        return _execute_rounds(config, out, checkpoint, progress=progress, log=log)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _execute_rounds(config: Config, out: Path, checkpoint: dict[str, Any] | None, *,
+                    progress: Callable[[int, int, dict], None] | None, log: Callable[[str], None]) -> dict[str, Any]:
     torch.manual_seed(config.seed)
     started = time.perf_counter()
     federation = Federation.build(config)
