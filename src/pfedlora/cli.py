@@ -18,6 +18,29 @@ def _add_config_args(parser: argparse.ArgumentParser) -> None:
                         help="override a config key, e.g. --set adapter.rank=8 (repeatable)")
 
 
+def _add_execution_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--jobs", default="1", metavar="N|auto",
+                        help="independent runs at once, each in its own process with one torch thread "
+                             "(auto: one per core; default 1: one after another). Results are identical")
+    parser.add_argument("--executor", choices=("local", "ray"), default="local",
+                        help="local processes (default) or Ray tasks (pip install 'pfedlora[ray]')")
+    parser.add_argument("--ray-address", metavar="ADDRESS",
+                        help="Ray cluster to submit to (e.g. ray://HEAD:10001); default: start a local Ray instance")
+    parser.add_argument("--ray-shared-fs", action="store_true",
+                        help="Ray tasks write their run directories themselves (OUT is on a filesystem every node "
+                             "sees); default: each task returns its run directory's files and the driver writes them")
+
+
+def _execution(args: argparse.Namespace):
+    from pfedlora.federation.jobs import resolve_jobs
+    from pfedlora.metrics.compare import ExecutionOptions
+
+    if args.executor != "ray" and (args.ray_address or args.ray_shared_fs):
+        raise UserError("--ray-address and --ray-shared-fs need --executor ray")
+    return ExecutionOptions(jobs=resolve_jobs(args.jobs), executor=args.executor, ray_address=args.ray_address,
+                            ray_shared_fs=args.ray_shared_fs)
+
+
 def _default_out(prefix: str) -> Path:
     return Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{prefix}"
 
@@ -137,6 +160,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     )
 
     document = load_document(args.config) if args.config else copy.deepcopy(QUICKSTART)
+    execution = _execution(args)
     algorithm_overrides = parse_algorithm_overrides(args.set_for)
     algorithms = resolve_algorithms(args.algorithms)
     seeds = resolve_seeds(args.seeds)
@@ -145,7 +169,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     table = compare(document, args.overrides, algorithms, seeds, out, target_accuracy=args.target,
                     target_fraction=args.target_fraction, runner=_run_with_progress,
-                    skip_incompatible=args.algorithms.strip() == "all", algorithm_overrides=algorithm_overrides)
+                    skip_incompatible=args.algorithms.strip() == "all", algorithm_overrides=algorithm_overrides,
+                    execution=execution)
     print(comparison_markdown(table))
     print(f"results: {out / 'comparison.md'}, {out / 'comparison.csv'}, {out / 'report.md'}")
     return 0
@@ -159,6 +184,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from pfedlora.metrics.sweep import sweep, sweep_table
 
     document = load_document(args.config) if args.config else copy.deepcopy(QUICKSTART)
+    execution = _execution(args)
     overrides = list(args.overrides)  # --algorithms / --seeds replace the config's sweep section's
     if args.algorithms is not None:
         algorithms = "all" if args.algorithms.strip() == "all" else resolve_algorithms(args.algorithms)
@@ -168,7 +194,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else _default_out("sweep")
     print(f"pfedlora sweep -> {out}")
 
-    result = sweep(document, overrides, out, grid_overrides=args.grid, runner=_run_with_progress)
+    result = sweep(document, overrides, out, grid_overrides=args.grid, runner=_run_with_progress, execution=execution)
     print(sweep_table(result["rows"], result["settings"]))
     paths = result["paths"]
     print(f"results: {paths['markdown']}, {paths['csv']}, {paths['report']}, {', '.join(map(str, paths['plots']))}")
@@ -181,6 +207,18 @@ def cmd_report(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else (Path(args.run_dirs[0]) if len(args.run_dirs) == 1 else _default_out("report"))
     report = write_report(args.run_dirs, out)
     print(f"report: {report}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from pfedlora.models.export import export_clients
+
+    for path in export_clients(args.run_dir, args.clients, args.out):
+        document = json.loads(path.read_text())
+        accuracy = document["run"]["accuracy"]
+        shown = "n/a" if accuracy is None else f"{accuracy:.2f}%"
+        print(f"client {document['client']}: {document['architecture']} ({document['algorithm']}), run accuracy "
+              f"{shown} -> {path.with_suffix('.safetensors')}")
     return 0
 
 
@@ -207,6 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
     compare_parser.add_argument("--target", type=float, metavar="ACC", help="target mean accuracy in percent (default: config target_accuracy, else --target-fraction)")
     compare_parser.add_argument("--target-fraction", type=float, default=0.9, metavar="F",
                                 help="target = F x the best baseline's final accuracy (default: 0.9)")
+    _add_execution_args(compare_parser)
     compare_parser.set_defaults(handler=cmd_compare)
 
     sweep_parser = commands.add_parser("sweep", help="run a grid of config values (the config's sweep section); tabulate and plot accuracy and costs against them")
@@ -216,12 +255,20 @@ def build_parser() -> argparse.ArgumentParser:
     sweep_parser.add_argument("--algorithms", metavar="A,B|all", help="algorithms (default: the config's sweep.algorithms, else pfedlora)")
     sweep_parser.add_argument("--seeds", metavar="S,S", help="seeds (default: the config's sweep.seeds, else 0)")
     sweep_parser.add_argument("--out", metavar="DIR", help="output directory (default: runs/<time>-sweep); finished runs in it are reused, interrupted ones continue from their checkpoint")
+    _add_execution_args(sweep_parser)
     sweep_parser.set_defaults(handler=cmd_sweep)
 
     report_parser = commands.add_parser("report", help="plots and report.md for run directories")
     report_parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
     report_parser.add_argument("--out", metavar="DIR", help="output directory (default: the run directory when one is given, else runs/<time>-report)")
     report_parser.set_defaults(handler=cmd_report)
+
+    export_parser = commands.add_parser("export", help="write chosen clients' personalized models (safetensors + JSON) "
+                                                       "from a finished run; load with pfedlora.load_personalized")
+    export_parser.add_argument("run_dir", metavar="RUN_DIR")
+    export_parser.add_argument("--clients", required=True, metavar="K[,K...]|all", help="client ids, e.g. 0,3 or all")
+    export_parser.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    export_parser.set_defaults(handler=cmd_export)
     return parser
 
 

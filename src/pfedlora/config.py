@@ -21,7 +21,9 @@ class _Section(BaseModel):
 
 
 class DatasetConfig(_Section):
-    name: Literal["digits", "cifar10", "cifar100", "trec", "sst2", "sst5", "text_csv", "text_folder"] = "digits"
+    name: Literal["digits", "cifar10", "cifar100", "trec", "sst2", "sst5", "text_csv", "text_folder",
+                  # bring your own data (pfedlora.data.{image_folder,client_data,table,hf}; README)
+                  "image_folder", "client_npz", "client_folders", "table", "hf"] = "digits"
     path: str | None = None
     cache_dir: str | None = None
     download: bool = False
@@ -37,10 +39,34 @@ class DatasetConfig(_Section):
     # any dataset: keep a seeded random subset (small CPU budgets, tests)
     max_train_samples: int | None = Field(default=None, ge=1)
     max_test_samples: int | None = Field(default=None, ge=1)
+    # --- bring your own data (README "Bring your own data") ---
+    # images: side of the square images models see; null keeps the native size (all images must share it)
+    image_size: int | None = Field(default=None, ge=8, le=512)
+    # how an image of another size reaches image_size: resize (bilinear) or pad (centred, zeros; never shrinks)
+    image_fit: Literal["resize", "pad"] = "resize"
+    # columns of tables (text_csv, table, hf); image_column: image paths (table) or images (hf)
+    text_column: str = "text"
+    label_column: str = "label"
+    image_column: str | None = None
+    # partition.kind given: the column naming each row's client (table, hf)
+    client_column: str | None = None
+    # hf: split names; split_test null (or absent from the data): a seeded test_fraction split
+    split_train: str = "train"
+    split_test: str | None = "test"
+    # data without a test split (image_folder DIR/<class>/<image>, table, hf): the seeded per-class
+    # (per-client with client_column) share of rows held out for test
+    test_fraction: float = Field(default=0.25, gt=0, lt=1)
+
+
+GIVEN_DATASETS = ("client_npz", "client_folders")  # always partitioned by the data itself
+COLUMN_DATASETS = ("table", "hf")  # given partition with dataset.client_column
+# datasets whose kind (images or token ids) is known only once the data is read
+DATA_DEFINED_DATASETS = ("client_npz", "table", "hf")
 
 
 class PartitionConfig(_Section):
-    kind: Literal["pathological", "dirichlet", "iid"] = "pathological"
+    # given: the data names each sample's client (client_npz, client_folders, table/hf + client_column)
+    kind: Literal["pathological", "dirichlet", "iid", "given"] = "pathological"
     classes_per_client: int | None = Field(default=None, ge=1)
     alpha: float = Field(default=0.5, gt=0)
     share_low: float = Field(default=0.4, gt=0)
@@ -282,6 +308,11 @@ class EngineConfig(_Section):
 
     # processes training the round's clients in parallel (forked, one torch thread each); 1: in-process
     workers: int | Literal["auto"] = 1
+    # torch intra-op threads of the run's own process (in-process training, evaluation). 1 by default:
+    # as fast as 2 for these models on this machine when idle and many times faster when another process
+    # holds a core (benchmarks/README.md, "Defaults"), and it makes the numbers independent of
+    # engine.workers and of `--jobs`. "auto": torch's default (one per core)
+    threads: int | Literal["auto"] = 1
     # where client states live between rounds: "memory", or "disk" (one file per client, for many clients)
     client_store: Literal["memory", "disk"] = "memory"
     # directory of the disk store; None: a temporary directory removed at exit
@@ -291,11 +322,11 @@ class EngineConfig(_Section):
     # image models and batches in channels-last memory layout (faster CPU convolutions)
     channels_last: bool = False
 
-    @field_validator("workers")
+    @field_validator("workers", "threads")
     @classmethod
-    def _positive(cls, value: int | str) -> int | str:
+    def _positive(cls, value: int | str, info: Any) -> int | str:
         if isinstance(value, int) and value < 1:
-            raise ValueError("workers must be >= 1 or 'auto'")
+            raise ValueError(f"{info.field_name} must be >= 1 or 'auto'")
         return value
 
     def resolved_workers(self) -> int:
@@ -454,9 +485,35 @@ class Config(_Section):
                     f"adapter.reference: unknown model {self.adapter.reference!r}; valid: {', '.join(model_names())}"
                 )
         self._check_baselines()
+        self._given_consistent()
         self._text_consistent()
         self._privacy_consistent()
         return self
+
+    def _given_consistent(self) -> None:
+        """partition.kind given takes clients from the data: only some datasets name them, and the
+        other partition keys (and seeded subsampling, which would cut clients) do not apply."""
+        data, partition = self.dataset, self.partition
+        if partition.kind != "given":
+            if data.name in GIVEN_DATASETS:
+                raise ValueError(f"dataset.name {data.name} is partitioned by its files; set partition.kind given")
+            if data.client_column is not None:
+                raise ValueError("dataset.client_column applies to partition.kind given; set partition.kind given "
+                                 "or remove dataset.client_column")
+            return
+        if data.name not in GIVEN_DATASETS and not (data.name in COLUMN_DATASETS and data.client_column):
+            raise ValueError(f"partition.kind given needs data that names each sample's client: dataset.name "
+                             f"{', '.join(GIVEN_DATASETS)}, or {' / '.join(COLUMN_DATASETS)} with dataset.client_column "
+                             f"(got dataset.name {data.name})")
+        defaults = PartitionConfig()
+        changed = [key for key in PartitionConfig.model_fields
+                   if key != "kind" and getattr(partition, key) != getattr(defaults, key)]
+        if changed:
+            raise ValueError(f"partition.kind given takes the clients from the data; remove partition.{changed[0]}")
+        for key in ("max_train_samples", "max_test_samples"):
+            if getattr(data, key) is not None:
+                raise ValueError(f"dataset.{key} does not apply to partition.kind given (it would cut clients' "
+                                 "data unevenly); remove it")
 
     def _privacy_consistent(self) -> None:
         """DP and SecAgg+ need an algorithm whose aggregate is a mean of uploads; a target epsilon must be reachable."""
@@ -465,6 +522,7 @@ class Config(_Section):
         from pfedlora.federation.privacy import check_privacy_config
 
         check_privacy_config(self)
+
     def _check_baselines(self) -> None:
         from pfedlora.models.registry import model_names
 
@@ -486,7 +544,9 @@ class Config(_Section):
 
         archs = list(dict.fromkeys(self.model_pool + (self.client_models or [])))
         is_text = self.dataset.name in TEXT_DATASETS
-        wrong = [a for a in archs if (a in TEXT_MODEL_SPECS) != is_text]
+        # images or text of DATA_DEFINED_DATASETS is known once the data is read (build_model refuses then)
+        wrong = [] if self.dataset.name in DATA_DEFINED_DATASETS else \
+            [a for a in archs if (a in TEXT_MODEL_SPECS) != is_text]
         if wrong:
             kind = "text" if is_text else "image"
             from pfedlora.models.registry import MODEL_BUILDERS

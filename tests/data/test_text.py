@@ -99,7 +99,7 @@ def test_bad_archive_csv_and_folder(tmp_path: Path) -> None:
     (tmp_path / "c").mkdir()
     (tmp_path / "c" / "train.csv").write_text("sentence,label\nx,1\n")
     (tmp_path / "c" / "test.csv").write_text("text,label\nx,1\n")
-    with pytest.raises(UserError, match="'text' and 'label'"):
+    with pytest.raises(UserError, match=r"no column .text. \(dataset.text_column\)"):
         _load("text_csv", tmp_path / "c", tmp_path)
     (tmp_path / "f" / "train" / "a").mkdir(parents=True)
     with pytest.raises(UserError, match="no text files"):

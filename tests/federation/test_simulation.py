@@ -102,3 +102,41 @@ def test_participation_counts_clients_ever_selected():
     assert result["clients_ever_selected"] == len(chosen) <= 6
     assert result["selected_clients_final_accuracy"] == sum(chosen) / len(chosen)
     assert participation(config, [])["selected_clients_final_accuracy"] is None
+
+
+@pytest.mark.parametrize("validation_fraction", [0.0, 0.25])
+def test_raw_uint8_images_give_the_same_run_as_images_normalised_up_front(tmp_path, monkeypatch, validation_fraction):
+    """CIFAR-style images stay uint8 and are normalised per client (training) or per batch
+    (evaluation); the run must equal, metric for metric, one on the whole split normalised first."""
+    import numpy as np
+
+    import pfedlora.federation.simulation as simulation
+    from pfedlora.data.datasets import ArrayDataset, _apply_norm
+
+    rng = np.random.default_rng(0)
+    images = {split: torch.from_numpy(rng.integers(0, 256, (n, 3, 32, 32), dtype=np.uint8))
+              for split, n in (("train", 240), ("test", 80))}
+    labels = {split: torch.from_numpy(rng.integers(0, 4, len(images[split])).astype(np.int64)) for split in images}
+    mean, std = [120.5, 101.25, 99.0], [60.0, 55.5, 70.25]
+
+    def raw_dataset(*args, **kwargs):
+        return ArrayDataset("cifar10", images["train"], labels["train"], images["test"], labels["test"], 4,
+                            list("abcd"), mean=mean, std=std)
+
+    def normalised_dataset(*args, **kwargs):
+        norm = lambda x: _apply_norm(x, torch.tensor(mean), torch.tensor(std))  # noqa: E731
+        return ArrayDataset("cifar10", norm(images["train"]), labels["train"], norm(images["test"]), labels["test"],
+                            4, list("abcd"))
+
+    config = build_config({"num_clients": 4, "rounds": 2, "train": {"batch_size": 16, "eval_batch_size": 24},
+                           "partition": {"kind": "pathological", "classes_per_client": 2},
+                           "dataset": {"validation_fraction": validation_fraction}})
+    runs = []
+    for name, loader in (("raw", raw_dataset), ("normalised", normalised_dataset)):
+        monkeypatch.setattr(simulation, "load_dataset", loader)
+        run(config, tmp_path / name, log=lambda _: None)
+        runs.append([{k: v for k, v in row.items() if k != "wall_s"} for row in _metrics(tmp_path / name)])
+    assert runs[0] == runs[1]
+    monkeypatch.setattr(simulation, "load_dataset", raw_dataset)
+    client = simulation.Federation.build(config).clients[0]
+    assert client.test_x.dtype == torch.uint8 and client.train_x.dtype == torch.float32

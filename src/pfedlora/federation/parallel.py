@@ -24,6 +24,18 @@ import torch
 from pfedlora.metrics import flops as flop_count
 
 _TASK: Callable[[Any], Any] | None = None
+_WORKER_LIMIT: int | None = None
+
+
+def limit_workers(limit: int | None) -> None:
+    """Cap ``engine.workers`` in this process (None: no cap). Set by ``--jobs``: runs that share the
+    cores must not each fork one worker per core. Results do not depend on the worker count."""
+    global _WORKER_LIMIT
+    _WORKER_LIMIT = limit
+
+
+def worker_limit() -> int | None:
+    return _WORKER_LIMIT
 
 
 def _init_worker() -> None:
@@ -57,17 +69,18 @@ def map_forked(fn: Callable[[Any], Any], items: Sequence[Any], workers: int) -> 
     if "fork" not in multiprocessing.get_all_start_methods():
         return [fn(item) for item in items]
     _TASK = fn
+    results = []
     try:
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"),
                                  initializer=_init_worker) as executor:
-            replies = list(executor.map(_run, items, chunksize=1))
+            # each reply is unpacked as it arrives, so the parent never holds every serialised result at once
+            for payload, counted in executor.map(_run, items, chunksize=1):
+                flop_count.merge_counted(counted)
+                results.append(torch.load(io.BytesIO(payload), weights_only=False))
+                del payload
     except BrokenProcessPool as exc:
         raise WorkerDied("a worker process ended without returning its result (killed by a signal or out "
                          "of memory)") from exc
     finally:
         _TASK = None
-    results = []
-    for payload, counted in replies:
-        flop_count.merge_counted(counted)
-        results.append(torch.load(io.BytesIO(payload), weights_only=False))
     return results

@@ -36,6 +36,7 @@ from pfedlora.errors import RunInterrupted, UserError
 from pfedlora.data import load_dataset, partition_clients, partition_counts
 from pfedlora.data.datasets import ArrayDataset
 from pfedlora.data.augment import random_crop_flip
+from pfedlora.data.client_data import given_splits
 from pfedlora.data.noise import corrupt_labels
 from pfedlora.federation.checkpoint import load_checkpoint, restore_rng, save_checkpoint
 from pfedlora.federation.faults import client_fate, corrupt_upload
@@ -104,8 +105,10 @@ class Federation:
             max_length=config.dataset.max_length,
             max_train_samples=config.dataset.max_train_samples,
             max_test_samples=config.dataset.max_test_samples,
+            options=config.dataset,
         )
-        splits = partition_clients(
+        # partition.kind given: the data names each sample's client (pfedlora.data.client_data)
+        splits = given_splits(dataset, config.num_clients) if config.partition.kind == "given" else partition_clients(
             dataset.train_y.numpy(),
             dataset.test_y.numpy(),
             dataset.num_classes,
@@ -123,6 +126,8 @@ class Federation:
         context = FederationContext(config, dataset.input_shape, dataset.num_classes, device,
                                     text=dataset.text)
         counts = partition_counts(splits, dataset.train_y.numpy(), dataset.test_y.numpy(), dataset.num_classes)
+        if dataset.clients is not None:  # client k of the run is the data's client client_names[k]
+            counts |= {"kind": "given", "source": dataset.clients.source, "client_names": dataset.clients.names}
         return cls(config, dataset, clients, context, get_algorithm(config.algorithm), counts,
                    Privacy.from_config(config))
 
@@ -154,17 +159,21 @@ def client_data(config: Config, dataset: ArrayDataset, client_id: int, split, de
         noisy, _ = corrupt_labels(train_y.numpy(), dataset.num_classes, config.dataset.label_noise,
                                   config.dataset.noise_kind, rng)
         train_y = torch.as_tensor(noisy)
+    raw_eval = dataset.mean is not None  # evaluation rows stay uint8, normalised per batch
+
     def layout(x: torch.Tensor) -> torch.Tensor:
         if config.engine.channels_last and x.dim() == 4:
             return x.contiguous(memory_format=torch.channels_last)
         return x
 
     return ClientData(
-        train_x=layout(dataset.train_x[torch.as_tensor(train_idx, dtype=torch.long)].to(device)),
+        train_x=layout(dataset.normalize(dataset.train_x[torch.as_tensor(train_idx, dtype=torch.long)]).to(device)),
         train_y=train_y.to(device),
-        test_x=layout(eval_x[torch.as_tensor(eval_idx, dtype=torch.long)].to(device)),
+        test_x=eval_x[torch.as_tensor(eval_idx, dtype=torch.long)].to(device) if raw_eval else
+        layout(eval_x[torch.as_tensor(eval_idx, dtype=torch.long)].to(device)),
         test_y=eval_y[torch.as_tensor(eval_idx, dtype=torch.long)].to(device),
         augment=random_crop_flip if config.dataset.augment else None,
+        normalize=(lambda rows: layout(dataset.normalize(rows))) if raw_eval else None,
     )
 
 
@@ -323,10 +332,10 @@ def train_clients(federation: Federation, store: ClientStore, broadcast: Payload
                   client_ids: list[int]) -> dict[int, ClientResult]:
     """The updates of ``client_ids``: in this process, or with ``engine.workers`` > 1 in forked
     worker processes (see :mod:`pfedlora.federation.parallel`)."""
-    workers = min(federation.config.engine.resolved_workers(), len(client_ids))
-    if workers > 1:
-        from pfedlora.federation.parallel import map_forked
+    from pfedlora.federation.parallel import map_forked, worker_limit
 
+    workers = min(federation.config.engine.resolved_workers(), len(client_ids), worker_limit() or len(client_ids))
+    if workers > 1:
         # longest first: a free worker takes the next client, so the round ends with short ones
         # and no worker idles long while another finishes a big client (results do not depend on it)
         order = sorted(client_ids, key=lambda k: _client_work(federation, k), reverse=True)
@@ -364,9 +373,9 @@ def evaluate_clients(federation: Federation, store: ClientStore, broadcast: Payl
     accuracies = []
     for client_id, data in enumerate(federation.clients):
         model = algorithm.personalized_model(ctx, client_id, store.get(client_id), broadcast)
-        accuracies.append(accuracy(model, data.test_x, data.test_y, batch))
+        accuracies.append(accuracy(model, data.test_x, data.test_y, batch, normalize=data.normalize))
         if meter is not None:
-            meter.add_evaluation(model, data.test_x, batch)
+            meter.add_evaluation(model, data.test_x, batch, normalize=data.normalize)
     return accuracies
 
 
@@ -440,11 +449,24 @@ class _StopOnSignal:
 
 def _execute(config: Config, out: Path, checkpoint: dict[str, Any] | None, *,
              progress: Callable[[int, int, dict], None] | None, log: Callable[[str], None]) -> dict[str, Any]:
+    """The run at ``engine.threads`` torch threads (the process's own setting is restored after)."""
+    previous = torch.get_num_threads()
+    if config.engine.threads != "auto":
+        torch.set_num_threads(int(config.engine.threads))
+    try:
+        return _execute_rounds(config, out, checkpoint, progress=progress, log=log)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _execute_rounds(config: Config, out: Path, checkpoint: dict[str, Any] | None, *,
+                    progress: Callable[[int, int, dict], None] | None, log: Callable[[str], None]) -> dict[str, Any]:
     torch.manual_seed(config.seed)
     started = time.perf_counter()
     federation = Federation.build(config)
     write_yaml(out / "config.yaml", config.to_dict())
     write_json(out / "partition.json", federation.partition)
+    write_json(out / "dataset.json", dataset_facts(federation.dataset))
     counts = federation.parameter_counts()
     for arch, n in counts["local_model_parameters"].items():
         log(f"local model {arch}: {n:,} parameters")
@@ -543,6 +565,17 @@ def _execute(config: Config, out: Path, checkpoint: dict[str, Any] | None, *,
     summary |= federation.privacy.summary(config, config.rounds)
     write_json(out / "summary.json", summary)
     return summary
+
+
+def dataset_facts(dataset: ArrayDataset) -> dict[str, Any]:
+    """What an exported model needs of its dataset (pfedlora.models.export): shapes, classes, text
+    spec and how raw inputs were preprocessed."""
+    text = dataset.text
+    return {"name": dataset.name, "input_shape": list(dataset.input_shape), "num_classes": dataset.num_classes,
+            "class_names": list(dataset.class_names),
+            "text": None if text is None else {"vocab_size": text.vocab_size, "max_length": text.max_length,
+                                                "pad_id": text.pad_id},
+            "preprocessing": dataset.preprocessing}
 
 
 def empty_split_notes(federation: Federation) -> list[str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import statistics
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import torch
@@ -13,8 +14,10 @@ if TYPE_CHECKING:
 
 
 @torch.inference_mode()
-def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024) -> float | None:
-    """Top-1 accuracy in percent (0..100); None for an empty test split (nothing to measure)."""
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024,
+             normalize: Callable[[torch.Tensor], torch.Tensor] | None = None) -> float | None:
+    """Top-1 accuracy in percent (0..100); None for an empty test split (nothing to measure).
+    ``normalize`` turns a batch of stored rows (raw uint8 images) into model input."""
     n = int(y.shape[0])
     if n == 0:
         return None
@@ -22,7 +25,8 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
     model.eval()
     correct = 0
     for start in range(0, n, batch_size):
-        logits = model(x[start : start + batch_size])
+        rows = x[start : start + batch_size]
+        logits = model(normalize(rows) if normalize is not None else rows)
         correct += int((logits.argmax(dim=1) == y[start : start + batch_size]).sum())
     model.train(was_training)
     return 100.0 * correct / n

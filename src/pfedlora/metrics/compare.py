@@ -122,11 +122,23 @@ def parse_algorithm_overrides(texts: Sequence[str]) -> dict[str, list[str]]:
     return scoped
 
 
-def run_all(document: dict[str, Any], overrides: Sequence[str], algorithms: Sequence[str], seeds: Sequence[int],
-            out: Path, runner: Runner = _default_runner,
-            announce: Callable[[str], None] = print, skip_incompatible: bool = False,
-            algorithm_overrides: dict[str, list[str]] | None = None) -> list[RunRecord]:
-    """Run every (algorithm, seed) under ``out``; reuse runs already finished with the same config.
+@dataclass
+class PlannedRun:
+    """One (algorithm, seed) run of a comparison: its config, directory, and whether it is finished."""
+
+    algorithm: str
+    seed: int
+    config: Config
+    run_dir: Path
+    label: str
+    finished: bool
+
+
+def plan_runs(document: dict[str, Any], overrides: Sequence[str], algorithms: Sequence[str], seeds: Sequence[int],
+              out: Path, announce: Callable[[str], None] = print, skip_incompatible: bool = False,
+              algorithm_overrides: dict[str, list[str]] | None = None, label_prefix: str = "") -> list[PlannedRun]:
+    """Every (algorithm, seed) run under ``out``, each config built and validated; runs already
+    finished with the same config are marked for reuse.
 
     ``algorithm_overrides``: extra ``KEY=VALUE`` overrides for one algorithm only (e.g. each
     algorithm's tuned learning rate), applied after ``overrides``.
@@ -144,19 +156,68 @@ def run_all(document: dict[str, Any], overrides: Sequence[str], algorithms: Sequ
             if not skip_incompatible:
                 raise
             announce(f"skipping {algorithm}: {exc}")
-    records = []
+    planned = []
     for index, (algorithm, seed, config) in enumerate(configs, 1):
         run_dir = out / algorithm / f"seed{seed}"
-        label = f"[{index}/{len(configs)}] {algorithm} seed {seed}"
-        if _finished_with(run_dir, config):
+        label = f"{label_prefix}[{index}/{len(configs)}] {algorithm} seed {seed}"
+        finished = _finished_with(run_dir, config)
+        if finished:
             announce(f"{label}: reusing {run_dir}")
-        else:
-            if run_dir.is_dir() and any(run_dir.iterdir()) and not (run_dir / "config.yaml").is_file():
-                raise UserError(f"{str(run_dir)!r} exists and is not a pfedlora run directory; choose another --out")
-            announce(f"{label}: running -> {run_dir}")
-            runner(config, run_dir, label)
-        records.append(load_run(run_dir))
-    return records
+        elif run_dir.is_dir() and any(run_dir.iterdir()) and not (run_dir / "config.yaml").is_file():
+            raise UserError(f"{str(run_dir)!r} exists and is not a pfedlora run directory; choose another --out")
+        planned.append(PlannedRun(algorithm, seed, config, run_dir, label, finished))
+    return planned
+
+
+def execute_runs(planned: Sequence[PlannedRun], runner: Runner = _default_runner,
+                 announce: Callable[[str], None] = print, execution: ExecutionOptions | None = None) -> None:
+    """Run the unfinished ``planned`` runs: one after another through ``runner`` (``--jobs 1``), or
+    at once on local processes or Ray (``execution``); the outputs are the same either way."""
+    from pfedlora.federation.jobs import RunJob, execute
+
+    execution = execution or ExecutionOptions()
+    pending = [p for p in planned if not p.finished]
+    if not pending:
+        return
+    if execution.parallel:
+        where = (f"Ray ({execution.ray_address or 'a local instance'})" if execution.executor == "ray"
+                 else f"{execution.jobs} processes")
+        announce(f"running {len(pending)} runs on {where}")
+
+    def serial(job: RunJob) -> None:
+        announce(f"{job.label}: running -> {job.run_dir}")
+        runner(job.config, job.run_dir, job.label)
+
+    execute([RunJob(p.config, p.run_dir, p.label) for p in pending], workers=execution.jobs,
+            executor=execution.executor, ray_address=execution.ray_address,
+            ray_shared_fs=execution.ray_shared_fs, serial=serial)
+
+
+@dataclass(frozen=True)
+class ExecutionOptions:
+    """How a comparison's or sweep's runs execute: ``--jobs``, ``--executor``, ``--ray-address``."""
+
+    jobs: int = 1
+    executor: str = "local"
+    ray_address: str | None = None
+    ray_shared_fs: bool = False
+
+    @property
+    def parallel(self) -> bool:
+        return self.executor == "ray" or self.jobs > 1
+
+
+def run_all(document: dict[str, Any], overrides: Sequence[str], algorithms: Sequence[str], seeds: Sequence[int],
+            out: Path, runner: Runner = _default_runner,
+            announce: Callable[[str], None] = print, skip_incompatible: bool = False,
+            algorithm_overrides: dict[str, list[str]] | None = None,
+            execution: ExecutionOptions | None = None) -> list[RunRecord]:
+    """Run every (algorithm, seed) under ``out`` (see :func:`plan_runs`); reuse runs already
+    finished with the same config; return the records in (algorithm, seed) order."""
+    planned = plan_runs(document, overrides, algorithms, seeds, out, announce=announce,
+                        skip_incompatible=skip_incompatible, algorithm_overrides=algorithm_overrides)
+    execute_runs(planned, runner=runner, announce=announce, execution=execution)
+    return [load_run(p.run_dir) for p in planned]
 
 
 def _finished_with(run_dir: Path, config: Config) -> bool:
@@ -311,7 +372,8 @@ def comparison_markdown(table: dict[str, Any], title: str = "Comparison") -> str
 def compare(document: dict[str, Any], overrides: Sequence[str], algorithms: Sequence[str], seeds: Sequence[int],
             out: str | Path, *, target_accuracy: float | None = None, target_fraction: float = 0.9,
             runner: Runner = _default_runner, announce: Callable[[str], None] = print,
-            skip_incompatible: bool = False, algorithm_overrides: dict[str, list[str]] | None = None) -> dict[str, Any]:
+            skip_incompatible: bool = False, algorithm_overrides: dict[str, list[str]] | None = None,
+            execution: ExecutionOptions | None = None) -> dict[str, Any]:
     """Run, tabulate and report; writes comparison.md, comparison.csv and report.md under ``out``."""
     from pfedlora.metrics.report import write_report
 
@@ -322,7 +384,8 @@ def compare(document: dict[str, Any], overrides: Sequence[str], algorithms: Sequ
         raise UserError(f"output path {str(out)!r} exists and is not a directory")
     out.mkdir(parents=True, exist_ok=True)
     records = run_all(document, overrides, algorithms, seeds, out, runner=runner, announce=announce,
-                      skip_incompatible=skip_incompatible, algorithm_overrides=algorithm_overrides)
+                      skip_incompatible=skip_incompatible, algorithm_overrides=algorithm_overrides,
+                      execution=execution)
     if target_accuracy is None:  # the config's target_accuracy, if any
         target_accuracy = build_config(document, list(overrides)).target_accuracy
     table = summarize_comparison(records, target_accuracy=target_accuracy, target_fraction=target_fraction)

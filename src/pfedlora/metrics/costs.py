@@ -21,7 +21,7 @@ Definitions (also in the README):
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import torch
@@ -56,8 +56,9 @@ class CostMeter:
         self.client_rounds += len(result.selected)
         self.rounds += 1
 
-    def add_evaluation(self, model: nn.Module, x: torch.Tensor, batch_size: int) -> None:
-        self._add("eval_flops", evaluation_flops(model, x, batch_size))
+    def add_evaluation(self, model: nn.Module, x: torch.Tensor, batch_size: int,
+                       normalize: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
+        self._add("eval_flops", evaluation_flops(model, x, batch_size, normalize))
 
     def row(self) -> dict[str, int]:
         """Costs since the previous row, then cumulative; resets the since-previous counters."""

@@ -177,15 +177,18 @@ def forward_flops(fn: Callable[[torch.Tensor], Any], x: torch.Tensor) -> int:
     return _FORWARD_CACHE[key]
 
 
-def evaluation_flops(fn: Callable[[torch.Tensor], Any], x: torch.Tensor, batch_size: int) -> int:
-    """FLOPs of ``fn`` over ``x`` in batches of ``batch_size`` (as ``accuracy`` and frozen-output passes do)."""
+def evaluation_flops(fn: Callable[[torch.Tensor], Any], x: torch.Tensor, batch_size: int,
+                     normalize: Callable[[torch.Tensor], torch.Tensor] | None = None) -> int:
+    """FLOPs of ``fn`` over ``x`` in batches of ``batch_size`` (as ``accuracy`` and frozen-output passes do);
+    ``normalize`` turns stored rows (raw uint8 images) into ``fn``'s input, as ``accuracy`` does."""
     n = int(x.shape[0])
     if n == 0:
         return 0
+    prepare = normalize or (lambda rows: rows)
     full, rest = divmod(n, batch_size)
-    total = full * forward_flops(fn, x[:batch_size]) if full else 0
+    total = full * forward_flops(fn, prepare(x[:batch_size])) if full else 0
     if rest:
-        total += forward_flops(fn, x[:rest])
+        total += forward_flops(fn, prepare(x[:rest]))
     return total
 
 

@@ -5,8 +5,9 @@ product in declaration order; ``algorithms``; ``seeds``; ``rounds_of_interest``)
 on the command line. Every grid point's config is built (validated) before anything runs or is
 written, so a bad key or value stops the sweep with one line naming it.
 
-Each grid point is a :func:`pfedlora.metrics.compare.run_all` under ``OUT/<point>/`` (one run per
-algorithm and seed), so finished runs are reused and an interrupted sweep continues. Outputs:
+Each grid point's runs (one per algorithm and seed) live under ``OUT/<point>/``; finished runs are
+reused and an interrupted sweep continues. All points' runs are planned (configs validated) first
+and then executed together, so ``--jobs N`` keeps N runs going across the whole grid. Outputs:
 
 * ``sweep.csv``: one row per (grid point, algorithm): the swept keys, then the comparison metrics
   (final / best accuracy mean ± std over seeds, per-client-per-round training FLOPs and bytes,
@@ -32,7 +33,8 @@ from typing import Any
 from pfedlora.config import SweepConfig, build_config, parse_override
 from pfedlora.errors import UserError
 from pfedlora.metrics.compare import (
-    RunRecord, Runner, _costs, _default_runner, _mean_std, human, run_all, summarize_comparison,
+    ExecutionOptions, RunRecord, Runner, _costs, _default_runner, _mean_std, execute_runs, human, load_run, plan_runs,
+    summarize_comparison,
 )
 from pfedlora.metrics.run_dir import write_atomic
 
@@ -157,7 +159,7 @@ def _rows_for_point(point: dict[str, Any], records: list[RunRecord], rounds_of_i
 
 def sweep(document: dict[str, Any], overrides: Sequence[str], out: str | Path, *,
           grid_overrides: Sequence[str] = (), runner: Runner = _default_runner,
-          announce: Callable[[str], None] = print) -> dict[str, Any]:
+          announce: Callable[[str], None] = print, execution: ExecutionOptions | None = None) -> dict[str, Any]:
     """Run the grid under ``out``; write sweep.csv, sweep.md, sweep_<KEY>.png and report.md.
 
     Returns ``{"keys", "rows", "settings", "paths"}``; ``rows`` as in sweep.csv.
@@ -183,17 +185,21 @@ def sweep(document: dict[str, Any], overrides: Sequence[str], out: str | Path, *
     if len(set(names)) < len(names):  # values that differ only in unsafe characters
         names = [f"{i:03d}-{name}" for i, name in enumerate(names, 1)]
 
-    rows: list[dict[str, Any]] = []
-    all_records: list[RunRecord] = []
+    # every point's runs are planned first and then executed together, so --jobs spans the whole grid
+    planned_by_point = []
     for index, (point, name) in enumerate(zip(points, names), 1):
         label = point_label(point)
         announce(f"point {index}/{len(points)}: {label}")
+        planned_by_point.append(plan_runs(run_document, [*run_overrides, *_point_overrides(point)], algorithms,
+                                          settings.seeds, out / name, announce=announce,
+                                          skip_incompatible=everything, label_prefix=f"{label} "))
+    execute_runs([run for planned in planned_by_point for run in planned], runner=runner, announce=announce,
+                 execution=execution)
 
-        def point_runner(config, run_dir, run_label, _label=label):
-            return runner(config, run_dir, f"{_label} {run_label}")
-
-        records = run_all(run_document, [*run_overrides, *_point_overrides(point)], algorithms, settings.seeds,
-                          out / name, runner=point_runner, announce=announce, skip_incompatible=everything)
+    rows: list[dict[str, Any]] = []
+    all_records: list[RunRecord] = []
+    for point, name, planned in zip(points, names, planned_by_point):
+        records = [load_run(run.run_dir) for run in planned]
         all_records += records
         rows += _rows_for_point(point, records, settings.rounds_of_interest, name)
 

@@ -150,7 +150,7 @@ def evaluate(msg: Message, context: Context) -> Message:
     broadcast = from_array_record(msg.content[protocol.PAYLOAD], federation.context.device, as_float32=True)
     state = _load_state(federation, context, client_id)
     model = federation.algorithm.personalized_model(federation.context, client_id, state, broadcast)
-    acc = accuracy(model, data.test_x, data.test_y, federation.config.train.eval_batch_size)
+    acc = accuracy(model, data.test_x, data.test_y, federation.config.train.eval_batch_size, normalize=data.normalize)
     # an empty test split has no accuracy: num-test 0 tells the server to leave it out of the mean
     metrics = {"accuracy": float(acc) if acc is not None else 0.0, "num-test": int(data.test_y.shape[0])}
     return Message(RecordDict({protocol.METRICS: MetricRecord(metrics)}), reply_to=msg)

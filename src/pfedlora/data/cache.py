@@ -1,0 +1,94 @@
+"""On-disk caches of decoded datasets, shared by every loader: fingerprints, atomic writes, arrays.
+
+A cache entry is a folder of ``.npy`` arrays plus ``meta.json``, written last, so a folder without
+``meta.json`` is never read. An unreadable or inconsistent entry is rebuilt, never fatal.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception's message on one line, at most 300 characters (for UserError messages)."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text[:300]
+
+
+def default_cache_dir() -> Path:
+    env = os.environ.get("PFEDLORA_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "pfedlora"
+
+
+def file_fingerprint(path: Path) -> str:
+    st = path.stat()
+    return f"file:{path.resolve()}:{st.st_size}:{st.st_mtime_ns}"
+
+
+def tree_fingerprint(root: Path) -> str:
+    count = total = newest = 0
+    for dirpath, _, files in os.walk(root):
+        for f in files:
+            st = os.stat(os.path.join(dirpath, f))
+            count, total, newest = count + 1, total + st.st_size, max(newest, st.st_mtime_ns)
+    return f"dir:{root.resolve()}:{count}:{total}:{newest}"
+
+
+def path_fingerprint(path: Path) -> str:
+    return file_fingerprint(path) if path.is_file() else tree_fingerprint(path)
+
+
+def atomic_write(target: Path, write: Callable[[Any], Any]) -> None:
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as fh:
+            write(fh)
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def cached_arrays(
+    kind: str,
+    key: str,
+    cache_dir: str | os.PathLike[str] | None,
+    build: Callable[[], tuple[dict[str, np.ndarray], dict[str, Any]]],
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """``build()``'s (arrays, meta), read from the cache entry for ``key`` when there is a good one.
+
+    ``key`` must capture everything the arrays depend on (source fingerprint, options, version).
+    Arrays must not be object arrays (they are stored with ``allow_pickle=False``).
+    """
+    base = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    entry = base / kind / f"{kind}-{hashlib.sha256(key.encode()).hexdigest()[:20]}"
+    try:
+        meta = json.loads((entry / "meta.json").read_text())
+        if meta.get("_key") == key:
+            arrays = {name: np.load(entry / f"{name}.npy", allow_pickle=False) for name in meta["_arrays"]}
+            meta = {k: v for k, v in meta.items() if not k.startswith("_")}
+            return arrays, meta
+    except FileNotFoundError:
+        pass
+    except Exception as exc:  # an unreadable cache is rebuilt
+        log.warning("ignoring unreadable dataset cache %s: %s", entry, one_line(exc))
+    arrays, meta = build()
+    try:
+        entry.mkdir(parents=True, exist_ok=True)
+        (entry / "meta.json").unlink(missing_ok=True)  # meta.json marks a complete entry: written last
+        for name, array in arrays.items():
+            atomic_write(entry / f"{name}.npy", lambda fh, a=array: np.save(fh, a, allow_pickle=False))
+        document = {**meta, "_key": key, "_arrays": sorted(arrays)}
+        atomic_write(entry / "meta.json", lambda fh: fh.write(json.dumps(document).encode()))
+    except OSError as exc:  # a cache we cannot write only costs speed
+        log.warning("could not write dataset cache %s: %s", entry, one_line(exc))
+    return arrays, meta

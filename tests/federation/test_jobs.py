@@ -1,0 +1,97 @@
+"""`compare` / `sweep` with --jobs N and --executor ray: the same outputs as one run after another."""
+
+import csv
+from pathlib import Path
+
+import pytest
+
+from pfedlora.cli import main
+from pfedlora.errors import UserError
+from pfedlora.federation.jobs import resolve_jobs
+
+SMALL = ["--set", "num_clients=5", "--set", "rounds=2", "--set", "train.batch_size=32"]
+
+
+def _rows(path: Path, drop: tuple[str, ...] = ("wall_s",)) -> list[dict]:
+    with path.open(newline="") as handle:
+        return [{k: v for k, v in row.items() if k not in drop} for row in csv.DictReader(handle)]
+
+
+def _same_outputs(first: Path, second: Path, table: str) -> None:
+    assert (first / table).read_text() == (second / table).read_text()
+    runs = sorted(p.relative_to(first) for p in first.rglob("metrics.csv"))
+    assert runs and runs == sorted(p.relative_to(second) for p in second.rglob("metrics.csv"))
+    for run in runs:
+        assert _rows(first / run) == _rows(second / run), run
+        assert (first / run).with_name("config.yaml").read_text() == (second / run).with_name("config.yaml").read_text()
+
+
+@pytest.fixture(scope="module")
+def serial_compare(tmp_path_factory):
+    out = tmp_path_factory.mktemp("serial")
+    assert main(["compare", "--algorithms", "pfedlora,fedproto", "--seeds", "0,1", *SMALL, "--out", str(out)]) == 0
+    return out
+
+
+def test_compare_with_two_jobs_writes_what_one_job_writes(serial_compare, tmp_path, capsys):
+    out = tmp_path / "jobs2"
+    assert main(["compare", "--algorithms", "pfedlora,fedproto", "--seeds", "0,1", *SMALL, "--out", str(out),
+                 "--jobs", "2"]) == 0
+    _same_outputs(serial_compare, out, "comparison.csv")
+    printed = capsys.readouterr()
+    assert "running 4 runs on 2 processes" in printed.out
+    assert "runs 4/4 done" in printed.err  # the aggregated progress display
+    # a second call reuses every finished run
+    assert main(["compare", "--algorithms", "pfedlora,fedproto", "--seeds", "0,1", *SMALL, "--out", str(out),
+                 "--jobs", "2"]) == 0
+    assert capsys.readouterr().out.count(": reusing") == 4
+
+
+def test_sweep_with_two_jobs_writes_what_one_job_writes(tmp_path):
+    args = ["sweep", "--grid", "adapter.rank=[4,8]", "--algorithms", "pfedlora", "--seeds", "0", *SMALL]
+    assert main([*args, "--out", str(tmp_path / "serial")]) == 0
+    assert main([*args, "--out", str(tmp_path / "jobs"), "--jobs", "auto"]) == 0
+    _same_outputs(tmp_path / "serial", tmp_path / "jobs", "sweep.csv")
+
+
+def test_a_failing_run_stops_the_jobs_with_one_line_and_exit_2(tmp_path, capsys):
+    code = main(["compare", "--algorithms", "pfedlora,standalone", "--seeds", "0", *SMALL, "--jobs", "2",
+                 "--set", "dataset.name=cifar10", "--set", f"dataset.path={tmp_path / 'missing'}",
+                 "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err[-1].startswith("pfedlora: error: dataset.path") and "does not exist" in err[-1]
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "two", "1.5"])
+def test_bad_jobs_value_exits_2(tmp_path, capsys, value):
+    assert main(["compare", "--algorithms", "standalone", "--seeds", "0", "--jobs", value, "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "--jobs expects a positive integer or 'auto'" in err and len(err.strip().splitlines()) == 1
+    assert not any(tmp_path.iterdir())
+
+
+def test_ray_options_need_the_ray_executor(tmp_path, capsys):
+    assert main(["compare", "--seeds", "0", "--ray-address", "auto", "--out", str(tmp_path)]) == 2
+    assert "need --executor ray" in capsys.readouterr().err
+
+
+def test_resolve_jobs():
+    assert resolve_jobs("3") == 3 and resolve_jobs("auto") >= 1
+    with pytest.raises(UserError):
+        resolve_jobs("0")
+
+
+@pytest.mark.slow
+def test_ray_executor_on_a_local_instance_writes_what_one_job_writes(serial_compare, tmp_path):
+    pytest.importorskip("ray", reason="Ray is not installed (pip install 'pfedlora[ray]')")
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)  # the test's own local Ray instance
+    try:
+        for shared in ([], ["--ray-shared-fs"]):  # files returned to the driver, or written by the tasks
+            out = tmp_path / f"ray{len(shared)}"
+            assert main(["compare", "--algorithms", "pfedlora,fedproto", "--seeds", "0,1", *SMALL, "--out", str(out),
+                         "--executor", "ray", *shared]) == 0
+            _same_outputs(serial_compare, out, "comparison.csv")
+    finally:
+        ray.shutdown()
