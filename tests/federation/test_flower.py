@@ -296,3 +296,27 @@ def test_secagg_round_completes_when_a_supernode_drops_during_the_protocol(clust
     worst = _assert_close_state(torch.load(out / "global_state.pt"), sim_state, SECAGG_TOLERANCE)
     print(f"SecAgg+ with a dropout vs plaintext: largest difference {worst:.3g}")
     assert read_metrics(out / "metrics.csv")[-1]["replied"] == 2
+
+
+def test_private_deployment_matches_the_private_simulator(cluster_factory, tmp_path):
+    """privacy.mode central on Flower (from a config file): clients clip, the server averages uniformly
+    and adds the seeded noise, exactly as the simulator does; epsilon is written the same way."""
+    import yaml
+
+    from pfedlora.federation.privacy import epsilon
+
+    privacy = {"mode": "central", "clip_norm": 0.5, "noise_multiplier": 0.3}
+    config_file = tmp_path / "private.yaml"
+    config_file.write_text(yaml.safe_dump({"privacy": privacy}))
+    cluster = cluster_factory(tls=False)
+    out = tmp_path / "run"
+    cluster.flwr_run(out, **{"config-file": str(config_file)})
+    _wait_for(cluster, lambda: (out / "summary.json").exists(), "summary.json")
+
+    config = _sim_config(privacy=privacy)
+    sim_state, sim_accuracies = _simulate(config)
+    _assert_same_state(torch.load(out / "global_state.pt"), sim_state)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["client_accuracies"] == pytest.approx(sim_accuracies, abs=1e-6)
+    assert summary["epsilon"] == pytest.approx(epsilon(config, 2))
+    assert read_metrics(out / "metrics.csv")[-1]["epsilon"] == pytest.approx(epsilon(config, 2))
