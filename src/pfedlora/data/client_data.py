@@ -33,7 +33,7 @@ import torch
 
 from pfedlora.data.arrays import ArrayDataset
 from pfedlora.data.cache import cached_arrays, one_line, path_fingerprint
-from pfedlora.data.images import channels_of, decode_images, image_dataset, native_size
+from pfedlora.data.images import check_model_size, channels_of, decode_images, image_dataset, native_size
 from pfedlora.data.image_folder import class_images, visible
 from pfedlora.data.partition import ClientSplit
 from pfedlora.data.text import TextSpec
@@ -283,7 +283,9 @@ def _fit_tensor(x: np.ndarray, options: Any) -> torch.Tensor:
     tensor = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
     if options.image_size is None and tensor.shape[-1] != tensor.shape[-2]:
         raise UserError(f"images are {tensor.shape[-1]}x{tensor.shape[-2]}; non-square images need dataset.image_size")
-    return fit_tensor_images(tensor, options.image_size, options.image_fit)
+    tensor = fit_tensor_images(tensor, options.image_size, options.image_fit)
+    check_model_size(int(tensor.shape[-1]))
+    return tensor
 
 
 # --------------------------------------------------------------------------- client_folders
