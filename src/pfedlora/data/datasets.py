@@ -389,7 +389,8 @@ def _decode_image(data: bytes | Path, where: str) -> np.ndarray:
         with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data) as im:
             if im.size != (_IMG_SIZE, _IMG_SIZE):
                 raise UserError(
-                    f"{where}: image is {im.size[0]}x{im.size[1]}; only {_IMG_SIZE}x{_IMG_SIZE} images are accepted"
+                    f"{where}: image is {im.size[0]}x{im.size[1]}; only {_IMG_SIZE}x{_IMG_SIZE} images are accepted "
+                    "for CIFAR (dataset.name image_folder takes any size)"
                 )
             arr = np.asarray(im.convert("RGB"), dtype=np.uint8)
     except UserError:
