@@ -31,10 +31,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from pfedlora.data.arrays import ArrayDataset
 from pfedlora.data.cache import cached_arrays, one_line, path_fingerprint
-from pfedlora.data.images import channels_of, decode_images, image_dataset, native_size
+from pfedlora.data.images import check_model_size, channels_of, decode_images, image_dataset, native_size
 from pfedlora.data.image_folder import class_images, visible
 from pfedlora.data.partition import ClientSplit
+from pfedlora.data.text import TextSpec
 from pfedlora.errors import UserError
 
 NPZ_HELP = ("accepted: DIR/train/<k>.npz and DIR/test/<k>.npz per client, each with a pickled dict 'data' = "
@@ -178,10 +180,7 @@ def _client_files(folder: Path, root: Path) -> dict[str, Path]:
     return {p.stem: p for p in visible(folder) if p.is_file() and p.suffix == ".npz"}
 
 
-def load_client_npz(path: str | None, options: Any, *, max_length: int):
-    from pfedlora.data.datasets import ArrayDataset
-    from pfedlora.data.text import TextSpec
-
+def load_client_npz(path: str | None, options: Any, *, max_length: int) -> ArrayDataset:
     if path is None or str(path).strip() == "":
         raise UserError(f"dataset.path is required for client_npz; {NPZ_HELP}")
     root = Path(path).expanduser()
@@ -284,13 +283,15 @@ def _fit_tensor(x: np.ndarray, options: Any) -> torch.Tensor:
     tensor = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
     if options.image_size is None and tensor.shape[-1] != tensor.shape[-2]:
         raise UserError(f"images are {tensor.shape[-1]}x{tensor.shape[-2]}; non-square images need dataset.image_size")
-    return fit_tensor_images(tensor, options.image_size, options.image_fit)
+    tensor = fit_tensor_images(tensor, options.image_size, options.image_fit)
+    check_model_size(int(tensor.shape[-1]))
+    return tensor
 
 
 # --------------------------------------------------------------------------- client_folders
 
 
-def load_client_folders(path: str | None, options: Any, *, cache_dir: str | None):
+def load_client_folders(path: str | None, options: Any, *, cache_dir: str | None) -> ArrayDataset:
     if path is None or str(path).strip() == "":
         raise UserError(f"dataset.path is required for client_folders; {FOLDERS_HELP}")
     root = Path(path).expanduser()

@@ -1,7 +1,9 @@
 """Dataset loading: sklearn digits, CIFAR-10 and CIFAR-100 (official python layout or image folders).
 
 Images are decoded once into uint8 arrays and cached as ``.npy`` files; later loads read the cache.
-Image-folder images must be 32x32 (CIFAR's size); other sizes are rejected rather than silently resized.
+Image-folder images must be 32x32 (CIFAR's size); other sizes are rejected rather than silently resized
+(``dataset.name: image_folder`` takes any size and mode: :mod:`pfedlora.data.image_folder`).
+:func:`load_dataset` also dispatches the bring-your-own-data sources (:mod:`pfedlora.data.sources`).
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ import shutil
 import tarfile
 import urllib.error
 import urllib.request
-import warnings
 import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -25,12 +26,19 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from pfedlora.data.arrays import ArrayDataset, uint8_dataset
+from pfedlora.data.arrays import apply_norm as _apply_norm
+from pfedlora.data.arrays import channel_stats as _channel_stats
 from pfedlora.data.cache import atomic_write as _atomic_write
 from pfedlora.data.cache import default_cache_dir as _default_cache_dir
 from pfedlora.data.cache import file_fingerprint as _file_fingerprint
 from pfedlora.data.cache import one_line as _one_line
 from pfedlora.data.cache import tree_fingerprint as _tree_fingerprint
+from pfedlora.data.sources import SOURCE_DATASETS, load_source
+from pfedlora.data.text import TEXT_DATASETS, is_text_dataset, load_text_dataset
 from pfedlora.errors import UserError
+
+__all__ = ["ArrayDataset", "load_dataset", "subsample"]
 
 log = logging.getLogger(__name__)
 
@@ -45,47 +53,6 @@ LAYOUTS_HELP = (
     "{train,test}/<class>/<image> of 32x32 images (a directory, or a .tar/.tar.gz archive with "
     "at most one top-level folder)"
 )
-
-
-@dataclass
-class ArrayDataset:
-    """An in-memory classification dataset.
-
-    CIFAR-style images stay raw uint8 (a quarter of float32's memory) with their per-channel
-    training statistics in ``mean`` / ``std``; :meth:`normalize` turns the rows a client actually
-    uses into float32 model input, bit for bit what normalising the whole split first gave. With
-    ``mean`` None (digits, text, already-normalised arrays) ``train_x`` / ``test_x`` are model input.
-    """
-
-    name: str
-    train_x: torch.Tensor
-    train_y: torch.Tensor
-    test_x: torch.Tensor
-    test_y: torch.Tensor
-    num_classes: int
-    class_names: list[str]
-    # text datasets: token ids [N, max_length] plus what text models need (see pfedlora.data.text)
-    text: Any = None
-    mean: list[float] | None = None
-    std: list[float] | None = None
-    # partition.kind given: the data's own clients (pfedlora.data.client_data.GivenClients)
-    clients: Any = None
-    # how a raw input becomes model input, for exported models (pfedlora.models.export)
-    preprocessing: dict[str, Any] | None = None
-
-    def normalize(self, x: torch.Tensor) -> torch.Tensor:
-        """Rows of ``train_x`` / ``test_x`` as float32 model input."""
-        if self.mean is None or self.std is None:
-            return x
-        return _apply_norm(x, torch.tensor(self.mean, device=x.device), torch.tensor(self.std, device=x.device))
-
-    @property
-    def input_shape(self) -> tuple[int, ...]:
-        """(channels, height, width) of one image; (max_length,) for text."""
-        if self.text is not None:
-            return (int(self.train_x.shape[1]),)
-        c, h, w = self.train_x.shape[1:]
-        return int(c), int(h), int(w)
 
 
 @dataclass(frozen=True)
@@ -152,9 +119,6 @@ def load_dataset(
     train/test split; CIFAR uses its official split. ``options`` (the config's dataset section)
     carries the keys of the bring-your-own-data sources (:mod:`pfedlora.data.sources`).
     """
-    from pfedlora.data.sources import SOURCE_DATASETS, load_source
-    from pfedlora.data.text import TEXT_DATASETS, is_text_dataset, load_text_dataset
-
     key = str(name).lower().replace("-", "").replace("_", "")
     if key == "digits":
         dataset = _load_digits(seed)
@@ -224,11 +188,6 @@ def _load_digits(seed: int) -> ArrayDataset:
         class_names=[str(i) for i in range(10)],
         preprocessing=preprocessing,
     )
-
-
-def _apply_norm(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    shape = (1, -1, 1, 1)
-    return x.to(torch.float32).sub_(mean.view(shape).float()).div_(std.view(shape).float())
 
 
 # --------------------------------------------------------------------------- CIFAR
@@ -430,7 +389,8 @@ def _decode_image(data: bytes | Path, where: str) -> np.ndarray:
         with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data) as im:
             if im.size != (_IMG_SIZE, _IMG_SIZE):
                 raise UserError(
-                    f"{where}: image is {im.size[0]}x{im.size[1]}; only {_IMG_SIZE}x{_IMG_SIZE} images are accepted"
+                    f"{where}: image is {im.size[0]}x{im.size[1]}; only {_IMG_SIZE}x{_IMG_SIZE} images are accepted "
+                    "for CIFAR (dataset.name image_folder takes any size)"
                 )
             arr = np.asarray(im.convert("RGB"), dtype=np.uint8)
     except UserError:
@@ -599,42 +559,7 @@ def _write_cache(cache: Path, raw: _Raw) -> None:
         log.warning("could not write dataset cache %s: %s", cache, _one_line(exc))
 
 
-def _channel_stats(x: np.ndarray) -> tuple[list[float], list[float]]:
-    # Exact per-channel mean/std from a histogram of uint8 values: no float copy of the whole split.
-    values = np.arange(256, dtype=np.float64)
-    means, stds = [], []
-    for c in range(x.shape[1]):
-        hist = np.bincount(np.ascontiguousarray(x[:, c]).ravel(), minlength=256).astype(np.float64)
-        n = hist.sum()
-        mean = (hist * values).sum() / n
-        var = (hist * (values - mean) ** 2).sum() / n
-        means.append(float(mean))
-        stds.append(float(np.sqrt(var)) if var > 0 else 1.0)
-    return means, stds
-
-
-def _read_only_tensor(array: np.ndarray) -> torch.Tensor:
-    """A tensor over ``array`` without a copy; it may be a read-only memory map of the cache, which
-    is only ever indexed (copied out) and normalised out of place, never written."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-        return torch.from_numpy(np.ascontiguousarray(array))
-
-
 def _to_dataset(name: str, raw: _Raw) -> ArrayDataset:
     if raw.mean is None or raw.std is None:
         raw.mean, raw.std = _channel_stats(raw.train_x)
-    return ArrayDataset(
-        name=name,
-        train_x=_read_only_tensor(raw.train_x),
-        train_y=torch.from_numpy(np.asarray(raw.train_y, dtype=np.int64)),
-        test_x=_read_only_tensor(raw.test_x),
-        test_y=torch.from_numpy(np.asarray(raw.test_y, dtype=np.int64)),
-        num_classes=len(raw.class_names),
-        class_names=list(raw.class_names),
-        mean=list(raw.mean),
-        std=list(raw.std),
-        # raw input: uint8 pixels, channel-first, already at the dataset's size
-        preprocessing={"kind": "image", "channels": int(raw.train_x.shape[1]), "image_size": int(raw.train_x.shape[-1]),
-                       "fit": "resize", "mean": list(raw.mean), "std": list(raw.std)},
-    )
+    return uint8_dataset(name, raw.train_x, raw.train_y, raw.test_x, raw.test_y, raw.class_names, raw.mean, raw.std)

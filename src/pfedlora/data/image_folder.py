@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from pfedlora.data.arrays import ArrayDataset
 from pfedlora.data.cache import cached_arrays, path_fingerprint
 from pfedlora.data.images import channels_of, decode_images, image_dataset, is_image_name, native_size
 from pfedlora.errors import UserError
@@ -54,7 +55,7 @@ def labelled(by_class: dict[str, list[Path]], class_names: list[str]) -> tuple[l
     return items, labels
 
 
-def load_image_folder(path: str | None, options: Any, *, cache_dir: str | None, seed: int):
+def load_image_folder(path: str | None, options: Any, *, cache_dir: str | None, seed: int) -> ArrayDataset:
     if path is None or str(path).strip() == "":
         raise UserError(f"dataset.path is required for image_folder; {LAYOUT_HELP}")
     source = Path(path).expanduser()

@@ -28,11 +28,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from pfedlora.data.arrays import ArrayDataset
 from pfedlora.data.cache import one_line
 from pfedlora.data.client_data import client_order, given_clients
 from pfedlora.data.image_folder import split_per_class
 from pfedlora.data.images import channels_of, decode_images, image_dataset, native_size
-from pfedlora.data.text import check_columns
+from pfedlora.data.text import TextSpec, check_columns, load_tokenizer, tokenize
 from pfedlora.errors import UserError
 
 TABLE_HELP = ("accepted: a .csv or .parquet file, or a directory with train.{csv,parquet} (and optionally "
@@ -142,11 +143,8 @@ def _held_out(train: Rows, options: Any, seed: int, client_column: str | None) -
 
 def rows_dataset(name: str, train: Rows, test: Rows | None, options: Any, *, seed: int, tokenizer: str,
                  max_length: int, image_column: str | None, text_column: str | None,
-                 label_names: list[str] | None = None, source: str = ""):
+                 label_names: list[str] | None = None, source: str = "") -> ArrayDataset:
     """An ArrayDataset from table rows (``clients`` set when ``options.client_column`` is)."""
-    from pfedlora.data.datasets import ArrayDataset
-    from pfedlora.data.text import TextSpec, load_tokenizer, tokenize
-
     client_column = options.client_column
     input_column = image_column or text_column
     for rows in (train, test):
@@ -210,7 +208,7 @@ def _image_source(value: Any, base: Path | None) -> Any:
     return value  # a Pillow image or encoded bytes
 
 
-def load_table(path: str | None, options: Any, *, seed: int, tokenizer: str, max_length: int):
+def load_table(path: str | None, options: Any, *, seed: int, tokenizer: str, max_length: int) -> ArrayDataset:
     if path is None or str(path).strip() == "":
         raise UserError(f"dataset.path is required for table; {TABLE_HELP}")
     source = Path(path).expanduser()

@@ -32,6 +32,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 import torch
 
+from pfedlora.data.arrays import ArrayDataset
 from pfedlora.data.cache import atomic_write, default_cache_dir, file_fingerprint, tree_fingerprint
 from pfedlora.errors import UserError
 
@@ -264,7 +265,6 @@ def load_text_dataset(
     label_column: str = "label",
 ):
     """Load a text dataset as an :class:`ArrayDataset` of token ids [N, max_length] (int64)."""
-    from pfedlora.data.datasets import ArrayDataset  # datasets imports this module only inside load_dataset
 
     name = str(name).lower()
     if path is None or str(path).strip() == "":

@@ -5,6 +5,11 @@ optionally its local model architecture (``model``) and where its data is (``dat
 federation config comes from the server with every message. The client's algorithm state (e.g.
 its local model and adapter) persists across rounds in Flower's ``Context.state``; training runs
 the algorithm's own ``client_update`` with the simulator's per-(round, client) generator.
+
+With ``privacy.mode`` set, the upload is clipped (and in local mode noised) before it leaves, as in
+the simulator. With ``flower.secagg.enabled`` a training round is Flower's SecAgg+ protocol: the
+mod answers its key-exchange stages, and the train handler answers the collect stage with the
+update that the mod quantises and masks (:mod:`pfedlora.federation.flower.secagg`).
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ from pfedlora.config import Config, build_config
 from pfedlora.errors import UserError
 from pfedlora.federation.flower import protocol
 from pfedlora.federation.flower.payload import from_array_record, to_array_record
+from pfedlora.federation.flower.secagg import fit_reply, is_secagg_message, read_fit_instructions, secaggplus_when_asked
+from pfedlora.federation.privacy import update_of
 from pfedlora.federation.simulation import Federation, client_generator
 from pfedlora.metrics.accuracy import accuracy
 
@@ -57,9 +64,9 @@ def _federation(config_text: str) -> Federation:
     return Federation.build(protocol.config_from_text(config_text))
 
 
-def _setup(msg: Message, context: Context) -> tuple[Federation, int, ClientData]:
-    server_config = protocol.config_from_text(str(msg.content[protocol.CONFIG]["config"]))
-    config, client_id = node_config_for(server_config, dict(context.node_config))
+def _setup(msg: Message, context: Context, config_text: str | None = None) -> tuple[Federation, int, ClientData]:
+    text = config_text if config_text is not None else str(msg.content[protocol.CONFIG]["config"])
+    config, client_id = node_config_for(protocol.config_from_text(text), dict(context.node_config))
     federation = _federation(protocol.config_to_text(config))
     return federation, client_id, federation.clients[client_id]
 
@@ -87,26 +94,53 @@ def query(msg: Message, context: Context) -> Message:
     return Message(RecordDict({protocol.INFO: info}), reply_to=msg)
 
 
-@app.train()
+@app.train(mods=[secaggplus_when_asked])
 def train(msg: Message, context: Context) -> Message:
+    if is_secagg_message(msg):  # the collect stage of a SecAgg+ round (the mod handles the others)
+        return _train_secagg(msg, context)
     federation, client_id, data = _setup(msg, context)
     sent = msg.content[protocol.CONFIG]
-    if int(sent["client-id"]) != client_id:
-        raise UserError(f"message for client {sent['client-id']} reached partition {client_id}")
     round_index = int(sent["round"])
-    device = federation.context.device
-    broadcast = from_array_record(msg.content[protocol.PAYLOAD], device, as_float32=True)
+    broadcast = from_array_record(msg.content[protocol.PAYLOAD], federation.context.device, as_float32=True)
+    result, metrics = _client_round(federation, context, client_id, int(sent["client-id"]), round_index, broadcast, data)
+    upload = federation.privacy.client_upload(result.upload, broadcast, round_index, client_id)
+    metrics["weight"] = float(federation.privacy.weight(result.weight))
+    record = MetricRecord(metrics)
+    losses = [float(s.mean_loss) for s in result.stats if s.num_steps]
+    if losses:
+        record["train-losses"] = losses
+    return Message(RecordDict({protocol.PAYLOAD: to_array_record(upload, federation.config.payload_dtype),
+                               protocol.METRICS: record}), reply_to=msg)
+
+
+def _client_round(federation: Federation, context: Context, client_id: int, addressed_to: int, round_index: int,
+                  broadcast, data: ClientData):
+    """Run the algorithm's ``client_update`` and keep the new client state; (result, metrics)."""
+    if addressed_to != client_id:
+        raise UserError(f"message for client {addressed_to} reached partition {client_id}")
     state = _load_state(federation, context, client_id)
     result = federation.algorithm.client_update(
         federation.context, client_id, state, broadcast, data, client_generator(federation.config, round_index, client_id)
     )
     context.state[protocol.STATE_KEY] = to_array_record(result.state)
     losses = [float(s.mean_loss) for s in result.stats if s.num_steps]
-    metrics = MetricRecord({"weight": float(result.weight), "num-losses": len(losses)})
-    if losses:
-        metrics["train-losses"] = losses
-    return Message(RecordDict({protocol.PAYLOAD: to_array_record(result.upload, federation.config.payload_dtype), protocol.METRICS: metrics}),
-                   reply_to=msg)
+    return result, {"num-losses": len(losses)}
+
+
+def _train_secagg(msg: Message, context: Context) -> Message:
+    """The update (clipped and noised under DP) and the weight, for secaggplus_mod to quantise and mask."""
+    sent, broadcast = read_fit_instructions(msg)
+    federation, client_id, data = _setup(msg, context, str(sent["config"]))
+    round_index = int(sent["round"])
+    broadcast = {name: tensor.to(federation.context.device) for name, tensor in broadcast.items()}
+    result, metrics = _client_round(federation, context, client_id, int(sent["client-id"]), round_index, broadcast, data)
+    privacy = federation.privacy
+    update = (privacy.client_update(result.upload, broadcast, round_index, client_id) if privacy.enabled
+              else update_of(result.upload, broadcast))
+    # legacy fit metrics hold scalars only: one key per training loss
+    losses = [float(s.mean_loss) for s in result.stats if s.num_steps]
+    metrics.update({f"train-loss-{i}": loss for i, loss in enumerate(losses)})
+    return fit_reply(msg, update, int(round(privacy.weight(result.weight))), metrics)
 
 
 @app.evaluate()

@@ -8,6 +8,12 @@ counted from the arrays actually sent and received. A round with fewer than
 ``min_clients`` valid updates keeps the previous global state. The run directory is the
 simulator's (config.yaml, partition.json, metrics.csv, summary.json) plus ``global_state.pt``
 (the final server state) and ``server.log``.
+
+Privacy (:mod:`pfedlora.federation.privacy`): under ``privacy.mode`` the server aggregates with
+uniform weights, clips again and adds the noise (central), and writes ``epsilon`` like the
+simulator. With ``flower.secagg.enabled`` every training round is Flower's SecAgg+ protocol
+(:mod:`pfedlora.federation.flower.secagg`): the server learns only the weighted mean update of the
+clients that finished, so it cannot validate single uploads.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from pfedlora.algorithms.base import FederationContext, Payload, Upload
 from pfedlora.config import Config
 from pfedlora.federation.flower import protocol
 from pfedlora.federation.flower.payload import from_array_record, record_bytes, to_array_record
+from pfedlora.federation.privacy import Privacy, apply_mean
 from pfedlora.federation.simulation import sample_clients, validator_for
 from pfedlora.metrics.accuracy import run_summary, summarize
 from pfedlora.metrics.run_dir import MetricsWriter, prepare_run_dir, write_json, write_yaml
@@ -169,6 +176,10 @@ def run_server(grid: Grid, config: Config, out_dir: str | Path, *, overwrite: bo
 
     server_state, broadcast = algorithm.init_server(ctx)
     validator = validator_for(config)
+    privacy = Privacy.from_config(config)
+    secagg = config.flower.secagg.enabled
+    if secagg:
+        log("SecAgg+: the server sees only the sum of the masked updates; single uploads cannot be validated")
     metrics = MetricsWriter(out / "metrics.csv")
     history: list[dict[str, Any]] = []
     client_accuracies: list[float] = []
@@ -185,32 +196,24 @@ def run_server(grid: Grid, config: Config, out_dir: str | Path, *, overwrite: bo
         absent = [k for k in selected if k not in nodes.node_of]
         if absent:
             log(f"round {round_index}: selected clients {absent} have no SuperNode", logging.WARNING)
-        messages = [_message(broadcast, config_text, round_index, k, nodes.node_of[k], MessageType.TRAIN,
-                             config.payload_dtype)
-                    for k in selected if k in nodes.node_of]
-        down_bytes += sum(record_bytes(m.content[protocol.PAYLOAD]) for m in messages)
-        uploads: list[Upload] = []
         losses: list[float] = []
-        for client_id, reply in _replies(grid, messages, timeout, nodes.client_of, f"round {round_index}", log):
-            record = reply.content[protocol.PAYLOAD]
-            up_bytes += record_bytes(record)
-            reported = reply.content[protocol.METRICS]
-            uploads.append(Upload(client_id, from_array_record(record, as_float32=True), float(reported["weight"])))
-            if int(reported["num-losses"]):
-                losses.extend(float(v) for v in reported["train-losses"])
-        uploads.sort(key=lambda u: u.client_id)  # the simulator's order
-        report = validator.validate(uploads, algorithm.expected_upload(ctx, broadcast), broadcast,
-                                algorithm.upload_check(ctx, broadcast))
-        for rejection in report.rejected:
-            log(f"round {round_index}: {rejection}", logging.WARNING)
-        uploads = report.accepted
-        if len(uploads) >= config.min_clients:
-            server_state, broadcast = algorithm.aggregate(ctx, server_state, uploads)
-            log(f"round {round_index}: aggregated {len(uploads)} of {len(selected)} selected clients "
-                f"{[u.client_id for u in uploads]}")
+        reachable = {k: nodes.node_of[k] for k in selected if k in nodes.node_of}
+        if secagg:
+            aggregate, aggregated, round_up, round_down = _secure_round(
+                grid, config, config_text, round_index, ctx, algorithm, privacy, server_state, broadcast, reachable,
+                {k: float(nodes.info[k]["num-train"]) for k in reachable}, losses, log)
+        else:
+            aggregate, aggregated, round_up, round_down = _plain_round(
+                grid, config, config_text, round_index, ctx, algorithm, privacy, validator, server_state, broadcast,
+                reachable, nodes.client_of, losses, log)
+        up_bytes, down_bytes = up_bytes + round_up, down_bytes + round_down
+        if aggregate is not None:
+            server_state, broadcast = aggregate
+            log(f"round {round_index}: aggregated {len(aggregated)} of {len(selected)} selected clients {aggregated}"
+                + (" with SecAgg+" if secagg else ""))
         else:
             kept_rounds.append(round_index)
-            log(f"round {round_index}: only {len(uploads)} of {len(selected)} selected clients sent a valid update "
+            log(f"round {round_index}: only {len(aggregated)} of {len(selected)} selected clients sent a valid update "
                 f"(min_clients={config.min_clients}); keeping the previous global state", logging.WARNING)
 
         if round_index % config.eval_every == 0 or round_index == config.rounds:
@@ -229,8 +232,10 @@ def run_server(grid: Grid, config: Config, out_dir: str | Path, *, overwrite: bo
                    "train_loss": float(np.mean(losses)) if losses else math.nan,
                    "wall_s": time.perf_counter() - started,
                    "up_bytes": up_bytes, "down_bytes": down_bytes,
-                   "replied": len(uploads), "evaluated": len(results),
+                   "replied": len(aggregated), "evaluated": len(results),
                    **algorithm.server_metrics(ctx, server_state)}
+            if privacy.enabled:  # epsilon spent so far, at delta
+                row["epsilon"] = privacy.epsilon(config, round_index)
             metrics.write(row)
             history.append(row)
             up_bytes = down_bytes = 0
@@ -244,10 +249,65 @@ def run_server(grid: Grid, config: Config, out_dir: str | Path, *, overwrite: bo
         "total_up_bytes": int(sum(r["up_bytes"] for r in history)),
         "total_down_bytes": int(sum(r["down_bytes"] for r in history)),
         "rounds_without_quorum": kept_rounds,
-    }
+    } | privacy.summary(config, config.rounds) | ({"secagg": config.flower.secagg.model_dump()} if secagg else {})
     write_json(out / "summary.json", summary)
     log(f"done: final accuracy {summary['final_accuracy']:.2f}%")
     return summary
+
+
+def _plain_round(grid: Grid, config: Config, config_text: str, round_index: int, ctx: FederationContext,
+                 algorithm, privacy: Privacy, validator, server_state, broadcast: Payload, node_of: dict[int, int],
+                 client_of: dict[int, int], losses: list[float], log: RunLog):
+    """One training round with plaintext uploads: ((server state, broadcast) or None, ids of the valid
+    uploads, up bytes, down bytes)."""
+    messages = [_message(broadcast, config_text, round_index, k, node, MessageType.TRAIN, config.payload_dtype)
+                for k, node in node_of.items()]
+    down = sum(record_bytes(m.content[protocol.PAYLOAD]) for m in messages)
+    up = 0
+    uploads: list[Upload] = []
+    for client_id, reply in _replies(grid, messages, config.flower.round_timeout, client_of, f"round {round_index}", log):
+        record = reply.content[protocol.PAYLOAD]
+        up += record_bytes(record)
+        reported = reply.content[protocol.METRICS]
+        uploads.append(Upload(client_id, from_array_record(record, as_float32=True), float(reported["weight"])))
+        if int(reported["num-losses"]):
+            losses.extend(float(v) for v in reported["train-losses"])
+    uploads.sort(key=lambda u: u.client_id)  # the simulator's order
+    report = validator.validate(uploads, algorithm.expected_upload(ctx, broadcast), broadcast,
+                                algorithm.upload_check(ctx, broadcast))
+    for rejection in report.rejected:
+        log(f"round {round_index}: {rejection}", logging.WARNING)
+    uploads = report.accepted
+    ids = [u.client_id for u in uploads]
+    if len(uploads) < config.min_clients:
+        return None, ids, up, down
+    if privacy.enabled:
+        return privacy.aggregate(algorithm, ctx, server_state, broadcast, uploads, round_index), ids, up, down
+    return algorithm.aggregate(ctx, server_state, uploads), ids, up, down
+
+
+def _secure_round(grid: Grid, config: Config, config_text: str, round_index: int, ctx: FederationContext,
+                  algorithm, privacy: Privacy, server_state, broadcast: Payload, node_of: dict[int, int],
+                  sample_counts: dict[int, float], losses: list[float], log: RunLog):
+    """One training round through SecAgg+: ((server state, broadcast) or None, ids of the clients summed,
+    up bytes, down bytes)."""
+    from pfedlora.federation.flower.secagg import secure_round
+
+    if len(node_of) < 2:
+        log(f"round {round_index}: SecAgg+ needs at least 2 clients, {len(node_of)} reachable", logging.WARNING)
+        return None, [], 0, 0
+    weights = {k: privacy.weight(sample_counts.get(k, 1.0)) for k in node_of}
+    result = secure_round(grid, config, config_text, round_index, broadcast, node_of, weights, log)
+    log(f"round {round_index}: SecAgg+ summed clients {result.contributors} in {result.seconds:.2f} s "
+        f"({result.up_bytes:,} bytes up, {result.down_bytes:,} down)")
+    for client_id in result.contributors:
+        reported = result.metrics.get(client_id, {})
+        losses.extend(float(reported[f"train-loss-{i}"]) for i in range(int(reported.get("num-losses", 0))))
+    if result.mean_update is None or len(result.contributors) < config.min_clients:
+        return None, result.contributors, result.up_bytes, result.down_bytes
+    mean = privacy.release(result.mean_update, len(result.contributors), round_index)
+    return (apply_mean(algorithm, ctx, server_state, broadcast, mean), result.contributors,
+            result.up_bytes, result.down_bytes)
 
 
 def _accuracy(metrics: Any) -> float | None:
