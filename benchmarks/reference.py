@@ -115,5 +115,6 @@ class ReferenceFederation:
         for k, data in enumerate(fed.clients):
             adapter = self.adapters.get(k, self.global_adapter)
             model = PersonalizedModel(self.local_models[k], adapter, fed.config.adapter.mu, fed.config.adapter.placement)
-            accuracies.append(accuracy(model, data.test_x, data.test_y, fed.config.train.eval_batch_size))
+            accuracies.append(accuracy(model, data.test_x, data.test_y, fed.config.train.eval_batch_size,
+                                       normalize=data.normalize))
         return accuracies

@@ -60,6 +60,8 @@ def _progress_bar(total: int, description: str):
 
         return bar, update
 
+    from pfedlora.federation.jobs import format_duration
+
     def update_lines(round_index: int, rounds: int, row: dict) -> None:
         if not row:
             return
@@ -68,23 +70,10 @@ def _progress_bar(total: int, description: str):
         eta = elapsed / round_index * (rounds - round_index) if round_index > 0 else float("nan")
         accuracy = row.get("mean_acc")
         shown = f"{accuracy:.2f}%" if isinstance(accuracy, (int, float)) and accuracy == accuracy else "n/a"
-        print(f"{description}: round {round_index}/{rounds}  acc {shown}  elapsed {_duration(elapsed)}  "
-              f"ETA {_duration(eta)}", flush=True)
+        print(f"{description}: round {round_index}/{rounds}  acc {shown}  elapsed {format_duration(elapsed)}  "
+              f"ETA {format_duration(eta)}", flush=True)
 
     return bar, update_lines
-
-
-def _duration(seconds: float) -> str:
-    if seconds != seconds:  # NaN: not known yet
-        return "?"
-    seconds = int(round(seconds))
-    if seconds < 60:
-        return f"{seconds} s"
-    minutes, seconds = divmod(seconds, 60)
-    if minutes < 60:
-        return f"{minutes} min {seconds:02d} s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours} h {minutes:02d} min"
 
 
 def _run_with_progress(config, run_dir: Path, label: str) -> dict:

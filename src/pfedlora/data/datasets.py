@@ -33,6 +33,7 @@ from pfedlora.data.cache import atomic_write as _atomic_write
 from pfedlora.data.cache import default_cache_dir as _default_cache_dir
 from pfedlora.data.cache import file_fingerprint as _file_fingerprint
 from pfedlora.data.cache import one_line as _one_line
+from pfedlora.data.cache import NumpyOnlyUnpickler
 from pfedlora.data.cache import tree_fingerprint as _tree_fingerprint
 from pfedlora.data.sources import SOURCE_DATASETS, load_source
 from pfedlora.data.text import TEXT_DATASETS, is_text_dataset, load_text_dataset
@@ -306,28 +307,9 @@ def _download(spec: _CifarSpec, source: Path) -> Path:
 # ---- official python layout
 
 
-class _RestrictedUnpickler(pickle.Unpickler):
-    # The official batches are pickles; only allow what numpy arrays need, never arbitrary code.
-    _ALLOWED = {
-        ("numpy", "ndarray"),
-        ("numpy", "dtype"),
-        ("numpy.core.multiarray", "_reconstruct"),
-        ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy.core.multiarray", "scalar"),
-        ("numpy._core.multiarray", "scalar"),
-        ("numpy.core.numeric", "_frombuffer"),
-        ("numpy._core.numeric", "_frombuffer"),
-    }
-
-    def find_class(self, module: str, name: str) -> Any:
-        if (module, name) in self._ALLOWED:
-            return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"forbidden object {module}.{name}")
-
-
 def _unpickle(blob: bytes, where: str) -> dict[str, Any]:
     try:
-        obj = _RestrictedUnpickler(io.BytesIO(blob), encoding="bytes").load()
+        obj = NumpyOnlyUnpickler(io.BytesIO(blob), encoding="bytes").load()
     except Exception as exc:  # any failure here means a corrupt or foreign file
         raise UserError(f"{where}: not a valid CIFAR python batch ({_one_line(exc)})") from None
     if not isinstance(obj, dict):
@@ -389,7 +371,8 @@ def _decode_image(data: bytes | Path, where: str) -> np.ndarray:
         with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data) as im:
             if im.size != (_IMG_SIZE, _IMG_SIZE):
                 raise UserError(
-                    f"{where}: image is {im.size[0]}x{im.size[1]}; only {_IMG_SIZE}x{_IMG_SIZE} images are accepted"
+                    f"{where}: image is {im.size[0]}x{im.size[1]}; only {_IMG_SIZE}x{_IMG_SIZE} images are accepted "
+                    "for CIFAR (dataset.name image_folder takes any size)"
                 )
             arr = np.asarray(im.convert("RGB"), dtype=np.uint8)
     except UserError:

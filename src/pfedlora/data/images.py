@@ -25,6 +25,8 @@ from pfedlora.data.arrays import channel_stats, uint8_dataset
 from pfedlora.data.cache import one_line
 from pfedlora.errors import UserError
 
+# the CNN family's two conv 5x5 + pool stages need at least this side (pfedlora.models.cnn)
+MIN_IMAGE_SIZE = 16
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".ppm", ".pgm", ".tif", ".tiff")
 GRAYSCALE_MODES = frozenset({"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"})
 
@@ -140,11 +142,18 @@ def native_size(images: Sequence[tuple[str, ImageSource]]) -> tuple[int, int] | 
     return _open(images[0][1], images[0][0]).size
 
 
+def check_model_size(side: int) -> None:
+    if side < MIN_IMAGE_SIZE:
+        raise UserError(f"images are {side}x{side}; the image models need at least {MIN_IMAGE_SIZE}x{MIN_IMAGE_SIZE}: "
+                        "set dataset.image_size (e.g. 32)")
+
+
 def image_dataset(name: str, train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray,
                   class_names: list[str], *, fit: str):
     """An ArrayDataset of uint8 images, normalised (per batch) with the training split's per-channel statistics."""
     if len(train_y) == 0:
         raise UserError(f"{name}: no training images")
+    check_model_size(int(train_x.shape[-1]))
     mean, std = channel_stats(train_x)
     return uint8_dataset(name, train_x, train_y, test_x, test_y, class_names, mean, std, fit=fit)
 

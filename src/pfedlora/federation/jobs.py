@@ -46,6 +46,20 @@ class RunJob:
 ProgressEvent = tuple[int, int, int, dict]
 
 
+def format_duration(seconds: float) -> str:
+    """``42 s``, ``3 min 05 s``, ``2 h 10 min``; ``?`` for NaN (not known yet)."""
+    if seconds != seconds:  # NaN: not known yet
+        return "?"
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    minutes, seconds = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes} min {seconds:02d} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min"
+
+
 def available_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
@@ -252,8 +266,6 @@ class JobsProgress:
         return elapsed / finished * (self.total_rounds - finished) if finished else float("nan")
 
     def __call__(self, event: ProgressEvent) -> None:
-        from pfedlora.cli import _duration
-
         index, round_index, rounds, row = event
         with self._lock:
             if round_index < 0:
@@ -269,7 +281,7 @@ class JobsProgress:
                                 for i, r in sorted(self.current.items()))
             status = (f"runs {len(self.done)}/{len(self.jobs)} done"
                       + (f" | running: {running}" if running else "")
-                      + f" | elapsed {_duration(time.perf_counter() - self.started)} ETA {_duration(self.eta())}")
+                      + f" | elapsed {format_duration(time.perf_counter() - self.started)} ETA {format_duration(self.eta())}")
             if self.tty:
                 width = shutil.get_terminal_size((120, 20)).columns - 1
                 self.stream.write("\r" + status[:width].ljust(width))

@@ -122,6 +122,20 @@ def parse_algorithm_overrides(texts: Sequence[str]) -> dict[str, list[str]]:
     return scoped
 
 
+@dataclass(frozen=True)
+class ExecutionOptions:
+    """How a comparison's or sweep's runs execute: ``--jobs``, ``--executor``, ``--ray-address``."""
+
+    jobs: int = 1
+    executor: str = "local"
+    ray_address: str | None = None
+    ray_shared_fs: bool = False
+
+    @property
+    def parallel(self) -> bool:
+        return self.executor == "ray" or self.jobs > 1
+
+
 @dataclass
 class PlannedRun:
     """One (algorithm, seed) run of a comparison: its config, directory, and whether it is finished."""
@@ -191,20 +205,6 @@ def execute_runs(planned: Sequence[PlannedRun], runner: Runner = _default_runner
     execute([RunJob(p.config, p.run_dir, p.label) for p in pending], workers=execution.jobs,
             executor=execution.executor, ray_address=execution.ray_address,
             ray_shared_fs=execution.ray_shared_fs, serial=serial)
-
-
-@dataclass(frozen=True)
-class ExecutionOptions:
-    """How a comparison's or sweep's runs execute: ``--jobs``, ``--executor``, ``--ray-address``."""
-
-    jobs: int = 1
-    executor: str = "local"
-    ray_address: str | None = None
-    ray_shared_fs: bool = False
-
-    @property
-    def parallel(self) -> bool:
-        return self.executor == "ray" or self.jobs > 1
 
 
 def run_all(document: dict[str, Any], overrides: Sequence[str], algorithms: Sequence[str], seeds: Sequence[int],
