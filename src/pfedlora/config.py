@@ -257,7 +257,19 @@ class SecAggConfig(_Section):
     reconstruction_threshold: int | float = Field(default=0.67, gt=0)
     # every coordinate of a (weight-scaled) update is clamped to +-clipping_range before quantisation
     clipping_range: float = Field(default=8.0, gt=0)
-    quantization_range: int = Field(default=2**22, ge=2)  # quantisation levels over [-range, range]
+    quantization_range: int = Field(default=2**22, ge=2, lt=2**32)  # quantisation levels over [-range, range]
+
+    @model_validator(mode="after")
+    def _workflow_rules(self) -> SecAggConfig:
+        """SecAggPlusWorkflow's own rules, checked before a run starts instead of inside the ServerApp."""
+        shares, threshold = self.num_shares, self.reconstruction_threshold
+        if isinstance(shares, int) and shares == 2:
+            raise ValueError("num_shares as an int must be > 2 (or a fraction of the round's clients, e.g. 1.0)")
+        if isinstance(threshold, float) and threshold > 1:
+            raise ValueError(f"reconstruction_threshold as a fraction must be <= 1, got {threshold}")
+        if isinstance(shares, int) and isinstance(threshold, int) and shares > 2 and threshold >= shares:
+            raise ValueError(f"reconstruction_threshold ({threshold}) must be < num_shares ({shares})")
+        return self
 
 
 class FlowerConfig(_Section):

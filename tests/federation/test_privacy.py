@@ -226,3 +226,15 @@ def test_private_run_writes_epsilon_and_is_reproducible(tmp_path, mode):
     assert again["client_accuracies"] == summary["client_accuracies"]
     plain = run(build_config(TINY | {"algorithm": "lg_fedavg"}), tmp_path / "c", log=lambda _: None)
     assert plain["client_accuracies"] != summary["client_accuracies"]  # the noise did change the run
+
+
+@pytest.mark.parametrize("secagg,message", [
+    ({"num_shares": 2}, "num_shares as an int must be > 2"),
+    ({"num_shares": 5, "reconstruction_threshold": 5}, "must be < num_shares"),
+    ({"reconstruction_threshold": 1.5}, "as a fraction must be <= 1"),
+    ({"quantization_range": 2**32}, "quantization_range"),
+])
+def test_secagg_settings_the_flower_workflow_would_reject_are_refused(secagg, message):
+    with pytest.raises(UserError, match=message):
+        build_config(TINY | {"flower": {"secagg": {"enabled": True} | secagg}})
+    assert build_config(TINY | {"flower": {"secagg": {"enabled": True, "num_shares": 3, "reconstruction_threshold": 2}}})
