@@ -47,6 +47,17 @@ def test_compare_with_two_jobs_writes_what_one_job_writes(serial_compare, tmp_pa
     assert capsys.readouterr().out.count(": reusing") == 4
 
 
+def test_capped_engine_workers_keep_the_numbers_of_forked_workers(tmp_path, monkeypatch):
+    # engine.workers 2 at engine.threads 2: alone a run forks 2 one-thread workers; under --jobs the
+    # cap trains in-process, which must then also use one thread
+    monkeypatch.setattr("pfedlora.federation.jobs.available_cores", lambda: 2)
+    args = ["compare", "--algorithms", "standalone", "--seeds", "0,1", *SMALL, "--set", "engine.workers=2",
+            "--set", "engine.threads=2"]
+    assert main([*args, "--out", str(tmp_path / "serial")]) == 0
+    assert main([*args, "--out", str(tmp_path / "jobs"), "--jobs", "2"]) == 0
+    _same_outputs(tmp_path / "serial", tmp_path / "jobs", "comparison.csv")
+
+
 def test_sweep_with_two_jobs_writes_what_one_job_writes(tmp_path):
     args = ["sweep", "--grid", "adapter.rank=[4,8]", "--algorithms", "pfedlora", "--seeds", "0", *SMALL]
     assert main([*args, "--out", str(tmp_path / "serial")]) == 0

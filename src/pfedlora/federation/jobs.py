@@ -117,7 +117,9 @@ def run_local(jobs: Sequence[RunJob], workers: int, on_event: Callable[[Progress
     """
     if not jobs:
         return
-    context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
+    # spawned, not forked: a run may use several torch threads (engine.threads), and OpenMP is not
+    # safe to use in a child forked from a parent that already used it (it can deadlock)
+    context = multiprocessing.get_context("spawn")
     events = context.Queue()
     engine_workers = max(1, available_cores() // workers)
     pool = ProcessPoolExecutor(min(workers, len(jobs)), mp_context=context, initializer=_init_child,

@@ -334,7 +334,17 @@ def train_clients(federation: Federation, store: ClientStore, broadcast: Payload
     worker processes (see :mod:`pfedlora.federation.parallel`)."""
     from pfedlora.federation.parallel import map_forked, worker_limit
 
-    workers = min(federation.config.engine.resolved_workers(), len(client_ids), worker_limit() or len(client_ids))
+    configured = federation.config.engine.resolved_workers()
+    workers = min(configured, len(client_ids), worker_limit() or len(client_ids))
+    if workers == 1 and configured > 1:
+        # in-process where the config asked for workers (one client left, or capped by --jobs):
+        # one torch thread, as a worker would use, so the numbers stay those of the forked run
+        previous = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            return {k: update_client(federation, store, broadcast, round_index, k) for k in client_ids}
+        finally:
+            torch.set_num_threads(previous)
     if workers > 1:
         # longest first: a free worker takes the next client, so the round ends with short ones
         # and no worker idles long while another finishes a big client (results do not depend on it)
