@@ -318,12 +318,14 @@ class PrivacyConfig(_Section):
 class EngineConfig(_Section):
     """Execution choices of the in-process simulator; results are the same within float tolerance."""
 
-    # processes training the round's clients in parallel (forked, one torch thread each); 1: in-process
-    workers: int | Literal["auto"] = 1
+    # processes training the round's clients in parallel (forked, one torch thread each); 1: in-process.
+    # "auto" (one per core) by default: 1.4-1.6x faster per round than 1 on 2 cores, idle or with one
+    # core busy (benchmarks/README.md, "Defaults"); the numbers do not depend on it
+    workers: int | Literal["auto"] = "auto"
     # torch intra-op threads of the run's own process (in-process training, evaluation). 1 by default:
-    # as fast as 2 for these models on this machine when idle and many times faster when another process
-    # holds a core (benchmarks/README.md, "Defaults"), and it makes the numbers independent of
-    # engine.workers and of `--jobs`. "auto": torch's default (one per core)
+    # with workers one thread per process is the fastest setting here, and 2 threads in one process run
+    # 2.6-3.5x slower when another process holds a core (benchmarks/README.md, "Defaults"); it also
+    # makes the numbers independent of engine.workers and of `--jobs`. "auto": torch's default (one per core)
     threads: int | Literal["auto"] = 1
     # where client states live between rounds: "memory", or "disk" (one file per client, for many clients)
     client_store: Literal["memory", "disk"] = "memory"
