@@ -366,7 +366,10 @@ def _client_work(federation: Federation, client_id: int) -> int:
     sample = data.train_x[:1]
     key = (ctx.client_arch(client_id), tuple(sample.shape), str(sample.dtype), ctx.in_channels, ctx.num_classes)
     if key not in _PER_SAMPLE_FLOPS:
-        _PER_SAMPLE_FLOPS[key] = forward_flops(ctx.new_model(key[0], seed=0), sample)
+        try:
+            _PER_SAMPLE_FLOPS[key] = forward_flops(ctx.new_model(key[0], seed=0), sample)
+        except (ValueError, RuntimeError):  # inputs the pool's models do not take: order by samples alone
+            _PER_SAMPLE_FLOPS[key] = 1
     return data.num_train * _PER_SAMPLE_FLOPS[key]
 
 
