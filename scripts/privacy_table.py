@@ -18,7 +18,8 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
+from pfedlora.metrics.report import algorithm_colour  # noqa: E402
 
 COLOURS = {"pfedlora": "tab:blue", "lg_fedavg": "tab:orange", "fml": "tab:green"}
 
@@ -69,7 +70,7 @@ def main(out: Path) -> None:
             print(f"| {algorithm} | {clip:g} | {target:g} | {summary['epsilon']:.3g} | "
                   f"{summary['privacy']['noise_multiplier']:.3g} | {summary['final_accuracy']:.2f} | "
                   f"{summary['best_accuracy']:.2f} | {delta} | {summary['wall_seconds']:.0f} |")
-        colour = COLOURS.get(algorithm)
+        colour = algorithm_colour(algorithm)  # the project's one colour per algorithm
         ax.plot([s["epsilon"] for _, s in dp_runs], [s["final_accuracy"] for _, s in dp_runs], "o-", color=colour,
                 label=f"{algorithm} (DP, clip {clip:g})")
         if plain:
