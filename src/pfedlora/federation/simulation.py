@@ -41,6 +41,7 @@ from pfedlora.data.noise import corrupt_labels
 from pfedlora.federation.checkpoint import load_checkpoint, restore_rng, save_checkpoint
 from pfedlora.federation.faults import client_fate, corrupt_upload
 from pfedlora.federation.parallel import WorkerDied
+from pfedlora.federation.preflight import check_run
 from pfedlora.federation.privacy import Privacy
 from pfedlora.federation.validation import Rejection, UpdateValidator, all_finite
 from pfedlora.federation.payload import transmit
@@ -396,6 +397,7 @@ def run(config: Config, out_dir: str | Path, *, overwrite: bool = False,
         progress: Callable[[int, int, dict], None] | None = None,
         log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run a whole federation, writing the run directory; returns the summary dict."""
+    check_run(config)  # before the run directory is made
     out = prepare_run_dir(out_dir, overwrite=overwrite)
     return _execute(config, out, None, progress=progress, log=log)
 
@@ -415,6 +417,7 @@ def run_or_resume(config: Config, out_dir: str | Path, *,
             checkpoint = None  # another config or an unusable checkpoint: this run starts over
         else:
             if checkpoint is not None and saved.to_dict() == config.to_dict():
+                check_run(config)
                 return _execute(config, out, checkpoint, progress=progress, log=log)
     return run(config, out, overwrite=True, progress=progress, log=log)
 
@@ -423,6 +426,7 @@ def resume(run_dir: str | Path, *, progress: Callable[[int, int, dict], None] | 
            log: Callable[[str], None] = print) -> dict[str, Any]:
     """Continue the run in ``run_dir`` from its last checkpoint (from round 1 if it has none)."""
     config, checkpoint = load_resumable(run_dir)
+    check_run(config)
     return _execute(config, Path(run_dir), checkpoint, progress=progress, log=log)
 
 

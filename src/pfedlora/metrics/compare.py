@@ -36,6 +36,7 @@ import yaml
 
 from pfedlora.config import Config, build_config
 from pfedlora.errors import UserError
+from pfedlora.federation.preflight import runnable_config
 from pfedlora.metrics.costs import time_to_target
 from pfedlora.metrics.run_dir import write_atomic
 
@@ -164,7 +165,7 @@ def plan_runs(document: dict[str, Any], overrides: Sequence[str], algorithms: Se
     for algorithm in algorithms:
         try:
             scoped = (algorithm_overrides or {}).get(algorithm, [])
-            configs += [(algorithm, s, build_config(document, [*overrides, *scoped, f"algorithm={algorithm}", f"seed={s}"]))
+            configs += [(algorithm, s, runnable_config(document, [*overrides, *scoped, f"algorithm={algorithm}", f"seed={s}"]))
                         for s in seeds]
         except UserError as exc:
             if not skip_incompatible:

@@ -32,6 +32,7 @@ from typing import Any
 
 from pfedlora.config import SweepConfig, build_config, parse_override
 from pfedlora.errors import UserError
+from pfedlora.federation.preflight import runnable_config
 from pfedlora.metrics.compare import (
     ExecutionOptions, RunRecord, Runner, _costs, _default_runner, _mean_std, execute_runs, human, load_run, plan_runs,
     summarize_comparison,
@@ -119,7 +120,7 @@ def _check_points(document: dict[str, Any], overrides: Sequence[str], points: li
         errors = []
         for algorithm in algorithms:
             try:
-                build_config(document, [*overrides, *_point_overrides(point), f"algorithm={algorithm}", f"seed={seed}"])
+                runnable_config(document, [*overrides, *_point_overrides(point), f"algorithm={algorithm}", f"seed={seed}"])
             except UserError as exc:
                 errors.append(exc)
         if errors and (not everything or len(errors) == len(algorithms)):
