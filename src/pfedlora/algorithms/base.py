@@ -11,6 +11,9 @@ never names an algorithm:
 * ``personalized_model(ctx, client_id, client_state, broadcast) -> nn.Module`` used for evaluation
 * optional ``upload_spec(ctx, broadcast) -> UploadSpec | None``: what a valid upload looks like,
   checked by the server's validator (:mod:`pfedlora.federation.validation`) before aggregation
+* optional ``evaluation_metrics(ctx, client_id, client_state, broadcast, data) -> dict[str, float]``:
+  diagnostics of the personalized model on the client's evaluation split, measured beside its
+  accuracy; the runtimes average each key over the evaluated clients into the metrics row
 
 States and payloads are ``dict[str, Tensor]`` so they can be checkpointed, measured in bytes and
 sent over the wire as they are.
@@ -205,6 +208,14 @@ class Algorithm:
     # Facts of the server state after a round's aggregation, added to that round's metrics row
     # (e.g. a re-factorisation residual); the same keys every round.
     server_metrics: Callable[[FederationContext, State], dict[str, float]] = lambda ctx, server_state: {}
+    # Diagnostics of one client's personalized model on its evaluation split (``data.test_x``, ``test_y``,
+    # ``normalize``), measured beside its accuracy at every evaluated round (e.g. pFedLoRA's adapter
+    # share); the same keys every round. A runtime calls it for each client with a non-empty evaluation
+    # split and writes the mean of each key over those clients into the metrics row (and the last
+    # round's as ``final_<key>`` into summary.json). None: nothing. Inference only: it must not change
+    # the state or draw random numbers, so a run's other numbers do not depend on it. Its forward
+    # passes are a diagnostic and are not counted in the evaluation FLOPs.
+    evaluation_metrics: Callable[[FederationContext, int, State, Payload, ClientData], dict[str, float]] | None = None
     # True when, under this config, the upload has the broadcast's keys, shapes and float dtypes and
     # ``aggregate`` makes the broadcast the weighted mean of the uploads, tensor by tensor. Only then
     # can a runtime bound one client's influence by clipping ``upload - broadcast`` (client-level DP)

@@ -99,7 +99,9 @@ class PFedLoRASettings(AlgorithmSettings):
     construction: Literal["reduced", "factorized"] = "reduced"
     rank: int = Field(default=16, ge=1)
     placement: Literal["branch", "head", "lora"] = "branch"
-    mu: float = Field(default=0.5, ge=0, le=1)
+    # the adapter's weight in the prediction: convex (1 - mu) F_k + mu A needs mu <= 1; additive
+    # F_k + mu A (and head, lora) takes any mu >= 0, an output scale
+    mu: float = Field(default=0.5, ge=0)
     schedule: Literal["iterative", "synchronous"] = "iterative"
     # branch: convex (1-mu) F_k(x) + mu A(x) or additive F_k(x) + mu A(x); unset: convex on branch
     # (head and lora are additive by construction, so convex is refused there)
@@ -113,6 +115,11 @@ class PFedLoRASettings(AlgorithmSettings):
     # iterative step 2's frozen local-model outputs: recompute them with the trained local model (the
     # paper), or use those recorded during step 1's last epoch (saves one forward pass over the data)
     step2_outputs: Literal["recompute", "recorded"] = "recompute"
+    # the adapter step's learning rate is train.lr times this (LoRA+ style: the adapter may need a
+    # larger step than the local model); the local model's step keeps train.lr
+    lr_scale: float = Field(default=1.0, gt=0)
+    # the adapter step's weight decay; unset: train.weight_decay (which pulls a small adapter to zero)
+    weight_decay: float | None = Field(default=None, ge=0)
 
     @field_validator("reference")
     @classmethod
@@ -123,6 +130,12 @@ class PFedLoRASettings(AlgorithmSettings):
 
     @model_validator(mode="after")
     def _options_fit_placement(self) -> PFedLoRASettings:
+        if self.combine_rule == "convex" and self.mu > 1:
+            raise ValueError(f"mu {self.mu} > 1 with combine convex ((1 - mu) F_k(x) + mu A(x)); a larger "
+                             "adapter weight needs combine: additive")
+        if self.schedule == "synchronous" and (self.lr_scale != 1 or self.weight_decay is not None):
+            raise ValueError("lr_scale and weight_decay apply to the adapter step of the iterative schedule; the "
+                             "synchronous schedule trains both parts in one step with train.lr")
         if self.combine == "convex" and self.placement != "branch":
             raise ValueError(f"combine: convex applies to placement branch; placement {self.placement} adds "
                              "mu times the adapter's delta (additive): leave combine unset or set additive")
@@ -271,7 +284,7 @@ def client_update(
             train_epochs(model, local_params, data.train_x, data.train_y, augment=data.augment,
                          epochs=cfg.train.local_epochs, name="local_model", **common),
             train_epochs(model, adapter_params, data.train_x, data.train_y, augment=data.augment,
-                         epochs=cfg.train.adapter_epochs, name="adapter", **common),
+                         epochs=cfg.train.adapter_epochs, name="adapter", **_adapter_step(ctx, common)),
         ]
     else:
         stats = [train_epochs(model, model.parameters(), data.train_x, data.train_y, augment=data.augment,
@@ -282,6 +295,18 @@ def client_update(
         local_state, adapter_state = prefixed("", model.local_model.state_dict()), prefixed("", model.adapter.state_dict())
     new_state = prefixed(LOCAL, local_state) | prefixed(ADAPTER, adapter_state)
     return ClientResult(state=new_state, upload=adapter_state, weight=float(data.num_train), stats=stats)
+
+
+def _adapter_step(ctx: FederationContext, common: dict) -> dict:
+    """The training arguments of the adapter step: ``common`` with the learning rate times
+    ``adapter.lr_scale`` and the weight decay ``adapter.weight_decay`` where set."""
+    spec, train = ctx.config.adapter, ctx.config.train
+    update = {}
+    if spec.lr_scale != 1:
+        update["lr"] = train.lr * spec.lr_scale
+    if spec.weight_decay is not None:
+        update["weight_decay"] = spec.weight_decay
+    return dict(common, train=train.model_copy(update=update)) if update else common
 
 
 # ---- exact reuse of a frozen part's outputs (iterative schedule, no augmentation)
@@ -350,14 +375,14 @@ def _iterative_reusing_frozen(ctx: FederationContext, model: PersonalizedModel, 
         if cfg.adapter.placement == "branch":
             local_out = _frozen_outputs(model.local_model, x, batch, pre_adapter, precision)
             step2 = train_epochs(model, adapter_params, (x, local_out), y, epochs=cfg.train.adapter_epochs,
-                                 loss_fn=_branch_loss_local_cached, name="adapter", **common)
+                                 loss_fn=_branch_loss_local_cached, name="adapter", **_adapter_step(ctx, common))
         else:
             representation = _frozen_outputs(model.local_model.represent, x, batch, pre_adapter, precision)
             head_out = _frozen_outputs(model.local_model.head, representation, batch, pre_adapter, precision)
             step2 = train_epochs(model, adapter_params, (representation, head_out), y, epochs=cfg.train.adapter_epochs,
-                                 loss_fn=_head_loss_local_cached, name="adapter", **common)
+                                 loss_fn=_head_loss_local_cached, name="adapter", **_adapter_step(ctx, common))
     else:
-        step2 = train_epochs(model, adapter_params, x, y, epochs=cfg.train.adapter_epochs, name="adapter", **common)
+        step2 = train_epochs(model, adapter_params, x, y, epochs=cfg.train.adapter_epochs, name="adapter", **_adapter_step(ctx, common))
     step1.flops += pre_local.flops
     step2.flops += pre_adapter.flops
     return [step1, step2]
@@ -434,10 +459,10 @@ def _iterative_recording(ctx: FederationContext, model: PersonalizedModel, local
                                                    cfg.train.batch_size, pre_adapter, cfg.train.precision)
     if cfg.adapter.placement == "branch":
         step2 = train_epochs(model, adapter_params, (x, recorded["local_out"]), y, epochs=cfg.train.adapter_epochs,
-                             loss_fn=_branch_loss_local_cached, name="adapter", **common)
+                             loss_fn=_branch_loss_local_cached, name="adapter", **_adapter_step(ctx, common))
     else:
         step2 = train_epochs(model, adapter_params, (recorded["representation"], recorded["head_out"]), y,
-                             epochs=cfg.train.adapter_epochs, loss_fn=_head_loss_local_cached, name="adapter", **common)
+                             epochs=cfg.train.adapter_epochs, loss_fn=_head_loss_local_cached, name="adapter", **_adapter_step(ctx, common))
     if cfg.train.local_epochs == 0 or not data.num_train:
         step2.flops += pre_adapter.flops
     return [step1, step2]
@@ -528,6 +553,74 @@ def personalized_model(ctx: FederationContext, client_id: int, state: State, bro
     return _personalized(ctx, client_id, unprefixed(LOCAL, state), adapter_state)
 
 
+# ---- adapter activity (Algorithm.evaluation_metrics)
+
+
+def evaluation_metrics(ctx: FederationContext, client_id: int, state: State, broadcast: Payload,
+                       data: ClientData) -> dict[str, float]:
+    """How much the adapter does in a client's personalized model, on its evaluation split.
+
+    The prediction is a sum of two terms, the local model's and the adapter's: branch
+    ``F_k(x) + mu A(x)`` (convex: ``(1 - mu) F_k(x) + mu A(x)``), head ``head(h) + mu B A h``, lora
+    ``F_k(x) + delta(x)`` with ``delta`` the change of the logits that the LoRA tensors make (measured
+    as the logits minus the logits with every lora_B set to zero: one more forward pass).
+
+    * ``adapter_share``: ||adapter term|| / ||local term|| over the split's logits (Frobenius norms
+      over all samples and classes, i.e. the ratio of the terms' root-mean-square per-sample norms),
+      in percent. 0: the adapter adds nothing.
+    * ``adapter_flips``: the percentage of evaluation samples whose predicted class changes when the
+      adapter is removed (the prediction of ``F_k`` alone against the personalized model's).
+    """
+    model = personalized_model(ctx, client_id, state, broadcast)
+    batch = ctx.config.train.eval_batch_size
+    n = int(data.test_y.shape[0])
+    if n == 0:
+        return {}
+    inputs = [data.test_x[i : i + batch] for i in range(0, n, batch)]
+    if data.normalize is not None:
+        inputs = [data.normalize(rows) for rows in inputs]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            pairs = _lora_terms(ctx, model, state, inputs) if _uses_lora(ctx) else [_terms(model, x) for x in inputs]
+    finally:
+        model.train(was_training)
+    local_sq = sum(float(local.double().square().sum()) for local, _, _, _ in pairs)
+    adapter_sq = sum(float(term.double().square().sum()) for _, term, _, _ in pairs)
+    flips = sum(int((full.argmax(dim=1) != alone.argmax(dim=1)).sum()) for _, _, full, alone in pairs)
+    if local_sq > 0:
+        share = 100.0 * (adapter_sq / local_sq) ** 0.5
+    else:  # convex with mu = 1: the prediction is the adapter's alone
+        share = 0.0 if adapter_sq == 0 else float("inf")
+    return {"adapter_share": share, "adapter_flips": 100.0 * flips / n}
+
+
+def _terms(model: PersonalizedModel, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """(local term, adapter term, prediction, local model's output) of the branch or head personalized
+    model on ``x``; the local model alone predicts argmax F_k(x)."""
+    if model.placement == "head":
+        representation = model.local_model.represent(x)
+        local_out, adapter_out = model.local_model.head(representation), model.adapter(representation)
+    else:
+        local_out, adapter_out = model.local_model(x), model.adapter(x)
+    convex = model.placement == "branch" and model.combine == "convex"
+    return (1.0 - model.mu) * local_out if convex else local_out, model.mu * adapter_out, model.mix(local_out, adapter_out), local_out
+
+
+def _lora_terms(ctx: FederationContext, model: nn.Module, state: State,
+                inputs: list[torch.Tensor]) -> list[tuple[torch.Tensor, ...]]:
+    full = [model(x) for x in inputs]
+    weights = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    without = {name: torch.zeros_like(t) if ".lora_B." in name else t for name, t in weights.items()}
+    load_into(model, without)
+    try:
+        base = [model(x) for x in inputs]
+    finally:
+        load_into(model, weights)
+    return [(b, f - b, f, b) for b, f in zip(base, full)]
+
+
 def describe(ctx: FederationContext) -> dict:
     if _uses_lora(ctx):
         reference = _lora_workspace(ctx, adapter_reference(ctx))
@@ -580,6 +673,7 @@ ALGORITHM = Algorithm(
     personalized_model=personalized_model,
     describe=describe,
     server_metrics=server_metrics,
+    evaluation_metrics=evaluation_metrics,
     # FedAvg of the factors is a mean of uploads (DP, SecAgg+); a re-factorised mean of products is not
     averages_uploads=lambda config: config.adapter.aggregation == "factors",
 )

@@ -46,7 +46,7 @@ from pfedlora.federation.privacy import Privacy
 from pfedlora.federation.sampling import sample_clients
 from pfedlora.federation.validation import Rejection, UpdateValidator, all_finite
 from pfedlora.federation.payload import transmit
-from pfedlora.metrics.accuracy import accuracy, run_summary, summarize
+from pfedlora.metrics.accuracy import accuracy, mean_metrics, run_summary, summarize
 from pfedlora.metrics.costs import CostMeter, time_to_target
 from pfedlora.metrics.flops import count_server_flops, forward_flops
 from pfedlora.metrics.run_dir import MetricsWriter, prepare_run_dir, write_json, write_yaml
@@ -374,16 +374,25 @@ def validator_for(config: Config) -> UpdateValidator:
 
 
 def evaluate_clients(federation: Federation, store: ClientStore, broadcast: Payload,
-                     meter: CostMeter | None = None) -> list[float | None]:
-    """Every client's personalized model on its own test split (accuracy in percent; None: no test split)."""
+                     meter: CostMeter | None = None,
+                     diagnostics: dict[str, float] | None = None) -> list[float | None]:
+    """Every client's personalized model on its own test split (accuracy in percent; None: no test split).
+
+    ``diagnostics``, when given, receives the mean over the clients with a test split of each key of
+    the algorithm's ``evaluation_metrics`` (nothing when the algorithm has none; not counted in ``meter``)."""
     algorithm, ctx = federation.algorithm, federation.context
     batch = federation.config.train.eval_batch_size
-    accuracies = []
+    accuracies, per_client = [], []
     for client_id, data in enumerate(federation.clients):
-        model = algorithm.personalized_model(ctx, client_id, store.get(client_id), broadcast)
+        state = store.get(client_id)
+        model = algorithm.personalized_model(ctx, client_id, state, broadcast)
         accuracies.append(accuracy(model, data.test_x, data.test_y, batch, normalize=data.normalize))
         if meter is not None:
             meter.add_evaluation(model, data.test_x, batch, normalize=data.normalize)
+        if diagnostics is not None and algorithm.evaluation_metrics is not None and int(data.test_y.shape[0]):
+            per_client.append(algorithm.evaluation_metrics(ctx, client_id, state, broadcast, data))
+    if diagnostics is not None:
+        diagnostics.update(mean_metrics(per_client))
     return accuracies
 
 
@@ -520,6 +529,8 @@ def _execute_rounds(config: Config, out: Path, checkpoint: dict[str, Any] | None
     if progress is not None and first_round > 1:
         progress(first_round - 1, config.rounds, history[-1] if history else {})
     validator = validator_for(config)
+    # the algorithm's evaluation_metrics of the last evaluated round (summary.json's final_<key>)
+    final_diagnostics: dict[str, float] | None = None
 
     with _StopOnSignal() as stop:
         for round_index in range(first_round, config.rounds + 1):
@@ -537,11 +548,12 @@ def _execute_rounds(config: Config, out: Path, checkpoint: dict[str, Any] | None
             pending["rejected"] += len(result.rejections)
             costs.add_round(result)
             if round_index % config.eval_every == 0 or round_index == config.rounds:
-                client_accuracies = evaluate_clients(federation, store, broadcast, meter=costs)
+                diagnostics = final_diagnostics = {}
+                client_accuracies = evaluate_clients(federation, store, broadcast, meter=costs, diagnostics=diagnostics)
                 # the metrics row: one per evaluated round (update counts and costs since the previous row)
                 row = {"round": round_index, **summarize(client_accuracies), "train_loss": result.train_loss,
                        **pending, "wall_s": elapsed_before + time.perf_counter() - started, **costs.row(),
-                       **federation.algorithm.server_metrics(federation.context, server_state)}
+                       **federation.algorithm.server_metrics(federation.context, server_state), **diagnostics}
                 if federation.privacy.enabled:  # epsilon spent so far, at delta
                     row["epsilon"] = federation.privacy.epsilon(config, round_index)
                 pending = {key: 0 for key in pending}
@@ -571,6 +583,11 @@ def _execute_rounds(config: Config, out: Path, checkpoint: dict[str, Any] | None
     summary |= counts | costs.totals() | participation(config, client_accuracies)
     summary |= {f"final_{key}": value
                 for key, value in federation.algorithm.server_metrics(federation.context, server_state).items()}
+    if final_diagnostics is None and federation.algorithm.evaluation_metrics is not None:
+        # resumed after the last round's checkpoint: measured again on the restored state
+        final_diagnostics = {}
+        evaluate_clients(federation, store, broadcast, diagnostics=final_diagnostics)
+    summary |= {f"final_{key}": value for key, value in final_diagnostics.items()}
     if config.target_accuracy is not None:
         summary["time_to_target"] = time_to_target(history, config.target_accuracy)
     summary |= federation.privacy.summary(config, config.rounds)

@@ -55,6 +55,13 @@ def summarize(accuracies: list[float | None]) -> dict[str, float]:
     }
 
 
+def mean_metrics(per_client: list[dict[str, float]]) -> dict[str, float]:
+    """The mean of each key over the clients' diagnostics (an algorithm's ``evaluation_metrics``), in
+    the order the keys first appear; {} when no client reported any."""
+    keys = list(dict.fromkeys(key for metrics in per_client for key in metrics))
+    return {key: statistics.fmean(float(m[key]) for m in per_client if key in m) for key in keys}
+
+
 def run_summary(config: Config, history: list[dict], client_accuracies: list[float], wall_seconds: float) -> dict:
     """The accuracy part of summary.json, shared by every runtime (``history``: metrics rows)."""
     best = max(history, key=lambda row: row["mean_acc"])
