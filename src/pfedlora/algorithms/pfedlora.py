@@ -54,7 +54,7 @@ from __future__ import annotations
 import functools
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_serializer, model_validator
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -147,6 +147,17 @@ class PFedLoRASettings(AlgorithmSettings):
             raise ValueError("aggregation: product needs B.A factor pairs (construction factorized, or placement "
                              "head or lora); the reduced branch adapter has none")
         return self
+
+    @model_serializer(mode="wrap")
+    def _omit_unset_step_options(self, handler):
+        # lr_scale and weight_decay are written only when set, so the config.yaml (and the reuse) of
+        # every run made before they existed stays the same
+        document = handler(self)
+        if self.lr_scale == 1:
+            document.pop("lr_scale", None)
+        if self.weight_decay is None:
+            document.pop("weight_decay", None)
+        return document
 
     @property
     def combine_rule(self) -> str:
