@@ -118,3 +118,16 @@ def test_failed_and_silent_clients_are_dropped_and_no_quorum_keeps_the_state(tmp
     expected = _simulated(build_config({**CONFIG, "rounds": 1}), {1: [0, 1]}, monkeypatch)
     _close(torch.load(tmp_path / "global_state.pt"), expected)
     assert len(summary["client_accuracies"]) == 2
+
+
+def test_the_algorithms_evaluation_metrics_reach_the_metrics_row_as_in_the_simulator(tmp_path):
+    import csv
+
+    config = build_config({**CONFIG, "adapter": {"combine": "convex", "mu": 0.5}})  # pFedLoRA: an active adapter
+    summary = run_server(FakeGrid(), config, tmp_path / "flower")
+    simulated = simulation.run(config, tmp_path / "sim", log=lambda _: None)
+    rows = [list(csv.DictReader(open(d / "metrics.csv", newline=""))) for d in (tmp_path / "flower", tmp_path / "sim")]
+    for key in ("adapter_share", "adapter_flips"):
+        assert float(rows[0][-1][key]) == pytest.approx(float(rows[1][-1][key]), rel=1e-4, abs=1e-4)
+        assert summary[f"final_{key}"] == pytest.approx(simulated[f"final_{key}"], rel=1e-4, abs=1e-4)
+    assert summary["final_adapter_share"] > 0

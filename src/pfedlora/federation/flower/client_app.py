@@ -153,4 +153,7 @@ def evaluate(msg: Message, context: Context) -> Message:
     acc = accuracy(model, data.test_x, data.test_y, federation.config.train.eval_batch_size, normalize=data.normalize)
     # an empty test split has no accuracy: num-test 0 tells the server to leave it out of the mean
     metrics = {"accuracy": float(acc) if acc is not None else 0.0, "num-test": int(data.test_y.shape[0])}
+    if federation.algorithm.evaluation_metrics is not None and acc is not None:  # diagnostics, e.g. adapter share
+        diagnostics = federation.algorithm.evaluation_metrics(federation.context, client_id, state, broadcast, data)
+        metrics |= {f"{protocol.DIAGNOSTIC_PREFIX}{key}": float(value) for key, value in diagnostics.items()}
     return Message(RecordDict({protocol.METRICS: MetricRecord(metrics)}), reply_to=msg)

@@ -15,6 +15,8 @@ from pfedlora.errors import UserError
 CONFIG = "config"          # ConfigRecord: config YAML, round, client id
 PAYLOAD = "payload"        # ArrayRecord: broadcast (server -> client) or upload (client -> server)
 METRICS = "metrics"        # MetricRecord: weight, train losses, accuracy
+# evaluation MetricRecord keys "diag.<key>": the algorithm's evaluation_metrics (mean over clients -> metrics row)
+DIAGNOSTIC_PREFIX = "diag."
 INFO = "info"              # ConfigRecord: a node's partition, architecture, data shape
 
 # run-config keys that are not pfedlora config keys

@@ -40,7 +40,7 @@ from pfedlora.federation.flower.payload import from_array_record, record_bytes, 
 from pfedlora.federation.preflight import check_run
 from pfedlora.federation.privacy import Privacy, apply_mean
 from pfedlora.federation.simulation import sample_clients, validator_for
-from pfedlora.metrics.accuracy import run_summary, summarize
+from pfedlora.metrics.accuracy import mean_metrics, run_summary, summarize
 from pfedlora.metrics.run_dir import MetricsWriter, prepare_run_dir, write_json, write_yaml
 
 app = ServerApp()
@@ -185,6 +185,7 @@ def run_server(grid: Grid, config: Config, out_dir: str | Path, *, overwrite: bo
     metrics = MetricsWriter(out / "metrics.csv")
     history: list[dict[str, Any]] = []
     client_accuracies: list[float] = []
+    diagnostics: dict[str, float] = {}  # the algorithm's evaluation_metrics, mean over the evaluated clients
     up_bytes = down_bytes = 0
     kept_rounds: list[int] = []
     for round_index in range(1, config.rounds + 1):
@@ -223,19 +224,21 @@ def run_server(grid: Grid, config: Config, out_dir: str | Path, *, overwrite: bo
             eval_messages = [_message(broadcast, config_text, round_index, k, nodes.node_of[k], MessageType.EVALUATE,
                                       config.payload_dtype)
                              for k in clients]
-            results = {k: _accuracy(reply.content[protocol.METRICS])
+            replies = {k: reply.content[protocol.METRICS]
                        for k, reply in _replies(grid, eval_messages, timeout, nodes.client_of,
                                                 f"evaluate {round_index}", log)}
+            results = {k: _accuracy(metrics) for k, metrics in replies.items()}
             if not results:
                 log(f"evaluate {round_index}: no client replied; no metrics row", logging.WARNING)
                 continue
             client_accuracies = [results[k] for k in sorted(results)]
+            diagnostics = mean_metrics([_diagnostics(replies[k]) for k in sorted(replies) if results[k] is not None])
             row = {"round": round_index, **summarize(client_accuracies),
                    "train_loss": float(np.mean(losses)) if losses else math.nan,
                    "wall_s": time.perf_counter() - started,
                    "up_bytes": up_bytes, "down_bytes": down_bytes,
                    "replied": len(aggregated), "evaluated": len(results),
-                   **algorithm.server_metrics(ctx, server_state)}
+                   **algorithm.server_metrics(ctx, server_state), **diagnostics}
             if privacy.enabled:  # epsilon spent so far, at delta
                 row["epsilon"] = privacy.epsilon(config, round_index)
             metrics.write(row)
@@ -251,7 +254,7 @@ def run_server(grid: Grid, config: Config, out_dir: str | Path, *, overwrite: bo
         "total_up_bytes": int(sum(r["up_bytes"] for r in history)),
         "total_down_bytes": int(sum(r["down_bytes"] for r in history)),
         "rounds_without_quorum": kept_rounds,
-    } | privacy.summary(config, config.rounds) | ({"secagg": config.flower.secagg.model_dump()} if secagg else {})
+    } | {f"final_{key}": value for key, value in diagnostics.items()} | privacy.summary(config, config.rounds) | ({"secagg": config.flower.secagg.model_dump()} if secagg else {})
     write_json(out / "summary.json", summary)
     log(f"done: final accuracy {summary['final_accuracy']:.2f}%")
     return summary
@@ -310,6 +313,12 @@ def _secure_round(grid: Grid, config: Config, config_text: str, round_index: int
     mean = privacy.release(result.mean_update, len(result.contributors), round_index)
     return (apply_mean(algorithm, ctx, server_state, broadcast, mean), result.contributors,
             result.up_bytes, result.down_bytes)
+
+
+def _diagnostics(metrics: Any) -> dict[str, float]:
+    """A client's reported ``evaluation_metrics`` (the ``diag.`` keys of its evaluation reply)."""
+    prefix = protocol.DIAGNOSTIC_PREFIX
+    return {key[len(prefix):]: float(value) for key, value in metrics.items() if key.startswith(prefix)}
 
 
 def _accuracy(metrics: Any) -> float | None:
