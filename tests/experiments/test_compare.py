@@ -121,3 +121,25 @@ def test_set_for_overrides_a_key_for_one_algorithm_only(tmp_path):
     for bad in ("train.lr=0.02", "nope:train.lr=0.02", "fd:train.lr"):
         with pytest.raises(UserError, match="--set-for expects ALGORITHM:KEY=VALUE"):
             parse_algorithm_overrides([bad])
+
+
+def test_the_evaluation_metrics_an_algorithm_reports_become_columns(tmp_path):
+    from pfedlora.experiments.compare import comparison_markdown, write_comparison_csv
+
+    records = [_record("pfedlora", s, [50, 60], flops_per_round=1, bytes_per_round=1) for s in (0, 1)]
+    for record, share in zip(records, (0.5, 1.5)):
+        record.summary |= {"final_adapter_share": share, "final_adapter_flips": 2 * share,
+                           "evaluation_metrics": ["adapter_share", "adapter_flips"]}
+    records.append(_record("standalone", 0, [40, 55], flops_per_round=1, bytes_per_round=0))
+    table = summarize_comparison(records)
+    rows = {row["algorithm"]: row for row in table["rows"]}
+    assert table["diagnostics"] == ["adapter_share", "adapter_flips"]
+    assert rows["pfedlora"]["adapter_share"] == 1.0 and rows["pfedlora"]["adapter_flips"] == 2.0
+    assert rows["standalone"]["adapter_share"] is None
+    markdown = comparison_markdown(table)
+    assert "| algorithm | adapter_share | adapter_flips |" in markdown
+    assert "| pfedlora | 1.00 | 2.00 |" in markdown and "| standalone | – | – |" in markdown
+    write_comparison_csv(table, tmp_path / "c.csv")
+    header, pfedlora_row, standalone_row = (tmp_path / "c.csv").read_text().splitlines()
+    assert header.endswith(",target_accuracy,adapter_share,adapter_flips")
+    assert pfedlora_row.endswith(",1.0,2.0") and standalone_row.endswith(",,")

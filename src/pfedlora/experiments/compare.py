@@ -222,6 +222,15 @@ def _costs(summary: dict[str, Any]) -> dict[str, float]:
     }
 
 
+def _diagnostic_names(records: Sequence[RunRecord]) -> list[str]:
+    """The names of the evaluation metrics the runs report (summary.json ``evaluation_metrics``)."""
+    return list(dict.fromkeys(name for r in records for name in r.summary.get("evaluation_metrics", [])))
+
+
+def _mean_of(values: list[float | None]) -> float | None:
+    return statistics.fmean(values) if values and all(v is not None for v in values) else None
+
+
 def summarize_comparison(records: Sequence[RunRecord], *, target_accuracy: float | None = None,
                          target_fraction: float = 0.9) -> dict[str, Any]:
     """The comparison table (one row per algorithm, in the order first seen) and its target."""
@@ -239,6 +248,8 @@ def summarize_comparison(records: Sequence[RunRecord], *, target_accuracy: float
             "final_acc_mean": final_mean, "final_acc_std": final_std,
             "best_acc_mean": best_mean, "best_acc_std": best_std,
             **{key: statistics.fmean(c[key] for c in costs) for key in costs[0]},
+            # the algorithm's evaluation_metrics at the last round (e.g. pFedLoRA's adapter_share), mean over seeds
+            **{key: _mean_of([r.summary.get(f"final_{key}") for r in runs]) for key in _diagnostic_names(runs)},
         }
     baselines = [name for name in rows if name != PROPOSED]
     best_baseline = max(baselines, key=lambda name: rows[name]["final_acc_mean"]) if baselines else None
@@ -266,8 +277,11 @@ def summarize_comparison(records: Sequence[RunRecord], *, target_accuracy: float
                              ("flops_to_target_reduction_x", "flops_to_target"),
                              ("bytes_to_target_reduction_x", "bytes_to_target")):
             row[factor] = _ratio(base[cost], row[cost]) if base else None
+    diagnostics = _diagnostic_names(records)
+    for row in rows.values():  # None where an algorithm does not report one
+        row |= {name: row.get(name) for name in diagnostics}
     return {"rows": list(rows.values()), "best_baseline": best_baseline,
-            "target_accuracy": target_accuracy, "target_rule": target_rule}
+            "target_accuracy": target_accuracy, "target_rule": target_rule, "diagnostics": diagnostics}
 
 
 CSV_COLUMNS = [
@@ -281,12 +295,16 @@ CSV_COLUMNS = [
 
 
 def write_comparison_csv(table: dict[str, Any], path: Path) -> None:
+    """One row per algorithm; after the fixed columns, one per evaluation metric an algorithm reports
+    (empty for the others)."""
+    diagnostics = table.get("diagnostics", [])
     with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=[*CSV_COLUMNS, "target_accuracy"])
+        writer = csv.DictWriter(handle, fieldnames=[*CSV_COLUMNS, "target_accuracy", *diagnostics])
         writer.writeheader()
         for row in table["rows"]:
             writer.writerow({**{k: ("" if row[k] is None else row[k]) for k in CSV_COLUMNS},
-                             "target_accuracy": table["target_accuracy"]})
+                             "target_accuracy": table["target_accuracy"],
+                             **{k: ("" if row.get(k) is None else row[k]) for k in diagnostics}})
 
 
 def _factor(value: float | None) -> str:
@@ -326,6 +344,15 @@ def comparison_markdown(table: dict[str, Any], title: str = "Comparison") -> str
             f"| {_factor(row['compute_reduction_x'])} | {_factor(row['comm_reduction_x'])} "
             f"| {_factor(row['flops_to_target_reduction_x'])} | {_factor(row['bytes_to_target_reduction_x'])} |"
         )
+    if table.get("diagnostics"):
+        names = table["diagnostics"]
+        lines += ["", "At the last round, as the algorithms report them (mean over seeds; – where an algorithm "
+                  "does not), e.g. pFedLoRA's adapter_share: ||mu A(x)|| / ||F_k(x)|| on the evaluation split, "
+                  "and adapter_flips: predictions the adapter changes, both in percent:", "",
+                  "| algorithm | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+        for row in table["rows"]:
+            cells = ["–" if row.get(name) is None else f"{row[name]:.2f}" for name in names]
+            lines.append(f"| {row['algorithm']} | " + " | ".join(cells) + " |")
     lines += ["", "Numbers: `comparison.csv`. Plots: [report.md](report.md).", ""]
     return "\n".join(lines)
 

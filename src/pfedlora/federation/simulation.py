@@ -46,7 +46,7 @@ from pfedlora.federation.privacy import Privacy
 from pfedlora.federation.sampling import sample_clients
 from pfedlora.federation.validation import Rejection, UpdateValidator, all_finite
 from pfedlora.federation.payload import transmit
-from pfedlora.metrics.accuracy import accuracy, mean_metrics, run_summary, summarize
+from pfedlora.metrics.accuracy import accuracy, diagnostics_summary, mean_metrics, run_summary, summarize
 from pfedlora.metrics.costs import CostMeter, time_to_target
 from pfedlora.metrics.flops import count_server_flops, forward_flops
 from pfedlora.metrics.run_dir import MetricsWriter, prepare_run_dir, write_json, write_yaml
@@ -587,7 +587,7 @@ def _execute_rounds(config: Config, out: Path, checkpoint: dict[str, Any] | None
         # resumed after the last round's checkpoint: measured again on the restored state
         final_diagnostics = {}
         evaluate_clients(federation, store, broadcast, diagnostics=final_diagnostics)
-    summary |= {f"final_{key}": value for key, value in final_diagnostics.items()}
+    summary |= diagnostics_summary(final_diagnostics or {})
     if config.target_accuracy is not None:
         summary["time_to_target"] = time_to_target(history, config.target_accuracy)
     summary |= federation.privacy.summary(config, config.rounds)

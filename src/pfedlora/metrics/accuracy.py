@@ -62,6 +62,14 @@ def mean_metrics(per_client: list[dict[str, float]]) -> dict[str, float]:
     return {key: statistics.fmean(float(m[key]) for m in per_client if key in m) for key in keys}
 
 
+def diagnostics_summary(final: dict[str, float]) -> dict:
+    """summary.json's part for the last evaluated round's diagnostics: ``final_<key>`` for each, and
+    ``evaluation_metrics``, their names (``compare`` shows them as columns); {} when there are none."""
+    if not final:
+        return {}
+    return {f"final_{key}": value for key, value in final.items()} | {"evaluation_metrics": list(final)}
+
+
 def run_summary(config: Config, history: list[dict], client_accuracies: list[float], wall_seconds: float) -> dict:
     """The accuracy part of summary.json, shared by every runtime (``history``: metrics rows)."""
     best = max(history, key=lambda row: row["mean_acc"])

@@ -40,7 +40,7 @@ from pfedlora.federation.flower.payload import from_array_record, record_bytes, 
 from pfedlora.federation.preflight import check_run
 from pfedlora.federation.privacy import Privacy, apply_mean
 from pfedlora.federation.simulation import sample_clients, validator_for
-from pfedlora.metrics.accuracy import mean_metrics, run_summary, summarize
+from pfedlora.metrics.accuracy import diagnostics_summary, mean_metrics, run_summary, summarize
 from pfedlora.metrics.run_dir import MetricsWriter, prepare_run_dir, write_json, write_yaml
 
 app = ServerApp()
@@ -254,7 +254,7 @@ def run_server(grid: Grid, config: Config, out_dir: str | Path, *, overwrite: bo
         "total_up_bytes": int(sum(r["up_bytes"] for r in history)),
         "total_down_bytes": int(sum(r["down_bytes"] for r in history)),
         "rounds_without_quorum": kept_rounds,
-    } | {f"final_{key}": value for key, value in diagnostics.items()} | privacy.summary(config, config.rounds) | ({"secagg": config.flower.secagg.model_dump()} if secagg else {})
+    } | diagnostics_summary(diagnostics) | privacy.summary(config, config.rounds) | ({"secagg": config.flower.secagg.model_dump()} if secagg else {})
     write_json(out / "summary.json", summary)
     log(f"done: final accuracy {summary['final_accuracy']:.2f}%")
     return summary
