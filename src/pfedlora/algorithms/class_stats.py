@@ -77,3 +77,13 @@ def average_class_means(
     else:
         average[absent] = 0.0
     return average, counts
+
+
+def class_rows_problem(rows: torch.Tensor, counts: torch.Tensor, rows_name: str, counts_name: str) -> str | None:
+    """Why a per-class upload is malformed, or None: counts must be whole numbers >= 0, and a class
+    with count 0 (the client has nothing of it) must carry an all-zero row."""
+    if bool((counts < 0).any()) or not torch.equal(counts, counts.round()):
+        return f"{counts_name} must be whole numbers >= 0"
+    if bool(rows[counts == 0].ne(0).any()):
+        return f"{rows_name} has a non-zero row for a class with count 0"
+    return None
