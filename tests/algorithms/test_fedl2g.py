@@ -192,3 +192,14 @@ def test_not_eligible_for_client_level_dp():
     pytest.importorskip("dp_accounting")
     with pytest.raises(UserError, match="algorithm fedl2g is not supported"):
         check_run(build_config({**SMALL, "algorithm": "fedl2g", "privacy": central}))
+
+
+@pytest.mark.parametrize("target", ["features", "logits"])
+def test_cli_runs_two_rounds_on_the_bundled_digits(target, tmp_path):
+    from pfedlora.cli import main
+
+    out = tmp_path / "run"
+    assert main(["run", "--set", "algorithm=fedl2g", "--set", f"fedl2g.target={target}", "--set", "rounds=2",
+                 "--set", "num_clients=5", "--set", "dataset.max_train_samples=300",
+                 "--set", "dataset.max_test_samples=90", "--out", str(out)]) == 0
+    assert (out / "summary.json").exists()

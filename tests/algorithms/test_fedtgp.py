@@ -122,7 +122,7 @@ def test_server_loss_is_the_margin_contrastive_ce_and_training_lowers_it(make_co
     before = float(loss_fn(tgp, protos, labels).detach())
     stats = fedtgp.train_global_prototypes(ctx, tgp, protos, labels, 2.0, g)
     assert stats.num_steps == 30 * 3 and stats.flops > 0
-    assert float(loss_fn(tgp, protos, labels)) < before
+    assert float(loss_fn(tgp, protos, labels).detach()) < before
 
 
 def test_server_training_is_counted_as_server_flops(make_context):
@@ -185,3 +185,28 @@ def test_not_eligible_for_client_level_dp():
     pytest.importorskip("dp_accounting")
     with pytest.raises(UserError, match="algorithm fedtgp is not supported"):
         check_run(build_config({**SMALL, "algorithm": "fedtgp", "privacy": central}))
+
+
+def test_the_regulariser_pulls_representations_towards_the_global_prototypes(make_context, make_data):
+    ctx = make_context(algorithm="fedtgp")
+    data = make_data(n=96)
+    state = fedtgp.init_client(ctx, 0)
+    prototypes = torch.relu(torch.randn(10, 500, generator=torch.Generator().manual_seed(3)))
+    broadcast = {fedtgp.PROTOTYPES: prototypes, fedtgp.TRAINED: torch.ones(())}
+    distances = []
+    for method, received in ((fedtgp, broadcast), (get_algorithm("standalone"), {})):
+        result = method.client_update(ctx, 0, state, received, data, torch.Generator().manual_seed(0))
+        model = get_algorithm("standalone").personalized_model(ctx, 0, result.state, {})
+        with torch.no_grad():
+            distances.append(float(F.mse_loss(model.represent(data.train_x), prototypes[data.train_y])))
+    assert distances[0] < distances[1]
+
+
+def test_cli_runs_two_rounds_on_the_bundled_digits(tmp_path):
+    from pfedlora.cli import main
+
+    out = tmp_path / "run"
+    assert main(["run", "--set", "algorithm=fedtgp", "--set", "rounds=2", "--set", "num_clients=5",
+                 "--set", "dataset.max_train_samples=300", "--set", "dataset.max_test_samples=90",
+                 "--out", str(out)]) == 0
+    assert (out / "summary.json").exists()
