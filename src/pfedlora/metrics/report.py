@@ -70,7 +70,9 @@ def write_report(run_dirs: Sequence[str | Path], out: str | Path, title: str = "
         curve = mean_band(group.records, lambda row: row["round"])
         _draw(ax, group, curve)
     ax.set(xlabel="round", ylabel="mean client accuracy (%)", title=PLOTS["accuracy_vs_round.png"])
-    _finish(fig, ax, out / "accuracy_vs_round.png")
+    integer_ticks(ax.xaxis)  # rounds are whole numbers: no tick at round 2.5
+    band = any(len(group.records) > 1 for group in groups)
+    _finish(fig, ax, out / "accuracy_vs_round.png", band=band)
 
     for kind, unit in (("bytes", "bytes (up + down)"), ("flops", "FLOPs (training + server)")):
         fig, ax = plt.subplots(figsize=(8.5, 4.5))
@@ -84,7 +86,7 @@ def write_report(run_dirs: Sequence[str | Path], out: str | Path, title: str = "
         ax.set_xscale("log")
         ax.set(xlabel=f"cumulative {unit}", ylabel="mean client accuracy (%)",
                title=PLOTS[f"accuracy_vs_{kind}.png"])
-        _finish(fig, ax, out / f"accuracy_vs_{kind}.png")
+        _finish(fig, ax, out / f"accuracy_vs_{kind}.png", band=band)
 
     fig, ax = plt.subplots(figsize=(max(5, 1.2 * len(records) + 2), 4.5))
     # clients without a test split have no accuracy (None): left out of their run's box
@@ -170,13 +172,20 @@ def _draw(ax, group: _Group, curve: list[tuple[float, float, float, float]]) -> 
         ax.fill_between(xs, [p[2] for p in curve], [p[3] for p in curve], color=colour, alpha=0.15, linewidth=0)
 
 
-def _finish(fig, ax, path: Path) -> None:
+def integer_ticks(axis) -> None:
+    """Ticks only at whole numbers on ``axis`` (a round axis: a 3-round run gets 1, 2, 3, not 1.25)."""
+    from matplotlib.ticker import MaxNLocator
+
+    axis.set_major_locator(MaxNLocator(integer=True))
+
+
+def _finish(fig, ax, path: Path, *, band: bool) -> None:
     import matplotlib.pyplot as plt
 
     ax.grid(True, alpha=0.3)
-    if ax.get_legend_handles_labels()[0]:  # outside the data, with what the band means
+    if ax.get_legend_handles_labels()[0]:  # outside the data; says what the band means only when one is drawn
         ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False,
-                  title="band: lowest to highest seed", title_fontsize="small")
+                  title="band: lowest to highest seed" if band else None, title_fontsize="small")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
