@@ -291,9 +291,11 @@ def flows_figure(flows: list[dict[str, Any]], path: Path) -> None:
                  fontsize=10)
     ax.grid(True, axis="x", alpha=0.3)
     # the legend explains the three bar kinds (colour = algorithm, as in every figure); outside the data
+    # listed top to bottom as the bars of each algorithm are stacked (the largest offset is drawn highest)
+    ordered = sorted(kinds, key=lambda kind: -kind[2])
     handles = [plt.Rectangle((0, 0), 1, 1, facecolor="white", edgecolor="black", hatch=hatch or "", linewidth=0.6)
-               for _, _, _, hatch in kinds]
-    ax.legend(handles, [label for _, label, _, _ in kinds], loc="upper left", bbox_to_anchor=(1.01, 1.0),
+               for _, _, _, hatch in ordered]
+    ax.legend(handles, [label for _, label, _, _ in ordered], loc="upper left", bbox_to_anchor=(1.01, 1.0),
               frameon=False, fontsize=8, title="bar (top to bottom)", title_fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
