@@ -1,4 +1,5 @@
 # Two commands from a fresh clone:  `make run` (the quickstart)  and  `make test` (the test suite).
+# `make test` first checks the import layers (lint-imports, contracts in pyproject.toml), then runs pytest.
 # Both create .venv when it is missing and reinstall only when pyproject.toml changed (the stamp file
 # .venv/.installed is older than pyproject.toml). People who manage their own environment can skip
 # make: see docs/guide/setup.md.
@@ -25,6 +26,7 @@ run: $(STAMP)
 
 # the docs build first: a broken link, a missing page or an unresolved API reference fails the suite
 test: docs
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 # the documentation site (mkdocs.yml) into site/; the config and CLI reference and the algorithms

@@ -37,28 +37,17 @@ FLOWS_START, FLOWS_END = "<!-- flows:start (scripts/gen_docs.py) -->", "<!-- flo
 # --------------------------------------------------------------------------- config reference
 
 
-def algorithm_sections() -> dict[str, type[BaseModel]]:
-    """Algorithm name -> its own settings class (the config section of that name; pFedLoRA's is ``adapter``).
+def algorithm_sections() -> dict[str, tuple[str, type[BaseModel]]]:
+    """Algorithm name -> (its config section, its settings class), from the algorithm registry
+    (:mod:`pfedlora.registry`). pFedLoRA's section is ``adapter``. Built-ins only: an installed plugin
+    documents its own settings, and the page must not depend on what happens to be installed."""
+    from pfedlora import registry
 
-    The one place the generator learns which sections belong to algorithms: from the algorithm
-    registry when the library has one, else from ``Config``'s fields named after an algorithm.
-    """
-    try:  # the registry of algorithm settings (issue 25), once it exists
-        from pfedlora import registry  # type: ignore[attr-defined]
-
-        found = registry.settings_classes()  # type: ignore[attr-defined]
-        return {name: cls for name, cls in found.items() if cls is not None}
-    except (ImportError, AttributeError):
-        pass
-    from pfedlora.algorithms import algorithm_names
-    from pfedlora.config import Config
-
-    sections: dict[str, type[BaseModel]] = {}
-    for name, field in Config.model_fields.items():
-        annotation = field.annotation
-        if isinstance(annotation, type) and issubclass(annotation, BaseModel) and name in algorithm_names():
-            sections[name] = annotation
-    sections = {"pfedlora": Config.model_fields["adapter"].annotation, **sections}  # type: ignore[dict-item]
+    sections: dict[str, tuple[str, type[BaseModel]]] = {}
+    for registration in registry.builtins():
+        name = registration.name
+        if registration.settings is not None and registration.section is not None:
+            sections[name] = (registration.section, registration.settings)
     return sections
 
 
@@ -125,19 +114,19 @@ def config_sections() -> list[tuple[str, type[BaseModel], list[tuple[str, FieldI
                 walk(f"{prefix}.{name}" if prefix else name, field.annotation)  # type: ignore[arg-type]
 
     walk("", Config)
+    # each algorithm's settings: config sections that exist only through the registry
+    for section, settings in algorithm_sections().values():
+        walk(section, settings)
     return out
 
 
 def missing_descriptions() -> list[str]:
     """Dotted keys of every config field (sections included) without a ``description``."""
-    from pfedlora.config import Config
-
     missing = []
     for prefix, model, _ in config_sections():
         for name, field in model.model_fields.items():
             if not (field.description or "").strip():
                 missing.append(f"{prefix}.{name}" if prefix else name)
-    del Config
     return missing
 
 
@@ -147,7 +136,7 @@ def _doc_of(model: type[BaseModel]) -> str:
 
 
 def config_reference() -> str:
-    owner = {cls: name for name, cls in algorithm_sections().items()}
+    owner = {cls: name for name, (_, cls) in algorithm_sections().items()}
     lines = [
         "# Config reference",
         "",
@@ -222,13 +211,13 @@ def measure_flows() -> list[dict[str, Any]]:
     FedAvg: CNN-5 on both, it needs one architecture)."""
     import torch
 
-    from pfedlora.algorithms import algorithm_names
+    from pfedlora import registry
     from pfedlora.config import build_config
     from pfedlora.federation.simulation import ClientStore, Federation, client_generator
 
     torch.set_num_threads(1)
     flows = []
-    for name in algorithm_names():
+    for name in registry.BUILTIN_MODULES:  # built-ins: the figure must not depend on installed plugins
         pool = ["cnn5"] if name == "fedavg" else ["cnn5", "cnn3"]
         config = build_config({"algorithm": name, "num_clients": 2, "model_pool": pool, "rounds": 1,
                                "partition": {"kind": "iid"}, "train": {"batch_size": 64},
@@ -264,7 +253,7 @@ def flows_figure(flows: list[dict[str, Any]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from pfedlora.metrics.report import algorithm_colour
+    from pfedlora.experiments.report import algorithm_colour
 
     fig, ax = plt.subplots(figsize=(10, 0.62 * len(flows) + 1.6))
     rows = list(range(len(flows)))[::-1]

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # torch is imported only when a model is loaded
-    from pfedlora.models.export import PersonalizedClassifier
+    from pfedlora.export import PersonalizedClassifier
 
 __version__ = "0.1.0"
 
@@ -20,7 +20,7 @@ def load_personalized(path: str | Path) -> PersonalizedClassifier:
 
     Returns:
         The client's personalized model (for pFedLoRA: its local model with its adapter), a
-        [PersonalizedClassifier][pfedlora.models.export.PersonalizedClassifier]: ``model(x)`` takes
+        [PersonalizedClassifier][pfedlora.export.PersonalizedClassifier]: ``model(x)`` takes
         preprocessed tensors, ``model.predict(raw_inputs)`` raw images or texts.
 
     Raises:
@@ -35,6 +35,6 @@ def load_personalized(path: str | Path) -> PersonalizedClassifier:
         model.predict(["img/0001.png", "img/0002.png"])  # class indices
         ```
     """
-    from pfedlora.models.export import load_personalized as load
+    from pfedlora.export import load_personalized as load
 
     return load(path)

@@ -38,7 +38,7 @@ class ArrayDataset:
     std: list[float] | None = None
     # partition.kind given: the data's own clients (pfedlora.data.client_data.GivenClients)
     clients: Any = None
-    # how a raw input becomes model input, for exported models (pfedlora.models.export)
+    # how a raw input becomes model input, for exported models (pfedlora.export)
     preprocessing: dict[str, Any] | None = None
     # caps applied while loading: config key -> (samples kept, samples the data had), e.g.
     # {"dataset.max_train_samples": (1200, 10003)}, so a run can say what it left out

@@ -54,8 +54,8 @@ def test_seeds_of_one_algorithm_are_one_mean_line_with_a_band_in_its_own_colour(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from pfedlora.metrics.compare import load_run
-    from pfedlora.metrics.report import _seed_groups, algorithm_colour, mean_band
+    from pfedlora.experiments.compare import load_run
+    from pfedlora.experiments.report import _seed_groups, algorithm_colour, mean_band
 
     (tmp_path / "cmp" / "fd").mkdir(parents=True)
     (tmp_path / "cmp" / "fedproto").mkdir()
@@ -109,7 +109,7 @@ def test_several_seeds_keep_the_band_legend(tmp_path, monkeypatch):
 
 
 def test_one_seed_tables_show_no_zero_spread():
-    from pfedlora.metrics.compare import comparison_markdown
+    from pfedlora.experiments.compare import comparison_markdown
 
     row = {"algorithm": "pfedlora", "seeds": "0", "final_acc_mean": 77.9, "final_acc_std": 0.0,
            "best_acc_mean": 78.0, "best_acc_std": 0.0, "is_best_baseline": False, "delta_to_best_baseline": None,
