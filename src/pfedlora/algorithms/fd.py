@@ -61,11 +61,17 @@ from pfedlora.registry import AlgorithmSettings, register
 class FDSettings(AlgorithmSettings):
     """Federated Distillation (Jeong et al., 2018)."""
 
-    gamma: float = Field(default=1.0, ge=0)  # weight of the distillation term (the paper gives none)
-    temperature: float = Field(default=1.0, gt=0)
+    # weight of the distillation term (the paper gives none)
+    gamma: float = Field(default=1.0, ge=0,
+                         description="Weight of the distillation term (the paper gives none).")
+    temperature: float = Field(default=1.0, gt=0, description="Temperature of the distillation.")
     # a client's target for class c: the mean logits of the OTHER clients holding c (the paper's
     # Algorithm 1), or of all holders, its own included (the rule used here until 2026-11-30)
-    target: Literal["leave_one_out", "include_own"] = "leave_one_out"
+    target: Literal["leave_one_out", "include_own"] = Field(default="leave_one_out",
+                                                            description="A client's target for a class: the other "
+                                                                        "holders' mean logits (leave_one_out, the "
+                                                                        "paper's Algorithm 1) or all holders' "
+                                                                        "(include_own, the rule before 2026-11-30).")
 
 
 LOGITS = "class_logits"  # [classes, classes]: per-class mean logits (upload: the client's own)

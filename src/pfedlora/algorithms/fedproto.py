@@ -52,10 +52,16 @@ from pfedlora.registry import AlgorithmSettings, register
 class FedProtoSettings(AlgorithmSettings):
     """FedProto (Tan et al., 2022)."""
 
-    lam: float = Field(default=1.0, ge=0)  # λ, weight of the prototype regulariser
+    # λ, weight of the prototype regulariser
+    lam: float = Field(default=1.0, ge=0,
+                       description="lambda, weight of the prototype regulariser.")
     # global prototype of a class: the plain mean over the clients holding it (the authors' code),
     # or the mean weighted by their sample counts of that class (the paper's Eq. 6; used here until 2026-11-30)
-    aggregation: Literal["clients", "samples"] = "clients"
+    aggregation: Literal["clients", "samples"] = Field(default="clients",
+                                                       description="Global prototype of a class: plain mean over "
+                                                                   "the clients holding it (clients, the authors' "
+                                                                   "code) or weighted by their class counts "
+                                                                   "(samples, the paper's Eq. 6).")
 
 
 PROTOTYPES = "prototypes"
