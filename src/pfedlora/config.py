@@ -89,7 +89,7 @@ class ValidationConfig(_Section):
     """Server-side checks on every upload (see pfedlora.federation.validation)."""
 
     # reject norm > factor x round median; null: off. 100: honest norms spread up to 39x the median
-    # once some clients converge (measured: scripts/norm_spread.py, README "Reliability")
+    # once some clients converge (measured: scripts/norm_spread.py, docs/guide/reliability.md)
     norm_factor: float | None = Field(default=100.0, gt=1,
                                       description="Reject an update whose L2 norm exceeds this x the round's median "
                                                   "norm; null: off. 100: honest norms spread up to 39x the median "

@@ -1,6 +1,6 @@
 """Decoding images of any size and mode into the uint8 arrays every image loader hands to the models.
 
-Rules (README "Bring your own data"):
+Rules (docs/guide/data.md, "Bring your own data"):
 
 * **Mode**: a dataset whose images are all grayscale (Pillow modes 1, L, LA, I, I;16, F) becomes one
   channel; any colour image (RGB, RGBA, P, CMYK, ...) makes the whole dataset three-channel RGB.

@@ -68,7 +68,7 @@ class DatasetConfig(BaseModel):
     max_test_samples: int | None = Field(default=None, ge=1,
                                          description="Keep a seeded random subset of at most this many test samples "
                                                      "(the run header says how many of how many).")
-    # --- bring your own data (README "Bring your own data") ---
+    # --- bring your own data (docs/guide/data.md, "Bring your own data") ---
     # images: side of the square images models see; null keeps the native size (all images must share it)
     image_size: int | None = Field(default=None, ge=8, le=512,
                                    description="Image folders and tables: side of the square images models see; "
