@@ -33,11 +33,11 @@ test: docs
 # figure are generated from the code first (scripts/gen_docs.py)
 docs: $(STAMP)
 	$(BIN)/python scripts/gen_docs.py
-	$(BIN)/mkdocs build --strict --quiet
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
 
 docs-serve: $(STAMP)
 	$(BIN)/python scripts/gen_docs.py
-	$(BIN)/mkdocs serve
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve
 
 install: $(STAMP)
 
