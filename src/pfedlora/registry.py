@@ -51,6 +51,7 @@ BUILTIN_MODULES: dict[str, str] = {
     "fedgh": "pfedlora.algorithms.fedgh",
     "fedavg": "pfedlora.algorithms.fedavg",
     "fedmrl": "pfedlora.algorithms.fedmrl",
+    "fedgen": "pfedlora.algorithms.fedgen",
 }
 
 
