@@ -212,7 +212,7 @@ class EngineConfig(_Section):
 
 
 class SweepConfig(_Section):
-    """A grid of config values run by ``pfedlora sweep`` (see pfedlora.metrics.sweep)."""
+    """A grid of config values run by ``pfedlora sweep`` (see pfedlora.experiments.sweep)."""
 
     # dotted config key -> the values to try; the cartesian product, keys in declaration order.
     # Linked keys "a+b" vary together: values [[a1, b1], [a2, b2]] (e.g. num_clients+fraction)
@@ -314,7 +314,7 @@ class Config(_Section):
     payload_dtype: Literal["float32", "float16", "bfloat16"] = "float32"
     # mean accuracy (percent) for time-to-target in summary.json; None: not reported
     target_accuracy: float | None = Field(default=None, gt=0, le=100)
-    # --- sweep (pfedlora.metrics.sweep); not part of a run's identity, so not in to_dict() ---
+    # --- sweep (pfedlora.experiments.sweep); not part of a run's identity, so not in to_dict() ---
     sweep: SweepConfig = SweepConfig()
 
     @model_validator(mode="before")

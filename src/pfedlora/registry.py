@@ -128,12 +128,19 @@ def _plugin_source(entry: metadata.EntryPoint) -> str:
     return f"the package {dist.name}" if dist is not None else f"the entry point {entry.value}"
 
 
-def names() -> list[str]:
-    """Every algorithm name: the built-ins in their order, then installed plugins, then any other
-    module that registered itself (e.g. imported by a test)."""
+def names(*, imported: bool = True) -> list[str]:
+    """Every algorithm name: the built-ins in their order, then installed plugins, then (``imported``)
+    any other module that registered itself when imported directly (e.g. by a test). ``compare
+    --algorithms all`` means the installed ones (``imported=False``)."""
     plugins = [name for name in _entry_points() if name not in BUILTIN_MODULES]
-    others = [name for name in _registered if name not in BUILTIN_MODULES and name not in plugins]
+    others = [name for name in _registered if name not in BUILTIN_MODULES and name not in plugins] if imported else []
     return [*BUILTIN_MODULES, *plugins, *others]
+
+
+def forget(name: str) -> None:
+    """Drop a plugin's registration (tests that register one and clean up after themselves)."""
+    if name not in BUILTIN_MODULES:
+        _registered.pop(name, None)
 
 
 def get(name: str) -> Registration:

@@ -113,7 +113,7 @@ def participations(config: Config, rounds: int) -> int:
     """Rounds among the first ``rounds`` in which the most-selected client was selected."""
     if sampling_rate(config) >= 1.0:
         return rounds
-    from pfedlora.federation.simulation import sample_clients
+    from pfedlora.federation.sampling import sample_clients
 
     counts = [0] * config.num_clients
     for round_index in range(1, rounds + 1):

@@ -43,6 +43,7 @@ from pfedlora.federation.faults import client_fate, corrupt_upload
 from pfedlora.federation.parallel import WorkerDied
 from pfedlora.federation.preflight import check_run
 from pfedlora.federation.privacy import Privacy
+from pfedlora.federation.sampling import sample_clients
 from pfedlora.federation.validation import Rejection, UpdateValidator, all_finite
 from pfedlora.federation.payload import transmit
 from pfedlora.metrics.accuracy import accuracy, run_summary, summarize
@@ -57,13 +58,6 @@ def resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise UserError("device: 'cuda' requested but no CUDA device is available; use 'auto' or 'cpu'")
     return torch.device(name)
-
-
-def sample_clients(config: Config, round_index: int) -> list[int]:
-    """The clients selected in ``round_index`` (1-based): ``max(1, round(fraction * N))`` of them."""
-    count = max(1, int(round(config.fraction * config.num_clients)))
-    rng = np.random.default_rng(derive_seed(config.seed, "round", round_index))
-    return sorted(int(k) for k in rng.choice(config.num_clients, size=count, replace=False))
 
 
 def participation(config: Config, client_accuracies: list[float]) -> dict[str, Any]:
@@ -585,7 +579,7 @@ def _execute_rounds(config: Config, out: Path, checkpoint: dict[str, Any] | None
 
 
 def dataset_facts(dataset: ArrayDataset) -> dict[str, Any]:
-    """What an exported model needs of its dataset (pfedlora.models.export): shapes, classes, text
+    """What an exported model needs of its dataset (pfedlora.export): shapes, classes, text
     spec and how raw inputs were preprocessed."""
     text = dataset.text
     return {"name": dataset.name, "input_shape": list(dataset.input_shape), "num_classes": dataset.num_classes,
