@@ -109,7 +109,7 @@ def write_report(run_dirs: Sequence[str | Path], out: str | Path, title: str = "
 
 # one colour per algorithm in every figure (matplotlib's tab10, in this order), so a reader can
 # follow an algorithm from plot to plot; further variants of one algorithm change the line style
-ALGORITHM_ORDER = ("pfedlora", "standalone", "lg_fedavg", "fd", "fedproto", "fml", "fedkd", "fedgh", "fedavg")
+ALGORITHM_ORDER = ("pfedlora", "standalone", "lg_fedavg", "fd", "fedproto", "fml", "fedkd", "fedgh", "fedavg", "fedmrl", "fedgen")
 _LINE_STYLES = ("-", "--", ":", "-.")
 
 
