@@ -81,17 +81,23 @@ from pfedlora.registry import AlgorithmSettings, register
 class FedGenSettings(AlgorithmSettings):
     """FedGen (Zhu et al., ICML 2021)."""
 
-    # α: weight of the generated-representation CE on the client's header; 0 switches transfer off
-    generative_weight: float = Field(default=1.0, ge=0)
-    noise_dim: int = Field(default=64, ge=1)  # the authors' CIFAR generator: 64
-    hidden_dim: int = Field(default=512, ge=1)  # the authors' CIFAR generator and HtFLlib: 512
-    generator_lr: float = Field(default=0.005, gt=0)  # Adam, fresh each round (HtFLlib)
-    server_steps: int = Field(default=100, ge=1)  # generator steps per round (HtFLlib: 100)
-    server_batch_size: int = Field(default=32, ge=2)  # generated rows per server step (BatchNorm: >= 2)
-    diversity_weight: float = Field(default=1.0, ge=0)  # η of the diversity loss (authors' code: 1)
-    # local: each client keeps its header (the generator is the only channel); global: the uploaded
-    # headers are also averaged and loaded into every client (HtFLlib's port, LG-FedAvg style)
-    header: Literal["local", "global"] = "local"
+    generative_weight: float = Field(
+        default=1.0, ge=0,
+        description="α: weight of the generated-representation cross-entropy on the client's header; 0 switches "
+                    "transfer off.")
+    noise_dim: int = Field(default=64, ge=1, description="Generator noise dimension (the authors' CIFAR generator: 64).")
+    hidden_dim: int = Field(default=512, ge=1,
+                            description="Generator hidden width (the authors' CIFAR generator and HtFLlib: 512).")
+    generator_lr: float = Field(default=0.005, gt=0, description="Server Adam learning rate, fresh each round (HtFLlib).")
+    server_steps: int = Field(default=100, ge=1, description="Generator training steps per round (HtFLlib: 100).")
+    server_batch_size: int = Field(default=32, ge=2,
+                                   description="Generated rows per server step (BatchNorm needs at least 2).")
+    diversity_weight: float = Field(default=1.0, ge=0,
+                                    description="η, weight of the generator's diversity loss (the authors' code: 1).")
+    header: Literal["local", "global"] = Field(
+        default="local",
+        description="local: each client keeps its header (the generator is the only channel); global: the uploaded "
+                    "headers are also averaged and loaded into every client (HtFLlib's port, LG-FedAvg style).")
 
 
 GENERATOR = "generator."

@@ -71,13 +71,16 @@ from pfedlora.registry import AlgorithmSettings, register
 class FedMRLSettings(AlgorithmSettings):
     """FedMRL (Yi et al., NeurIPS 2024)."""
 
-    # d1: the global model's representation dimension, also the Matryoshka prefix of the fused
-    # representation its header reads (at most the local models' representation dimension, 500)
-    sub_feature_dim: int = Field(default=100, ge=1, le=REPRESENTATION_DIM)
-    shared_model: str | None = None  # the global model's architecture; default: the smallest model in the pool
-    # weight of the global branch (fusion into the local header and the global header's loss):
-    # 1 is the paper; 0 switches federated knowledge off (the local model trains as in Standalone)
-    global_weight: float = Field(default=1.0, ge=0, le=1)
+    sub_feature_dim: int = Field(
+        default=100, ge=1, le=REPRESENTATION_DIM,
+        description="d1: the global model's representation dimension, also the Matryoshka prefix of the fused "
+                    "representation its header reads (at most the local models' representation dimension, 500).")
+    shared_model: str | None = Field(
+        default=None, description="The global model's architecture; default: the smallest model in the pool.")
+    global_weight: float = Field(
+        default=1.0, ge=0, le=1,
+        description="Weight of the global branch (fusion into the local header and the global header's loss): "
+                    "1 is the paper; 0 switches federated knowledge off (the local model trains as in Standalone).")
 
     @field_validator("shared_model")
     @classmethod

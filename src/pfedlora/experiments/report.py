@@ -111,12 +111,15 @@ def write_report(run_dirs: Sequence[str | Path], out: str | Path, title: str = "
 # follow an algorithm from plot to plot; further variants of one algorithm change the line style
 ALGORITHM_ORDER = ("pfedlora", "standalone", "lg_fedavg", "fd", "fedproto", "fml", "fedkd", "fedgh", "fedavg", "fedmrl", "fedgen")
 _LINE_STYLES = ("-", "--", ":", "-.")
+_EXTRA_COLOURS = tuple(tuple(int(h[i:i + 2], 16) / 255 for i in (1, 3, 5))
+                       for h in ("#000000", "#b8860b", "#000080", "#00a087", "#e7298a"))
 
 
 def algorithm_colour(algorithm: str) -> tuple[float, float, float]:
     import matplotlib.pyplot as plt
 
-    colours = plt.get_cmap("tab10").colors
+    # tab10 for the first ten (the colours every figure so far used), then five more distinct ones
+    colours = (*plt.get_cmap("tab10").colors, *_EXTRA_COLOURS)
     index = ALGORITHM_ORDER.index(algorithm) if algorithm in ALGORITHM_ORDER else len(ALGORITHM_ORDER)
     return colours[index % len(colours)]
 
