@@ -196,6 +196,9 @@ class FDConfig(_Section):
     # a client's target for class c: the mean logits of the OTHER clients holding c (the paper's
     # Algorithm 1), or of all holders, its own included (the rule used here until 2026-11-30)
     target: Literal["leave_one_out", "include_own"] = "leave_one_out"
+    # per-class logits: recorded during the last local epoch (the paper's Algorithm 1, no extra pass),
+    # or from a pass over the training data after training (the rule used here until 2026-12-05)
+    class_stats: Literal["last_epoch", "after_training"] = "last_epoch"
 
 
 class FedProtoConfig(_Section):
@@ -205,6 +208,9 @@ class FedProtoConfig(_Section):
     # global prototype of a class: the plain mean over the clients holding it (the authors' code),
     # or the mean weighted by their sample counts of that class (the paper's Eq. 6; used here until 2026-11-30)
     aggregation: Literal["clients", "samples"] = "clients"
+    # prototypes: recorded during the last local epoch (the authors' code, no extra pass), or from a
+    # pass over the training data after training (the rule used here until 2026-12-05)
+    class_stats: Literal["last_epoch", "after_training"] = "last_epoch"
 
 
 class FMLConfig(_Section):
