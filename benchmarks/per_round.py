@@ -9,6 +9,8 @@ that checkout's ``src``. A round is one call of ``simulation.run_round`` (client
 aggregation: what a round of another library times; evaluation is left out). Figures:
 
 * ``s_per_round``: median of rounds 2..N;
+* ``cpu_s_per_round``: median of rounds 2..N of the CPU seconds (user + system) the run's process tree
+  spent in the round; a loaded machine stretches the wall seconds far more than this;
 * ``first_round_s``: round 1 (it pays for whatever the code does lazily: worker start-up, FLOP counting);
 * ``startup_s``: from the call of ``simulation.run`` to the start of round 1 (dataset load, federation
   build, anything a checkout does up front), so moving work out of round 1 into start-up shows;
@@ -61,6 +63,30 @@ def tree_pss_kb(root):
             continue  # a worker that just ended
     return total
 
+def tree_cpu_s():
+    # CPU seconds of this process, its reaped children and its live descendants (user + system)
+    import resource
+    own, reaped = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    total = own.ru_utime + own.ru_stime + reaped.ru_utime + reaped.ru_stime
+    tick = os.sysconf("SC_CLK_TCK")
+    pids, seen = [os.getpid()], set()
+    while pids:
+        pid = pids.pop()
+        if pid in seen:
+            continue
+        seen.add(pid)
+        try:
+            if pid != os.getpid():
+                with open(f"/proc/{pid}/stat") as handle:
+                    fields = handle.read().rsplit(")", 1)[1].split()
+                total += (int(fields[11]) + int(fields[12]) + int(fields[13]) + int(fields[14])) / tick
+            for task in os.listdir(f"/proc/{pid}/task"):
+                with open(f"/proc/{pid}/task/{task}/children") as handle:
+                    pids.extend(int(p) for p in handle.read().split())
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            continue
+    return total
+
 args = json.loads(sys.argv[1])
 from pfedlora.config import load_config
 from pfedlora.federation import simulation
@@ -69,10 +95,13 @@ config = load_config(args["config"], args["overrides"])
 marks = []
 original = simulation.run_round
 
+cpu = []
+
 def timed_round(*a, **k):
-    began = time.perf_counter()
+    began, cpu_began = time.perf_counter(), tree_cpu_s()
     result = original(*a, **k)
     marks.append((began, time.perf_counter()))
+    cpu.append(tree_cpu_s() - cpu_began)
     return result
 
 simulation.run_round = timed_round
@@ -89,7 +118,7 @@ started = time.perf_counter()
 summary = simulation.run(config, args["out"], overwrite=True, log=lambda line: None)
 done.set()
 sampler.join()
-print(json.dumps({"rounds_s": [b - a for a, b in marks], "startup_s": marks[0][0] - started,
+print(json.dumps({"rounds_s": [b - a for a, b in marks], "cpu_s": cpu, "startup_s": marks[0][0] - started,
                   "tree_pss_mb": peak[0] / 1024, "final_accuracy": summary.get("final_accuracy")}))
 """
 
@@ -114,6 +143,8 @@ def run_once(checkout: Path, config: str, algorithm: str, rounds: int, overrides
     measured = json.loads(result.stdout.strip().splitlines()[-1])
     later = measured["rounds_s"][1:]
     return {"s_per_round": round(statistics.median(later), 3) if later else None,
+            "cpu_s_per_round": round(statistics.median(measured["cpu_s"][1:]), 3) if later else None,
+            "first_round_cpu_s": round(measured["cpu_s"][0], 3),
             "first_round_s": round(measured["rounds_s"][0], 3), "startup_s": round(measured["startup_s"], 3),
             "tree_pss_mb": round(measured["tree_pss_mb"], 1), "final_accuracy": measured["final_accuracy"],
             "rounds_s": [round(s, 3) for s in measured["rounds_s"]]}
@@ -144,6 +175,9 @@ def main() -> None:
                 if "ref" in figures:
                     ref = figures["ref"]
                     line |= {"ref_commit": commits["ref"], "ref_s_per_round": ref["s_per_round"],
+                             "ref_cpu_s_per_round": ref["cpu_s_per_round"], "ref_first_round_cpu_s": ref["first_round_cpu_s"],
+                             "cpu_speedup": round(ref["cpu_s_per_round"] / line["cpu_s_per_round"], 3)
+                             if line["cpu_s_per_round"] else None,
                              "ref_first_round_s": ref["first_round_s"], "ref_startup_s": ref["startup_s"],
                              "ref_tree_pss_mb": ref["tree_pss_mb"], "ref_final_accuracy": ref["final_accuracy"],
                              "ref_rounds_s": ref["rounds_s"],
