@@ -2,12 +2,8 @@
 
 Small CNNs on small batches use one CPU core poorly (per-op overhead dominates, intra-op threads
 barely help), so one single-threaded process per core, each training whole clients, uses the
-machine better. Workers are forked once per run, when its first round starts (:class:`WorkerPool`),
-and kept for every later round: they inherit the datasets and modules copy-on-write (the pages stay
-shared), keep their warm caches (FLOP counts, oneDNN primitives, the allocator's memory), and per
-client only its state and the round's broadcast travel to them and its result back. Forking anew
-every round cost each round the fork, the copy-on-write faults of touching the inherited heap again
-and cold caches (benchmarks/README.md, "Per round"). Every client's randomness derives
+machine better. Workers are forked when a round starts: they inherit the datasets, modules and
+client states copy-on-write, so nothing but the results travels. Every client's randomness derives
 from (seed, round, client) and each worker runs with one thread, so the numbers do not depend on
 which worker trains which client (same config, seed and ``engine.workers`` give the same metrics;
 ``workers: 1``, in-process with the default thread count, matches within float tolerance).
@@ -60,52 +56,6 @@ def _run(item: Any) -> tuple[bytes, dict]:
 
 class WorkerDied(RuntimeError):
     """A worker process ended without returning its result (killed by a signal, out of memory)."""
-
-
-def _init_pool_worker(task: Callable[[Any], Any]) -> None:
-    # forked: ``task`` (a closure over the run's federation) is this process's inherited copy
-    global _TASK
-    _TASK = task
-    _init_worker()
-
-
-class WorkerPool:
-    """``workers`` forked processes that run ``task`` on the items of every :meth:`map` call.
-
-    The processes are forked at the first :meth:`map` (so they inherit everything built before it)
-    and live until :meth:`close`; ``task`` must therefore get everything that changes between calls
-    from its item. Where ``fork`` does not exist, items run in this process.
-    """
-
-    def __init__(self, task: Callable[[Any], Any], workers: int) -> None:
-        self.task, self.workers = task, workers
-        self._executor: ProcessPoolExecutor | None = None
-        self._forks = "fork" in multiprocessing.get_all_start_methods()
-
-    def map(self, items: Sequence[Any]) -> list[Any]:
-        """``[task(item) for item in items]``, in order; :class:`WorkerDied` if a worker dies."""
-        if not self._forks:
-            return [self.task(item) for item in items]
-        if self._executor is None:
-            self._executor = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("fork"),
-                                                 initializer=_init_pool_worker, initargs=(self.task,))
-        results = []
-        try:
-            # each reply is unpacked as it arrives, so the parent never holds every serialised result at once
-            for payload, counted in self._executor.map(_run, items, chunksize=1):
-                flop_count.merge_counted(counted)
-                results.append(torch.load(io.BytesIO(payload), weights_only=False))
-                del payload
-        except BrokenProcessPool as exc:
-            self.close()
-            raise WorkerDied("a worker process ended without returning its result (killed by a signal or out "
-                             "of memory)") from exc
-        return results
-
-    def close(self) -> None:
-        if self._executor is not None:
-            self._executor.shutdown(wait=True, cancel_futures=True)
-            self._executor = None
 
 
 def map_forked(fn: Callable[[Any], Any], items: Sequence[Any], workers: int) -> list[Any]:

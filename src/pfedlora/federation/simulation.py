@@ -13,9 +13,6 @@ checkpointed every ``checkpoint_every`` rounds (:mod:`~pfedlora.federation.check
 
 from __future__ import annotations
 
-import contextlib
-import functools
-import io
 import os
 import shutil
 import signal
@@ -94,14 +91,6 @@ class Federation:
     partition: dict[str, Any]
     # client-level DP (pfedlora.federation.privacy); mode off: uploads and aggregation untouched
     privacy: Privacy = field(default_factory=lambda: Privacy("off", 0.0, 0.0, 0.0, 0))
-    # engine.workers > 1: the run's forked workers, started at the first round (see train_clients)
-    pool: Any = field(default=None, repr=False)
-
-    def close(self) -> None:
-        """Stop the worker processes, if any were started."""
-        if self.pool is not None:
-            self.pool.close()
-            self.pool = None
 
     @classmethod
     def build(cls, config: Config) -> Federation:
@@ -343,7 +332,7 @@ def train_clients(federation: Federation, store: ClientStore, broadcast: Payload
                   client_ids: list[int]) -> dict[int, ClientResult]:
     """The updates of ``client_ids``: in this process, or with ``engine.workers`` > 1 in forked
     worker processes (see :mod:`pfedlora.federation.parallel`)."""
-    from pfedlora.federation.parallel import WorkerPool, worker_limit
+    from pfedlora.federation.parallel import map_forked, worker_limit
 
     configured = federation.config.engine.resolved_workers()
     workers = min(configured, len(client_ids), worker_limit() or len(client_ids))
@@ -360,29 +349,10 @@ def train_clients(federation: Federation, store: ClientStore, broadcast: Payload
         # longest first: a free worker takes the next client, so the round ends with short ones
         # and no worker idles long while another finishes a big client (results do not depend on it)
         order = sorted(client_ids, key=lambda k: _client_work(federation, k), reverse=True)
-        if federation.pool is None or federation.pool.workers != workers:
-            federation.close()
-            federation.pool = WorkerPool(functools.partial(_update_in_worker, federation), workers)
-        # the workers were forked once: each gets the client's current state and this round's broadcast
-        items = [_pack((round_index, k, store.get(k), broadcast)) for k in order]
-        return dict(zip(order, federation.pool.map(items)))
+        return dict(zip(order, map_forked(
+            lambda client_id: update_client(federation, store, broadcast, round_index, client_id),
+            order, workers)))
     return {k: update_client(federation, store, broadcast, round_index, k) for k in client_ids}
-
-
-def _pack(value: Any) -> bytes:
-    # torch's own format: the multiprocessing pickler would move every tensor to shared memory
-    buffer = io.BytesIO()
-    torch.save(value, buffer)
-    return buffer.getvalue()
-
-
-def _update_in_worker(federation: Federation, packed: bytes) -> ClientResult:
-    """A worker's task: one client's update from (round, client, state, broadcast) sent by the parent."""
-    round_index, client_id, state, broadcast = torch.load(io.BytesIO(packed), weights_only=False)
-    return federation.algorithm.client_update(
-        federation.context, client_id, state, broadcast, federation.clients[client_id],
-        client_generator(federation.config, round_index, client_id),
-    )
 
 
 _PER_SAMPLE_FLOPS: dict[tuple, int] = {}
@@ -553,8 +523,7 @@ def _execute_rounds(config: Config, out: Path, checkpoint: dict[str, Any] | None
         progress(first_round - 1, config.rounds, history[-1] if history else {})
     validator = validator_for(config)
 
-    # closing: the run's worker processes end with it (an error or an interruption included)
-    with _StopOnSignal() as stop, contextlib.closing(federation):
+    with _StopOnSignal() as stop:
         for round_index in range(first_round, config.rounds + 1):
             try:
                 server_state, broadcast, result = run_round(federation, store, server_state, broadcast, round_index,
