@@ -14,6 +14,7 @@ from pfedlora.algorithms import get_algorithm  # noqa: E402
 from pfedlora.algorithms.base import Upload  # noqa: E402
 from pfedlora.cli import main  # noqa: E402
 from pfedlora.config import build_config  # noqa: E402
+from pfedlora.federation.preflight import check_run  # noqa: E402
 from pfedlora.errors import UserError  # noqa: E402
 from pfedlora.federation import privacy as dp  # noqa: E402
 from pfedlora.federation.simulation import run  # noqa: E402
@@ -170,7 +171,7 @@ def test_target_epsilon_sets_the_smallest_sufficient_noise():
 @pytest.mark.parametrize("overrides,message", [
     ({"algorithm": "fedproto"}, "algorithm fedproto is not supported"),
     ({"algorithm": "fd"}, "supported: pfedlora, lg_fedavg, fml, fedavg"),
-    ({"adapter": {"aggregation": "product", "construction": "factorized"}}, "adapter.aggregation product"),
+    ({"adapter": {"aggregation": "product", "construction": "factorized"}}, "algorithm pfedlora is not supported with these settings"),
     ({"privacy": CENTRAL | {"clip_norm": 0}}, "privacy.clip_norm"),
     ({"privacy": CENTRAL | {"clip_norm": -1.0}}, "privacy.clip_norm"),
     ({"privacy": {"mode": "central", "noise_multiplier": 1.0}}, "needs clip_norm"),
@@ -181,7 +182,7 @@ def test_target_epsilon_sets_the_smallest_sufficient_noise():
 def test_inconsistent_settings_are_refused(overrides, message):
     document = TINY | {"privacy": CENTRAL} | overrides
     with pytest.raises(UserError, match=message) as error:
-        build_config(document)
+        check_run(build_config(document))  # key rules at validation, eligibility at run start
     assert "\n" not in str(error.value)
 
 
