@@ -196,7 +196,17 @@ def _finished_with(run_dir: Path, config: Config) -> bool:
         saved = yaml.safe_load((run_dir / "config.yaml").read_text())
     except (OSError, yaml.YAMLError):
         return False
-    return (run_dir / "summary.json").is_file() and saved == config.to_dict()
+    if not (run_dir / "summary.json").is_file() or not isinstance(saved, dict):
+        return False
+    if saved == config.to_dict():
+        return True
+    # a run written before a key existed: its config read with today's defaults. Every key added
+    # since keeps the earlier behaviour as its default (the project's rule for new settings), so
+    # such a run is the run this config would make now.
+    try:
+        return build_config(saved).to_dict() == config.to_dict()
+    except UserError:
+        return False
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
