@@ -74,12 +74,22 @@ from pfedlora.registry import AlgorithmSettings, register
 class FedKDSettings(AlgorithmSettings):
     """FedKD (Wu et al., 2022)."""
 
-    shared_model: str | None = None  # the student; default: the smallest model in the pool
-    energy_start: float = Field(default=0.95, gt=0, le=1)  # SVD energy threshold, first round
-    energy_end: float = Field(default=0.98, gt=0, le=1)  # ... annealed linearly to this, last round
-    temperature: float = Field(default=1.0, gt=0)
+    # the student; default: the smallest model in the pool
+    shared_model: str | None = Field(default=None,
+                                     description="Architecture of the shared student; null: the smallest model in "
+                                                 "the pool.")
+    # SVD energy threshold, first round
+    energy_start: float = Field(default=0.95, gt=0, le=1,
+                                description="SVD energy threshold of the compressed updates in the first round.")
+    # ... annealed linearly to this, last round
+    energy_end: float = Field(default=0.98, gt=0, le=1,
+                              description="SVD energy threshold in the last round (annealed linearly from "
+                                          "energy_start).")
+    temperature: float = Field(default=1.0, gt=0, description="Temperature of the distillation KL.")
     # scales both distillation terms (logits and hidden states); 1 is the paper, 0 switches transfer off
-    kd_weight: float = Field(default=1.0, ge=0)
+    kd_weight: float = Field(default=1.0, ge=0,
+                             description="Scales both distillation terms (logits and hidden states); 1 is the "
+                                         "paper, 0 switches transfer off.")
 
     @field_validator("shared_model")
     @classmethod

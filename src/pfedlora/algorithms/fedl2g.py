@@ -81,15 +81,26 @@ from pfedlora.registry import AlgorithmSettings, register
 class FedL2GSettings(AlgorithmSettings):
     """FedL2G (Zhang et al., 2024)."""
 
-    # what the guiding vectors guide: the representation (FedL2G-f) or the logits (FedL2G-l)
-    target: Literal["features", "logits"] = "features"
-    lam: float = Field(default=1.0, ge=0)  # weight of the guiding loss (the authors' code: 1)
-    server_lr: float = Field(default=0.01, gt=0)  # the server's SGD lr on the guiding vectors (authors: 0.01)
-    quiz_size: int = Field(default=10, ge=1)  # samples held out per client as its quiz set (authors: 1 batch of 10)
-    study_batches: int = Field(default=1, ge=1)  # mini-batches of the meta-study step (authors: 1)
-    hold_out_quiz: bool = True  # keep the quiz set out of local training (the authors' rule)
-    warm_up_rounds: int = Field(default=0, ge=0)  # first rounds: meta-study only, no local training (authors: 50 of 2,000)
-
+    target: Literal["features", "logits"] = Field(
+        default="features",
+        description="What the guiding vectors guide: the 500-d representation (FedL2G-f) or the logits (FedL2G-l).")
+    lam: float = Field(
+        default=1.0, ge=0,
+        description="Weight of the guiding loss MSE(features or logits, guiding vector of the label) (the authors' "
+                    "code: 1); 0 switches federated knowledge off.")
+    server_lr: float = Field(
+        default=0.01, gt=0, description="Learning rate of the server's SGD step on the guiding vectors (the authors: 0.01).")
+    quiz_size: int = Field(
+        default=10, ge=1,
+        description="Training samples each client holds out as its quiz set, at most all but one "
+                    "(the authors: one batch of 10).")
+    study_batches: int = Field(
+        default=1, ge=1, description="Mini-batches (of train.batch_size) in the meta-study step (the authors: 1).")
+    hold_out_quiz: bool = Field(
+        default=True, description="Keep the quiz set out of local training (the authors' rule).")
+    warm_up_rounds: int = Field(
+        default=0, ge=0,
+        description="First rounds with meta-study only, no local training (the authors' code: 50 of 2,000 rounds).")
 
 GUIDANCE = "guiding_vectors"
 ROUND = "round"  # rounds aggregated so far (broadcast: decides the warm-up)

@@ -73,13 +73,22 @@ from pfedlora.registry import AlgorithmSettings, register
 class FedTGPSettings(AlgorithmSettings):
     """FedTGP (Zhang et al., 2024)."""
 
-    lam: float = Field(default=10.0, ge=0)  # λ, weight of the prototype regulariser (the authors' run script: 10)
-    margin_threshold: float = Field(default=100.0, ge=0)  # τ, the margin's upper bound (authors: 100)
-    server_epochs: int = Field(default=100, ge=1)  # S, epochs over the round's uploaded prototypes (authors: 100)
-    server_lr: float = Field(default=0.01, gt=0)  # the server's SGD lr (authors: the clients' lr, 0.01)
-    # mini-batch of uploaded prototypes per server step; null: the clients' train.batch_size (the authors' code)
-    server_batch_size: int | None = Field(default=None, ge=1)
-
+    lam: float = Field(
+        default=10.0, ge=0,
+        description="λ, weight of the prototype regulariser MSE(rep, global prototype of the label) "
+                    "(the authors' run script: 10); 0 switches federated knowledge off (Standalone).")
+    margin_threshold: float = Field(
+        default=100.0, ge=0,
+        description="τ, upper bound of the adaptive margin min(max class gap, τ) (the authors: 100).")
+    server_epochs: int = Field(
+        default=100, ge=1, description="S, server epochs over the round's uploaded prototypes (the authors: 100).")
+    server_lr: float = Field(
+        default=0.01, gt=0,
+        description="Learning rate of the server's plain SGD on the trainable global prototypes "
+                    "(the authors: the clients' lr, 0.01).")
+    server_batch_size: int | None = Field(
+        default=None, ge=1,
+        description="Uploaded prototypes per server step; default: the clients' train.batch_size (the authors' code).")
 
 PROTOTYPES = "prototypes"
 COUNTS = "class_counts"

@@ -48,9 +48,16 @@ from pfedlora.registry import AlgorithmSettings, register
 class FMLSettings(AlgorithmSettings):
     """Federated Mutual Learning (Shen et al., 2020)."""
 
-    alpha: float = Field(default=0.5, ge=0, le=1)  # private model: α·CE + (1−α)·KL
-    beta: float = Field(default=0.5, ge=0, le=1)  # shared model: β·CE + (1−β)·KL
-    shared_model: str | None = None  # default: the smallest model in the pool
+    # private model: α·CE + (1−α)·KL
+    alpha: float = Field(default=0.5, ge=0, le=1,
+                         description="Private model's loss: alpha CE + (1 - alpha) KL to the shared model.")
+    # shared model: β·CE + (1−β)·KL
+    beta: float = Field(default=0.5, ge=0, le=1,
+                        description="Shared model's loss: beta CE + (1 - beta) KL to the private model.")
+    # default: the smallest model in the pool
+    shared_model: str | None = Field(default=None,
+                                     description="Architecture of the shared model; null: the smallest model in the "
+                                                 "pool.")
 
     @field_validator("shared_model")
     @classmethod
