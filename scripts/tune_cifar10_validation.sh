@@ -54,7 +54,7 @@ lr_check() {  # algorithm tuned-overrides...
 }
 
 ALGORITHMS=("$@")
-[ ${#ALGORITHMS[@]} -eq 0 ] && ALGORITHMS=(standalone lg_fedavg fd fedproto fml fedkd fedgh pfedlora fedmrl fedgen lr)
+[ ${#ALGORITHMS[@]} -eq 0 ] && ALGORITHMS=(standalone lg_fedavg fd fedproto fml fedkd fedgh pfedlora fedmrl fedgen fedtgp fedl2g lr)
 for algorithm in "${ALGORITHMS[@]}"; do
   case $algorithm in
     standalone|lg_fedavg) tune "$algorithm" train.lr 0.003 0.01 0.02 0.05 0.1 0.2 ;;
@@ -70,6 +70,9 @@ for algorithm in "${ALGORITHMS[@]}"; do
     # issue #26: the new algorithms' main knob (6 runs each, grids past the papers' defaults both ways)
     fedmrl) tune fedmrl fedmrl.sub_feature_dim 25 50 100 200 300 500 ;;
     fedgen) tune fedgen fedgen.generative_weight 0.1 0.3 1 3 10 30 ;;
+    fedtgp) tune fedtgp fedtgp.lam 0.3 1 3 10 30 100 ;;
+    # the aggregated meta-gradient is ~1e-3, so the guiding vectors hardly move at the authors' 0.01
+    fedl2g) tune fedl2g fedl2g.server_lr 0.01 0.1 1 10 100 1000 ;;
     # the learning-rate run of every baseline tuned at 0.01 (knobs as in configs/paper/cifar10_n10_tuned.yaml)
     lr)
       lr_check fd fd.gamma=0.03
