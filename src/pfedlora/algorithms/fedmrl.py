@@ -42,7 +42,7 @@ parts, as for every other algorithm.
 
 from __future__ import annotations
 
-from pydantic import Field, field_validator
+from pydantic import Field
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -64,7 +64,7 @@ from pfedlora.algorithms.local_models import LOCAL, init_local_state, load_local
 from pfedlora.algorithms.training import train_epochs
 from pfedlora.errors import UserError
 from pfedlora.models.cnn import REPRESENTATION_DIM
-from pfedlora.models.registry import model_names, parameter_count
+from pfedlora.models.registry import ModelName, parameter_count
 from pfedlora.registry import AlgorithmSettings, register
 
 
@@ -75,19 +75,12 @@ class FedMRLSettings(AlgorithmSettings):
         default=100, ge=1, le=REPRESENTATION_DIM,
         description="d1: the global model's representation dimension, also the Matryoshka prefix of the fused "
                     "representation its header reads (at most the local models' representation dimension, 500).")
-    shared_model: str | None = Field(
+    shared_model: ModelName | None = Field(
         default=None, description="The global model's architecture; default: the smallest model in the pool.")
     global_weight: float = Field(
         default=1.0, ge=0, le=1,
         description="Weight of the global branch (fusion into the local header and the global header's loss): "
                     "1 is the paper; 0 switches federated knowledge off (the local model trains as in Standalone).")
-
-    @field_validator("shared_model")
-    @classmethod
-    def _known_model(cls, value: str | None) -> str | None:
-        if value is not None and value not in model_names():
-            raise ValueError(f"unknown model {value!r}; valid: {', '.join(model_names())}")
-        return value
 
 
 PROJECTOR = "projector."

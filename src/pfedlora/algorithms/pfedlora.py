@@ -54,7 +54,7 @@ from __future__ import annotations
 import functools
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -87,7 +87,7 @@ from pfedlora.models.adapters import (
     lora_factor_pairs,
 )
 from pfedlora.models.cnn import CNN_SPECS
-from pfedlora.models.registry import model_names, parameter_count
+from pfedlora.models.registry import ModelName, parameter_count
 from pfedlora.models.text import TEXT_MODEL_SPECS
 from pfedlora.registry import AlgorithmSettings, register
 
@@ -95,7 +95,7 @@ from pfedlora.registry import AlgorithmSettings, register
 class PFedLoRASettings(AlgorithmSettings):
     """pFedLoRA's adapter, the config section ``adapter`` (see :mod:`pfedlora.models.adapters`)."""
 
-    reference: str | None = Field(default=None,
+    reference: ModelName | None = Field(default=None,
                                   description="Architecture the adapter is derived from; null: the smallest model "
                                               "in the pool.")
     construction: Literal["reduced", "factorized"] = Field(default="reduced",
@@ -139,13 +139,6 @@ class PFedLoRASettings(AlgorithmSettings):
                                                                         "outputs: recompute (the paper) or recorded "
                                                                         "in step 1's last epoch (one forward pass "
                                                                         "less; not exact).")
-
-    @field_validator("reference")
-    @classmethod
-    def _known_reference(cls, value: str | None) -> str | None:
-        if value is not None and value not in model_names():
-            raise ValueError(f"unknown model {value!r}; valid: {', '.join(model_names())}")
-        return value
 
     @model_validator(mode="after")
     def _options_fit_placement(self) -> PFedLoRASettings:
