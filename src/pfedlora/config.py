@@ -474,6 +474,10 @@ class Config(_Section):
         if not isinstance(algorithm, str) or algorithm not in registry.names():
             algorithm = cls.model_fields["algorithm"].default  # the field validator reports it
         sections = registry.settings_sections(algorithm, given)
+        # a section of another (not always-written) algorithm is checked but not kept: it cannot
+        # change this run, so it stays out of config.yaml and run identity (one shared document
+        # can hold every algorithm's tuned settings, as configs/paper/cifar10_n10_tuned.yaml does)
+        carried = registry.settings_sections(algorithm, [])
         unknown = [key for key in given if key not in sections]
         if unknown:
             valid = ", ".join([*(k for k in cls.model_fields if k != "sweep"), *sections, "sweep"])
@@ -492,6 +496,8 @@ class Config(_Section):
                 data[section] = model.model_validate(value)
             except ValidationError as exc:
                 raise ValueError(_describe(exc, model, prefix=section)) from None
+            if section not in carried:
+                del data[section]
         return data
 
     @field_validator("algorithm")
