@@ -51,3 +51,18 @@ def test_bad_files(tmp_path):
     listy.write_text("- 1\n- 2\n")
     with pytest.raises(UserError, match="mapping"):
         load_config(listy)
+
+
+def test_algorithm_sections_are_validated_through_the_registry_and_only_the_runs_own_are_written():
+    config = build_config({"algorithm": "fd", "fedtgp": {"lam": 3}, "fd": {"gamma": 0.5}})
+    written = config.to_dict()
+    assert written["fd"]["gamma"] == 0.5 and config.settings.gamma == 0.5
+    # another algorithm's section is checked (a typo stops the run) but cannot change an FD run
+    assert "fedtgp" not in written
+    with pytest.raises(UserError, match="unknown key 'fedtgp.lamx'; valid keys here: lam"):
+        build_config({"algorithm": "fd", "fedtgp": {"lamx": 3}})
+    # the sections every config so far carried stay in it, whatever the algorithm
+    assert {"adapter", "lg_fedavg", "fd", "fedproto", "fml", "fedkd", "fedgh"} <= set(written)
+    assert build_config({"algorithm": "fedtgp", "fedtgp": {"lam": 3}}).to_dict()["fedtgp"]["lam"] == 3
+    with pytest.raises(UserError, match="config: fedtgp: expected a mapping of keys"):
+        build_config({"fedtgp": 3})

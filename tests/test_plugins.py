@@ -95,3 +95,18 @@ def test_unknown_algorithms_list_the_installed_plugins(site, tmp_path, capsys):
     _install(site, "pfedlora-fedprox", {"fedprox": "pfedlora_fedprox"})
     assert main(["run", "--set", "algorithm=fedfoo", "--out", str(tmp_path / "r")]) == 2
     assert "fedavg, fedprox" in capsys.readouterr().err
+
+
+def test_a_plugin_compares_and_exports_like_a_built_in(site, tmp_path, capsys):
+    import pfedlora
+
+    _install(site, "pfedlora-fedprox", {"fedprox": "pfedlora_fedprox"})
+    out = tmp_path / "cmp"
+    args = ["compare", "--algorithms", "fedavg,fedprox", "--seeds", "0", *TINY, "--set", "rounds=1", "--out", str(out)]
+    assert main(args) == 0
+    assert "fedprox" in (out / "comparison.md").read_text()
+    run_dir = out / "fedprox" / "seed0"
+    assert main(["export", str(run_dir), "--clients", "0", "--out", str(tmp_path / "exported")]) == 0
+    model = pfedlora.load_personalized(tmp_path / "exported")
+    document = json.loads((tmp_path / "exported" / "client-0.json").read_text())
+    assert document["algorithm"] == "fedprox" and model.run_accuracy == document["run"]["accuracy"]

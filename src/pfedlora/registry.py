@@ -50,6 +50,10 @@ BUILTIN_MODULES: dict[str, str] = {
     "fedkd": "pfedlora.algorithms.fedkd",
     "fedgh": "pfedlora.algorithms.fedgh",
     "fedavg": "pfedlora.algorithms.fedavg",
+    "fedmrl": "pfedlora.algorithms.fedmrl",
+    "fedgen": "pfedlora.algorithms.fedgen",
+    "fedtgp": "pfedlora.algorithms.fedtgp",
+    "fedl2g": "pfedlora.algorithms.fedl2g",
 }
 
 
@@ -198,8 +202,9 @@ def builtins() -> list[Registration]:
 
 
 def settings_sections(algorithm: str, given: list[str]) -> dict[str, type[BaseModel]]:
-    """The config sections a config choosing ``algorithm`` carries: those always written, the chosen
-    algorithm's, and any other algorithm's section the document gives (``given``: its keys).
+    """The settings sections a config choosing ``algorithm`` validates: those always written, the
+    chosen algorithm's, and any other algorithm's section the document gives (``given``: its keys;
+    with ``given`` empty: the sections the config carries and writes).
 
     Keys of ``given`` that are no algorithm's section are left out (the caller reports them).
     """
