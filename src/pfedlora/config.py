@@ -290,10 +290,15 @@ class PrivacyConfig(_Section):
     clip_norm: float | None = Field(default=None, gt=0)  # L2 bound on each client's update (required when on)
     # noise std = noise_multiplier x clip_norm (on the sum: central; on every upload: local)
     noise_multiplier: float | None = Field(default=None, gt=0)
-    delta: float | None = Field(default=None, gt=0, lt=1)  # default 1 / num_clients
+    # default min(1e-5, num_clients^-1.5): well below 1/num_clients (pfedlora.federation.privacy.default_delta)
+    delta: float | None = Field(default=None, gt=0, lt=1)
     # set the noise multiplier so that epsilon after `rounds` rounds is this (instead of noise_multiplier)
     target_epsilon: float | None = Field(default=None, gt=0)
     accountant: Literal["rdp", "pld"] = "rdp"  # dp-accounting's Renyi-DP or privacy-loss-distribution accountant
+    # where the DP noise and (central mode) the client sampling come from: "secure" (the OS's CSPRNG, fresh
+    # every draw; runs differ) or "seeded_insecure" (derived from `seed`, so anyone who knows the config
+    # can regenerate it and remove it: NOT private; for tests and debugging only)
+    noise_source: Literal["secure", "seeded_insecure"] = "secure"
 
     @field_validator("mode", mode="before")
     @classmethod

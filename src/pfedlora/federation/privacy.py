@@ -12,20 +12,30 @@ one L2 norm). With ``privacy.mode`` set:
   server clips again (in float64, so the bound holds exactly whatever the client did);
 * the aggregate is the plain mean over the n aggregated clients (weights fixed at 1, never the
   sample counts: a weight that depends on the data would change the sensitivity);
-* ``central``: the server adds N(0, (σ·C/n)²) to every coordinate of the mean, i.e. σ·C on the
-  sum, whose sensitivity to one client (add/remove) is C. Epsilon: the Gaussian mechanism with
-  noise multiplier σ, sub-sampled with rate m/N (the clients sampled per round over all clients;
-  ``fraction``), composed over the rounds run;
+* ``central``: clients are sampled by **Poisson sampling** (each independently with probability
+  q = m/N, m = ``max(1, round(fraction x N))``) from a secret source, and the server releases
+  ``(sum of clipped updates + N(0, (σC)²)) / m``: a fixed denominator, so one client (add/remove)
+  moves the released sum by at most C whatever the others do. Epsilon: the Poisson-subsampled
+  Gaussian mechanism with noise multiplier σ and rate q, composed over the rounds run
+  (McMahan et al. 2018, Alg. 1 with the fixed-denominator estimator). The round is released even
+  when no client was sampled (noise alone): skipping it would tell who was sampled;
 * ``local``: every client adds N(0, (σ·C)²) to its clipped update before it leaves, so each
-  upload is private on its own, against the server too. The server picks the clients (no
-  amplification by sampling), and a client's data may be replaced by any other, which moves its
-  clipped update by up to 2C: epsilon is that of the Gaussian mechanism with noise multiplier
-  σ/2, composed over the rounds the most-selected client took part in.
+  upload is private on its own, against the server too. The server picks the clients (a fixed-size
+  draw, public: no amplification by sampling is claimed), and a client's data may be replaced by
+  any other, which moves its clipped update by up to 2C: epsilon is that of the Gaussian mechanism
+  with noise multiplier σ/2, composed over the rounds the most-selected client took part in.
 
-Epsilon at ``delta`` (default 1/num_clients) comes from Google's ``dp-accounting`` (RDP by
-default, PLD on request): pure Python, maintained, both accountants behind one DpEvent API, no
-torch dependency (Opacus would pin its own torch). Noise is drawn in float64 from generators
-seeded by (seed, round[, client]), so a run is reproducible and independent of client order.
+Epsilon at ``delta`` (default min(1e-5, N^-1.5), see :func:`default_delta`) comes from Google's
+``dp-accounting`` (RDP by default, PLD on request): pure Python, maintained, both accountants behind
+one DpEvent API, no torch dependency (Opacus would pin its own torch).
+
+Secrecy of the randomness: the config, seed included, is public (it is in config.yaml, in exported
+files and in every Flower message). So the noise and the central-mode sampling are drawn from the
+operating system's CSPRNG (``secrets``), fresh for every draw, as Opacus's ``secure_mode`` does;
+a Gaussian draw is the sum of four draws of half the std, which blunts the floating-point
+attacks on the low bits of one sample (Mironov, CCS 2012; Opacus does the same). Only with
+``privacy.noise_source: seeded_insecure`` do they come from (seed, round[, client]), for tests and
+debugging: then anyone holding the config can regenerate the noise and subtract it.
 """
 
 from __future__ import annotations
@@ -33,10 +43,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import secrets
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 
 from pfedlora.algorithms.base import Algorithm, FederationContext, Payload, State, Upload, derive_seed
@@ -46,6 +58,7 @@ if TYPE_CHECKING:
 
 MEAN_UPLOAD_ID = -1  # the client id of the one (mean) upload the algorithm's aggregate receives
 MAX_NOISE_MULTIPLIER = 1e4  # target_epsilon: the largest noise multiplier searched
+SECURE, SEEDED_INSECURE = "secure", "seeded_insecure"  # privacy.noise_source
 
 
 def _dp_accounting():
@@ -101,13 +114,61 @@ def check_privacy_config(config: Config) -> None:
 # ---- accounting -------------------------------------------------------------------------------
 
 
+def default_delta(num_clients: int) -> float:
+    """min(1e-5, N^-1.5). δ is the chance the ε statement fails outright; a mechanism that publishes
+    one random client's data in full is (0, 1/N)-DP, so δ must be far below 1/N. N^-1.5 keeps
+    N·δ -> 0 as federations grow (δ = 1e-9 for a million clients), and 1e-5 is the customary
+    ceiling for small ones (Abadi et al. 2016; McMahan et al. 2018 use N^-1.1 ≈ 1e-9 on 763k users)."""
+    return min(1e-5, float(num_clients) ** -1.5)
+
+
 def resolved_delta(config: Config) -> float:
-    return config.privacy.delta if config.privacy.delta is not None else 1.0 / config.num_clients
+    return config.privacy.delta if config.privacy.delta is not None else default_delta(config.num_clients)
+
+
+def privacy_warnings(config: Config) -> list[str]:
+    """One line per setting that weakens the privacy statement (shown at run start; never an error)."""
+    if config.privacy.mode == "off":
+        return []
+    lines = []
+    delta = resolved_delta(config)
+    if delta >= 1.0 / config.num_clients:
+        lines.append(f"privacy.delta {delta:g} >= 1/num_clients ({1.0 / config.num_clients:g}): a mechanism that "
+                     f"publishes one client's data in full meets that delta; use at most "
+                     f"{default_delta(config.num_clients):g}")
+    if config.privacy.noise_source == SEEDED_INSECURE:
+        lines.append("privacy.noise_source seeded_insecure: the noise is a function of the public seed and can be "
+                     "removed by anyone holding the config; this run is NOT private")
+    return lines
 
 
 def sampling_rate(config: Config) -> float:
-    """Clients sampled per round over all clients (the simulator's ``max(1, round(fraction x N))``)."""
-    return max(1, int(round(config.fraction * config.num_clients))) / config.num_clients
+    """Expected clients per round over all clients: m/N with m = ``max(1, round(fraction x N))``."""
+    return expected_clients(config) / config.num_clients
+
+
+def expected_clients(config: Config) -> int:
+    """m: the clients selected per round (fixed-size draw), or expected per round (Poisson, central DP)."""
+    return max(1, int(round(config.fraction * config.num_clients)))
+
+
+def poisson_sampled(config: Config) -> bool:
+    """Central DP with partial participation: clients are Poisson-sampled from a secret source."""
+    return config.privacy.mode == "central" and sampling_rate(config) < 1.0
+
+
+def secret_seed() -> int:
+    """128 bits from the operating system's CSPRNG (``secrets``): nothing in the config predicts it."""
+    return secrets.randbits(128)
+
+
+def poisson_sample(config: Config, round_index: int) -> list[int]:
+    """Central DP: every client independently with probability m/N, from a secret source (seeded from
+    (seed, round) only with ``noise_source: seeded_insecure``). The accountant's subsampling
+    amplification needs exactly this: a sample nobody outside the server can predict."""
+    source = secret_seed() if config.privacy.noise_source == SECURE else derive_seed(config.seed, "round", round_index)
+    draws = np.random.default_rng(source).random(config.num_clients)
+    return [int(k) for k in np.flatnonzero(draws < sampling_rate(config))]
 
 
 def participations(config: Config, rounds: int) -> int:
@@ -216,9 +277,19 @@ def clip_update(update: dict[str, torch.Tensor], clip_norm: float) -> dict[str, 
     return {name: tensor * scale for name, tensor in update.items()}
 
 
-def gaussian_like(update: dict[str, torch.Tensor], std: float, seed: int) -> dict[str, torch.Tensor]:
-    """Float64 N(0, std²) noise shaped like ``update``, drawn in payload order from one seeded generator."""
-    generator = torch.Generator().manual_seed(seed)
+def gaussian_like(update: dict[str, torch.Tensor], std: float, seed: int | None) -> dict[str, torch.Tensor]:
+    """Float64 N(0, std²) noise shaped like ``update``, in payload order from one generator.
+
+    ``seed`` None (``noise_source: secure``): the generator is seeded with 128 secret bits per call
+    and every value is the sum of four draws at std/2 (as Opacus's secure_mode), so no low-bit
+    pattern of a single float draw survives. An int: a plain seeded draw (``seeded_insecure``)."""
+    generator = torch.Generator()
+    if seed is None:
+        generator.manual_seed(secrets.randbits(64))  # torch's CPU generator takes at most 64 bits
+        return {name: (sum(torch.randn(tensor.shape, generator=generator, dtype=torch.float64) for _ in range(4))
+                       * (std / 2.0)).to(tensor.device)
+                for name, tensor in update.items()}
+    generator.manual_seed(seed)
     return {name: torch.randn(tensor.shape, generator=generator, dtype=torch.float64).to(tensor.device) * std
             for name, tensor in update.items()}
 
@@ -230,24 +301,37 @@ def _applied(broadcast: Payload, update: dict[str, torch.Tensor]) -> Payload:
 
 @dataclass(frozen=True)
 class Privacy:
-    """The privacy settings of one run, resolved (noise multiplier, delta); ``enabled`` False: a no-op."""
+    """The privacy settings of one run, resolved (noise multiplier, delta); ``enabled`` False: a no-op.
+
+    ``expected_clients``: m, the fixed denominator of the central-mode mean. ``noise_source``:
+    ``secure`` (fresh secret randomness) or ``seeded_insecure`` (from ``seed``: reproducible, not private)."""
 
     mode: str
     clip_norm: float
     noise_multiplier: float
     delta: float
     seed: int
+    expected_clients: int = 1
+    noise_source: str = SECURE
 
     @classmethod
     def from_config(cls, config: Config) -> Privacy:
         p = config.privacy
         if p.mode == "off":
             return cls("off", 0.0, 0.0, 0.0, config.seed)
-        return cls(p.mode, float(p.clip_norm), resolved_noise_multiplier(config), resolved_delta(config), config.seed)
+        return cls(p.mode, float(p.clip_norm), resolved_noise_multiplier(config), resolved_delta(config), config.seed,
+                   expected_clients(config), p.noise_source)
 
     @property
     def enabled(self) -> bool:
         return self.mode != "off"
+
+    @property
+    def central(self) -> bool:
+        return self.mode == "central"
+
+    def _noise_seed(self, *parts: object) -> int | None:
+        return derive_seed(self.seed, *parts) if self.noise_source == SEEDED_INSECURE else None
 
     def weight(self, sample_weight: float) -> float:
         """The aggregation weight: fixed at 1 under DP (uniform over the aggregated clients)."""
@@ -258,7 +342,7 @@ class Privacy:
         update = clip_update(update_of(upload, broadcast), self.clip_norm)
         if self.mode == "local":
             noise = gaussian_like(update, self.noise_multiplier * self.clip_norm,
-                                  derive_seed(self.seed, "dp-local-noise", round_index, client_id))
+                                  self._noise_seed("dp-local-noise", round_index, client_id))
             update = {name: tensor + noise[name] for name, tensor in update.items()}
         return update
 
@@ -269,28 +353,40 @@ class Privacy:
         return _applied(broadcast, self.client_update(upload, broadcast, round_index, client_id))
 
     def mean_update(self, uploads: list[Upload], broadcast: Payload) -> dict[str, torch.Tensor]:
-        """The uniform mean of the uploads' updates; central mode clips each again on the server first."""
+        """Central: the sum of the updates, each clipped again on the server, over the fixed m (no uploads:
+        zeros). Local: the plain mean of the (already noised) uploads."""
         total: dict[str, torch.Tensor] = {}
         for upload in uploads:
             update = update_of(upload.payload, broadcast)
-            if self.mode == "central":
+            if self.central:
                 update = clip_update(update, self.clip_norm)
             for name, tensor in update.items():
                 total[name] = total[name] + tensor if name in total else tensor
-        return {name: tensor / len(uploads) for name, tensor in total.items()}
+        if not self.central:
+            return {name: tensor / len(uploads) for name, tensor in total.items()}
+        if not uploads:  # nobody sampled (or every upload malformed): the release is the noise alone
+            total = {name: torch.zeros(tensor.shape, dtype=torch.float64, device=tensor.device)
+                     for name, tensor in broadcast.items() if tensor.is_floating_point()}
+        return {name: tensor / self.expected_clients for name, tensor in total.items()}
 
-    def release(self, mean_update: dict[str, torch.Tensor], count: int, round_index: int) -> dict[str, torch.Tensor]:
-        """The mean update as released: central mode adds N(0, (σC/count)²) (σC on the sum of ``count``)."""
-        if self.mode != "central":
+    def mean_from_secure_sum(self, weighted_mean: dict[str, torch.Tensor], contributors: int) -> dict[str, torch.Tensor]:
+        """SecAgg+ delivers the uniform mean over its contributors; central DP releases the sum over m."""
+        if not self.central:
+            return weighted_mean
+        return {name: tensor * (contributors / self.expected_clients) for name, tensor in weighted_mean.items()}
+
+    def release(self, mean_update: dict[str, torch.Tensor], round_index: int) -> dict[str, torch.Tensor]:
+        """The mean update as released: central mode adds N(0, (σC/m)²), i.e. σC on the sum."""
+        if not self.central:
             return mean_update
-        noise = gaussian_like(mean_update, self.noise_multiplier * self.clip_norm / count,
-                              derive_seed(self.seed, "dp-central-noise", round_index))
+        noise = gaussian_like(mean_update, self.noise_multiplier * self.clip_norm / self.expected_clients,
+                              self._noise_seed("dp-central-noise", round_index))
         return {name: tensor + noise[name] for name, tensor in mean_update.items()}
 
     def aggregate(self, algorithm: Algorithm, ctx: FederationContext, server_state: State, broadcast: Payload,
                   uploads: list[Upload], round_index: int) -> tuple[State, Payload]:
         """The algorithm's aggregate of the private mean: the one upload it averages is that mean."""
-        released = self.release(self.mean_update(uploads, broadcast), len(uploads), round_index)
+        released = self.release(self.mean_update(uploads, broadcast), round_index)
         return apply_mean(algorithm, ctx, server_state, broadcast, released)
 
     def epsilon(self, config: Config, rounds: int) -> float:
@@ -300,10 +396,11 @@ class Privacy:
         """The privacy facts for summary.json ({} when off)."""
         if not self.enabled:
             return {}
+        sampler = ("poisson" if poisson_sampled(config) else "all") if self.central else "fixed_size_public"
         return {"epsilon": self.epsilon(config, rounds), "privacy": {
             "mode": self.mode, "clip_norm": self.clip_norm, "noise_multiplier": self.noise_multiplier,
             "delta": self.delta, "accountant": config.privacy.accountant, "sampling_rate": sampling_rate(config),
-            "target_epsilon": config.privacy.target_epsilon}}
+            "sampler": sampler, "noise_source": self.noise_source, "target_epsilon": config.privacy.target_epsilon}}
 
 
 def apply_mean(algorithm: Algorithm, ctx: FederationContext, server_state: State, broadcast: Payload,
