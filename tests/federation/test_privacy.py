@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -372,8 +373,58 @@ def test_under_dp_the_validator_keeps_only_structural_checks_and_logs_no_norms(t
     ({"num_shares": 5, "reconstruction_threshold": 5}, "must be < num_shares"),
     ({"reconstruction_threshold": 1.5}, "as a fraction must be <= 1"),
     ({"quantization_range": 2**32}, "quantization_range"),
+    ({"quantization_range": 2**31}, r"quantization_range 2147483648 x 4 clients per round >= 2\^32"),
+    ({"quantization_range": 2**30}, "accepted: at most 1073741823 for 4 clients"),
 ])
 def test_secagg_settings_the_flower_workflow_would_reject_are_refused(secagg, message):
     with pytest.raises(UserError, match=message):
         build_config(TINY | {"flower": {"secagg": {"enabled": True} | secagg}})
     assert build_config(TINY | {"flower": {"secagg": {"enabled": True, "num_shares": 3, "reconstruction_threshold": 2}}})
+
+
+def test_secagg_quantisation_bound_is_where_flowers_modular_sum_wraps():
+    """The refusal is exactly Flower's arithmetic: n clients at the largest quantised value sum without
+    wrapping at the largest accepted quantization_range and wrap one step above it."""
+    from flwr.common.secure_aggregation.quantization import dequantize, quantize
+
+    clients, clip = 4, 8.0
+    accepted = (dp.SECAGG_MODULUS - 1) // clients
+    for levels, wraps in ((accepted, False), (accepted + 1, True)):
+        top = quantize([np.full(3, clip)], clip, levels)[0].astype(np.int64)  # every client at +clipping_range
+        total = (top * clients) % dp.SECAGG_MODULUS
+        mean = (dequantize([total], clip, levels)[0] - (clients - 1) * clip) / clients
+        assert (abs(mean[0] - clip) > 1.0) == wraps
+        document = TINY | {"flower": {"secagg": {"enabled": True, "quantization_range": levels}}}
+        if wraps:
+            with pytest.raises(UserError, match="would wrap"):
+                build_config(document)
+        else:
+            build_config(document)
+
+
+def test_secagg_refuses_a_clip_norm_above_its_clipping_range():
+    with pytest.raises(UserError, match="privacy.clip_norm 10 > flower.secagg.clipping_range 8"):
+        build_config(TINY | {"privacy": CENTRAL | {"clip_norm": 10.0}, "flower": {"secagg": {"enabled": True}}})
+    build_config(TINY | {"privacy": CENTRAL | {"clip_norm": 8.0}, "flower": {"secagg": {"enabled": True}}})
+
+
+def test_secagg_clients_send_no_training_loss_in_plaintext(monkeypatch):
+    """secaggplus_mod masks the update and the weight only; any metric in the collect-stage reply
+    reaches the server in the clear, one per client: the reply carries none."""
+    from types import SimpleNamespace
+
+    pytest.importorskip("flwr")
+    from pfedlora.federation.flower import client_app
+
+    broadcast = {"w": torch.zeros(3)}
+    result = SimpleNamespace(upload={"w": torch.ones(3)}, weight=7.0, stats=[SimpleNamespace(num_steps=2, mean_loss=0.5)])
+    federation = SimpleNamespace(context=SimpleNamespace(device=torch.device("cpu")), privacy=_privacy("off"))
+    monkeypatch.setattr(client_app, "read_fit_instructions",
+                        lambda msg: ({"config": "", "round": 1, "client-id": 0}, broadcast))
+    monkeypatch.setattr(client_app, "_setup", lambda msg, context, text: (federation, 0, None))
+    monkeypatch.setattr(client_app, "_client_round", lambda *args: (result, {"num-losses": 1}))
+    replies = []
+    monkeypatch.setattr(client_app, "fit_reply", lambda msg, update, weight, metrics: replies.append((update, metrics)))
+    client_app._train_secagg(None, None)
+    (update, metrics), = replies
+    assert metrics == {} and torch.equal(update["w"], torch.ones(3, dtype=torch.float64))

@@ -106,9 +106,35 @@ def check_privacy_config(config: Config) -> None:
             f"supported: {', '.join(supported_algorithms(config))}")
     if config.flower.secagg.enabled and config.payload_dtype != "float32":
         raise ValueError("flower.secagg sends SecAgg+'s own quantised integers; set payload_dtype float32")
+    if config.flower.secagg.enabled:
+        check_secagg_bounds(config)
     if config.privacy.mode != "off":
         _dp_accounting()
         resolved_noise_multiplier(config)  # a target epsilon that cannot be reached fails here
+
+
+SECAGG_MODULUS = 2**32  # SecAggPlusWorkflow's modulus_range (its default; it must stay below 2^32 there)
+
+
+def max_clients_per_round(config: Config) -> int:
+    """The most clients one round can sum: all N under Poisson sampling, else the fixed-size draw m."""
+    return config.num_clients if poisson_sampled(config) else expected_clients(config)
+
+
+def check_secagg_bounds(config: Config) -> None:
+    """SecAgg+ sums quantised values in [0, quantization_range] modulo 2^32: n of them wrap silently once
+    n x quantization_range >= 2^32. Under DP a clipped update's coordinates reach clip_norm, which must
+    not exceed clipping_range (SecAgg+ would clamp them, a second, unaccounted clipping)."""
+    settings = config.flower.secagg
+    clients = max_clients_per_round(config)
+    if clients * settings.quantization_range >= SECAGG_MODULUS:
+        limit = (SECAGG_MODULUS - 1) // clients
+        raise ValueError(f"flower.secagg.quantization_range {settings.quantization_range} x {clients} clients per round "
+                         f">= 2^32 would wrap SecAgg+'s modular sum; accepted: at most {limit} for {clients} clients")
+    if config.privacy.mode != "off" and float(config.privacy.clip_norm) > settings.clipping_range:
+        raise ValueError(f"privacy.clip_norm {config.privacy.clip_norm:g} > flower.secagg.clipping_range "
+                         f"{settings.clipping_range:g}: SecAgg+ would clamp clipped updates; set clip_norm <= "
+                         "clipping_range")
 
 
 # ---- accounting -------------------------------------------------------------------------------
