@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import io
 import json
+import math
+import os
 import pickle
 import zipfile
 from dataclasses import dataclass
@@ -87,7 +89,27 @@ def given_splits(dataset: Any, num_clients: int) -> list[ClientSplit]:
 # --------------------------------------------------------------------------- client_npz
 
 
+def memory_cap_bytes() -> int:
+    """The most bytes one array member of a data file may inflate to: half the memory available now
+    (4 GiB where the platform does not say), so a deflate bomb (gigabytes of zeros in a few MB) or a
+    header declaring a huge shape is refused before anything is inflated or allocated."""
+    try:
+        available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 4 << 30
+    return max(1 << 20, available // 2)
+
+
+def _refuse_oversized(size: int, what: str, where: str) -> None:
+    cap = memory_cap_bytes()
+    if size > cap:
+        raise UserError(f"{where}: {what} is {size:,} bytes, over the cap of {cap:,} bytes (half the available "
+                        f"memory); accepted: arrays up to that size")
+
+
 def _read_entry(archive: zipfile.ZipFile, entry: str, where: str) -> Any:
+    # the declared size bounds what zipfile inflates (it stops there and checks the CRC)
+    _refuse_oversized(archive.getinfo(entry).file_size, f"member {entry!r} inflated", where)
     with archive.open(entry) as handle:
         version = np.lib.format.read_magic(handle)
         if version == (1, 0):
@@ -95,7 +117,8 @@ def _read_entry(archive: zipfile.ZipFile, entry: str, where: str) -> Any:
         else:
             shape, fortran, dtype = np.lib.format.read_array_header_2_0(handle)
         if not dtype.hasobject:
-            count = int(np.prod(shape, dtype=np.int64))
+            count = math.prod(shape)
+            _refuse_oversized(count * dtype.itemsize, f"array {entry!r} of shape {list(shape)}", where)
             array = np.frombuffer(handle.read(count * dtype.itemsize), dtype=dtype, count=count)
             return array.reshape(shape[::-1]).transpose() if fortran else array.reshape(shape)
         value = NumpyOnlyUnpickler(io.BytesIO(handle.read()), encoding="latin1").load()
