@@ -1,4 +1,5 @@
 # Two commands from a fresh clone:  `make run` (the quickstart)  and  `make test` (the test suite).
+# `make test` first checks the import layers (lint-imports, contracts in pyproject.toml), then runs pytest.
 # Both create .venv when it is missing and reinstall only when pyproject.toml changed (the stamp file
 # .venv/.installed is older than pyproject.toml). People who manage their own environment can skip
 # make: see README "Set-up".
@@ -23,6 +24,7 @@ run: $(STAMP)
 	$(BIN)/pfedlora run $(ARGS)
 
 test: $(STAMP)
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 install: $(STAMP)

@@ -16,8 +16,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from pfedlora.metrics.compare import load_run  # noqa: E402
-from pfedlora.metrics.report import ALGORITHM_ORDER, algorithm_colour, mean_band  # noqa: E402
+from pfedlora.experiments.compare import load_run  # noqa: E402
+from pfedlora.experiments.report import ALGORITHM_ORDER, algorithm_colour, mean_band  # noqa: E402
 
 # the library's colour of each algorithm, as in every report plot
 ALGORITHMS = [a for a in ALGORITHM_ORDER if a != "fedavg"]

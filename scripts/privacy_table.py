@@ -19,7 +19,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
-from pfedlora.metrics.report import algorithm_colour  # noqa: E402
+from pfedlora.experiments.report import algorithm_colour  # noqa: E402
 
 COLOURS = {"pfedlora": "tab:blue", "lg_fedavg": "tab:orange", "fml": "tab:green"}
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from pfedlora.metrics.compare import comparison_markdown, load_run, summarize_comparison, write_comparison_csv
-from pfedlora.metrics.report import ALGORITHM_ORDER, write_report
+from pfedlora.experiments.compare import comparison_markdown, load_run, summarize_comparison, write_comparison_csv
+from pfedlora.experiments.report import ALGORITHM_ORDER, write_report
 from pfedlora.metrics.run_dir import write_atomic
 
 

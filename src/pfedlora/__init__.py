@@ -8,7 +8,7 @@ __version__ = "0.1.0"
 
 
 def load_personalized(path: Any) -> Any:
-    """A client model written by ``pfedlora export``, ready in eval mode (see pfedlora.models.export)."""
-    from pfedlora.models.export import load_personalized as load
+    """A client model written by ``pfedlora export``, ready in eval mode (see pfedlora.export)."""
+    from pfedlora.export import load_personalized as load
 
     return load(path)

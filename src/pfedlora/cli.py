@@ -33,7 +33,7 @@ def _add_execution_args(parser: argparse.ArgumentParser) -> None:
 
 def _execution(args: argparse.Namespace):
     from pfedlora.federation.jobs import resolve_jobs
-    from pfedlora.metrics.compare import ExecutionOptions
+    from pfedlora.experiments.compare import ExecutionOptions
 
     if args.executor != "ray" and (args.ray_address or args.ray_shared_fs):
         raise UserError("--ray-address and --ray-shared-fs need --executor ray")
@@ -140,7 +140,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     import copy
 
     from pfedlora.config import QUICKSTART, load_document
-    from pfedlora.metrics.compare import (
+    from pfedlora.experiments.compare import (
         compare,
         comparison_markdown,
         parse_algorithm_overrides,
@@ -169,8 +169,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     import copy
 
     from pfedlora.config import QUICKSTART, load_document
-    from pfedlora.metrics.compare import resolve_algorithms, resolve_seeds
-    from pfedlora.metrics.sweep import sweep, sweep_table
+    from pfedlora.experiments.compare import resolve_algorithms, resolve_seeds
+    from pfedlora.experiments.sweep import sweep, sweep_table
 
     document = load_document(args.config) if args.config else copy.deepcopy(QUICKSTART)
     execution = _execution(args)
@@ -191,7 +191,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from pfedlora.metrics.report import write_report
+    from pfedlora.experiments.report import write_report
 
     out = Path(args.out) if args.out else (Path(args.run_dirs[0]) if len(args.run_dirs) == 1 else _default_out("report"))
     report = write_report(args.run_dirs, out)
@@ -200,7 +200,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from pfedlora.models.export import export_clients
+    from pfedlora.export import export_clients
 
     for path in export_clients(args.run_dir, args.clients, args.out):
         document = json.loads(path.read_text())

@@ -13,55 +13,16 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from pfedlora import registry
+from pfedlora.data.options import COLUMN_DATASETS, DATA_DEFINED_DATASETS, GIVEN_DATASETS, DatasetConfig
 from pfedlora.errors import UserError
+
+__all__ = ["COLUMN_DATASETS", "DATA_DEFINED_DATASETS", "GIVEN_DATASETS", "Config", "DatasetConfig", "build_config",
+           "load_config"]
 
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
-class DatasetConfig(_Section):
-    name: Literal["digits", "cifar10", "cifar100", "trec", "sst2", "sst5", "text_csv", "text_folder",
-                  # bring your own data (pfedlora.data.{image_folder,client_data,table,hf}; README)
-                  "image_folder", "client_npz", "client_folders", "table", "hf"] = "digits"
-    path: str | None = None
-    cache_dir: str | None = None
-    download: bool = False
-    augment: bool = False
-    # robustness experiments: corrupt this fraction of every client's training labels
-    label_noise: float = Field(default=0.0, ge=0, lt=1)
-    noise_kind: Literal["symmetric", "pair"] = "symmetric"
-    # > 0: evaluate on a validation split carved from each client's training data (for tuning)
-    validation_fraction: float = Field(default=0.0, ge=0, le=0.5)
-    # text datasets (see pfedlora.data.text)
-    tokenizer: str = "minilm"
-    max_length: int = Field(default=32, ge=4, le=512)
-    # any dataset: keep a seeded random subset (small CPU budgets, tests)
-    max_train_samples: int | None = Field(default=None, ge=1)
-    max_test_samples: int | None = Field(default=None, ge=1)
-    # --- bring your own data (README "Bring your own data") ---
-    # images: side of the square images models see; null keeps the native size (all images must share it)
-    image_size: int | None = Field(default=None, ge=8, le=512)
-    # how an image of another size reaches image_size: resize (bilinear) or pad (centred, zeros; never shrinks)
-    image_fit: Literal["resize", "pad"] = "resize"
-    # columns of tables (text_csv, table, hf); image_column: image paths (table) or images (hf)
-    text_column: str = "text"
-    label_column: str = "label"
-    image_column: str | None = None
-    # partition.kind given: the column naming each row's client (table, hf)
-    client_column: str | None = None
-    # hf: split names; split_test null (or absent from the data): a seeded test_fraction split
-    split_train: str = "train"
-    split_test: str | None = "test"
-    # data without a test split (image_folder DIR/<class>/<image>, table, hf): the seeded per-class
-    # (per-client with client_column) share of rows held out for test
-    test_fraction: float = Field(default=0.25, gt=0, lt=1)
-
-
-GIVEN_DATASETS = ("client_npz", "client_folders")  # always partitioned by the data itself
-COLUMN_DATASETS = ("table", "hf")  # given partition with dataset.client_column
-# datasets whose kind (images or token ids) is known only once the data is read
-DATA_DEFINED_DATASETS = ("client_npz", "table", "hf")
 
 
 class PartitionConfig(_Section):
@@ -98,50 +59,6 @@ class TrainConfig(_Section):
     clip_norm: float = Field(default=50.0, gt=0)
     # bf16: forward and loss under CPU/CUDA bf16 autocast (weights, optimizer and evaluation stay fp32)
     precision: Literal["fp32", "bf16"] = "fp32"
-
-
-class AdapterConfig(_Section):
-    """pFedLoRA's adapter (see pfedlora.models.adapters and pfedlora.algorithms.pfedlora)."""
-
-    reference: str | None = None
-    construction: Literal["reduced", "factorized"] = "reduced"
-    rank: int = Field(default=16, ge=1)
-    placement: Literal["branch", "head", "lora"] = "branch"
-    mu: float = Field(default=0.5, ge=0, le=1)
-    schedule: Literal["iterative", "synchronous"] = "iterative"
-    # branch: convex (1-mu) F_k(x) + mu A(x) or additive F_k(x) + mu A(x); unset: convex on branch
-    # (head and lora are additive by construction, so convex is refused there)
-    combine: Literal["convex", "additive"] | None = None
-    # branch: the adapter's output layer (last Linear, weight and bias) starts at exactly zero, as LoRA's B
-    zero_init: bool = False
-    # branch, images: the adapter reads the input average-pooled by this factor (a cheaper adapter)
-    input_pool: Literal[1, 2, 4] = 1
-    # B.A factor pairs: factors = FedAvg of each factor; product = mean of B_i A_i re-factorised by SVD
-    aggregation: Literal["factors", "product"] = "factors"
-    # iterative step 2's frozen local-model outputs: recompute them with the trained local model (the
-    # paper), or use those recorded during step 1's last epoch (saves one forward pass over the data)
-    step2_outputs: Literal["recompute", "recorded"] = "recompute"
-
-    @model_validator(mode="after")
-    def _options_fit_placement(self) -> AdapterConfig:
-        if self.combine == "convex" and self.placement != "branch":
-            raise ValueError(f"combine: convex applies to placement branch; placement {self.placement} adds "
-                             "mu times the adapter's delta (additive): leave combine unset or set additive")
-        if self.input_pool != 1 and self.placement != "branch":
-            raise ValueError(f"input_pool applies to placement branch (the adapter reads the input), not {self.placement}")
-        if self.step2_outputs == "recorded" and (self.placement == "lora" or self.schedule != "iterative"):
-            raise ValueError("step2_outputs: recorded applies to the iterative schedule with placement branch or head")
-        if self.aggregation == "product" and self.placement == "branch" and self.construction == "reduced":
-            raise ValueError("aggregation: product needs B.A factor pairs (construction factorized, or placement "
-                             "head or lora); the reduced branch adapter has none")
-        return self
-
-    @property
-    def combine_rule(self) -> str:
-        """The combine rule in effect: convex on branch unless set, additive on head and lora."""
-        if self.combine is not None:
-            return self.combine
-        return "convex" if self.placement == "branch" else "additive"
 
 
 # --- reliability: update validation and fault injection -------------------------------------------
@@ -185,66 +102,6 @@ class FaultsConfig(_Section):
 
 
 # --- end reliability ------------------------------------------------------------------------------
-# --- baselines: one section per algorithm (defaults from each paper) ---------------------------
-
-
-class FDConfig(_Section):
-    """Federated Distillation (Jeong et al., 2018)."""
-
-    gamma: float = Field(default=1.0, ge=0)  # weight of the distillation term (the paper gives none)
-    temperature: float = Field(default=1.0, gt=0)
-    # a client's target for class c: the mean logits of the OTHER clients holding c (the paper's
-    # Algorithm 1), or of all holders, its own included (the rule used here until 2026-11-30)
-    target: Literal["leave_one_out", "include_own"] = "leave_one_out"
-
-
-class FedProtoConfig(_Section):
-    """FedProto (Tan et al., 2022)."""
-
-    lam: float = Field(default=1.0, ge=0)  # λ, weight of the prototype regulariser
-    # global prototype of a class: the plain mean over the clients holding it (the authors' code),
-    # or the mean weighted by their sample counts of that class (the paper's Eq. 6; used here until 2026-11-30)
-    aggregation: Literal["clients", "samples"] = "clients"
-
-
-class FMLConfig(_Section):
-    """Federated Mutual Learning (Shen et al., 2020)."""
-
-    alpha: float = Field(default=0.5, ge=0, le=1)  # private model: α·CE + (1−α)·KL
-    beta: float = Field(default=0.5, ge=0, le=1)  # shared model: β·CE + (1−β)·KL
-    shared_model: str | None = None  # default: the smallest model in the pool
-
-
-class FedKDConfig(_Section):
-    """FedKD (Wu et al., 2022)."""
-
-    shared_model: str | None = None  # the student; default: the smallest model in the pool
-    energy_start: float = Field(default=0.95, gt=0, le=1)  # SVD energy threshold, first round
-    energy_end: float = Field(default=0.98, gt=0, le=1)  # ... annealed linearly to this, last round
-    temperature: float = Field(default=1.0, gt=0)
-    # scales both distillation terms (logits and hidden states); 1 is the paper, 0 switches transfer off
-    kd_weight: float = Field(default=1.0, ge=0)
-
-
-class FedGHConfig(_Section):
-    """FedGH (Yi et al., 2023)."""
-
-    server_lr: float = Field(default=0.01, gt=0)  # the clients' lr, as in the paper
-    server_epochs: int = Field(default=1, ge=1)
-    server_batch_size: int = Field(default=1, ge=1)  # 1: one SGD step per (client, class) representation
-    # evaluate with the client's own trained header (the FedGH authors' convention) or with the
-    # global header loaded first (as other libraries do)
-    evaluation: Literal["local_header", "global_header"] = "local_header"
-
-
-class LGFedAvgConfig(_Section):
-    """LG-FedAvg (Liang et al., 2020)."""
-
-    # evaluate with the client's own trained header, or with the global header loaded first
-    evaluation: Literal["local_header", "global_header"] = "local_header"
-
-
-# --- end baselines ------------------------------------------------------------------------------
 class SecAggConfig(_Section):
     """Secure aggregation on Flower with Flower's own SecAgg+ (``secaggplus_mod`` + ``SecAggPlusWorkflow``):
     the server only learns the sum of the masked, quantised updates (pfedlora.federation.flower.secagg)."""
@@ -360,7 +217,7 @@ class EngineConfig(_Section):
 
 
 class SweepConfig(_Section):
-    """A grid of config values run by ``pfedlora sweep`` (see pfedlora.metrics.sweep)."""
+    """A grid of config values run by ``pfedlora sweep`` (see pfedlora.experiments.sweep)."""
 
     # dotted config key -> the values to try; the cartesian product, keys in declaration order.
     # Linked keys "a+b" vary together: values [[a1, b1], [a2, b2]] (e.g. num_clients+fraction)
@@ -389,14 +246,12 @@ class SweepConfig(_Section):
     @field_validator("algorithms")
     @classmethod
     def _known_algorithms(cls, value: list[str] | str) -> list[str] | str:
-        from pfedlora.algorithms import algorithm_names
-
         if isinstance(value, list):
             if not value:
                 raise ValueError("algorithms needs at least one algorithm (or 'all')")
             for name in value:
-                if name not in algorithm_names():
-                    raise ValueError(f"unknown algorithm {name!r}; valid: all, {', '.join(algorithm_names())}")
+                if name not in registry.names():
+                    raise ValueError(f"unknown algorithm {name!r}; valid: all, {', '.join(registry.names())}")
             return list(dict.fromkeys(value))
         if value != "all":
             raise ValueError("expected a list of algorithms or 'all'")
@@ -430,7 +285,14 @@ class Config(_Section):
 
     Defaults: the authors' training setup, and the quickstart federation (digits, 10 clients,
     cnn1..cnn5, pathological 2 classes per client).
+
+    Each algorithm's own settings are a section named after it (pFedLoRA's: ``adapter``), declared in
+    the algorithm's module and validated through :mod:`pfedlora.registry`; they are pydantic extras
+    here, reached as attributes (``config.fd.gamma``) or ``config.settings`` for the chosen one.
     """
+
+    # extras are the algorithm sections; `_algorithm_sections` refuses any other unknown key
+    model_config = ConfigDict(extra="allow", validate_assignment=True)
 
     algorithm: str = "pfedlora"
     seed: int = 0
@@ -444,18 +306,11 @@ class Config(_Section):
     model_pool: list[str] = Field(default_factory=lambda: list(DEFAULT_POOL), min_length=1)
     client_models: list[str] | None = None
     train: TrainConfig = TrainConfig()
-    adapter: AdapterConfig = AdapterConfig()
     # reliability
     checkpoint_every: int = Field(default=1, ge=0)  # rounds between checkpoints; 0: only on signals
     min_clients: int = Field(default=1, ge=1)  # fewer valid updates: the global state is kept
     validation: ValidationConfig = ValidationConfig()
     faults: FaultsConfig = FaultsConfig()
-    lg_fedavg: LGFedAvgConfig = LGFedAvgConfig()
-    fd: FDConfig = FDConfig()
-    fedproto: FedProtoConfig = FedProtoConfig()
-    fml: FMLConfig = FMLConfig()
-    fedkd: FedKDConfig = FedKDConfig()
-    fedgh: FedGHConfig = FedGHConfig()
     flower: FlowerConfig = FlowerConfig()
     privacy: PrivacyConfig = PrivacyConfig()
     engine: EngineConfig = EngineConfig()
@@ -464,17 +319,57 @@ class Config(_Section):
     payload_dtype: Literal["float32", "float16", "bfloat16"] = "float32"
     # mean accuracy (percent) for time-to-target in summary.json; None: not reported
     target_accuracy: float | None = Field(default=None, gt=0, le=100)
-    # --- sweep (pfedlora.metrics.sweep); not part of a run's identity, so not in to_dict() ---
+    # --- sweep (pfedlora.experiments.sweep); not part of a run's identity, so not in to_dict() ---
     sweep: SweepConfig = SweepConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _algorithm_sections(cls, data: Any) -> Any:
+        """Validate every algorithm settings section through the registry (each algorithm module owns
+        its settings): the sections always written, the chosen algorithm's, and any other given one."""
+        if not isinstance(data, dict):
+            return data
+        given = [key for key in data if key not in cls.model_fields]
+        algorithm = data.get("algorithm", cls.model_fields["algorithm"].default)
+        if not isinstance(algorithm, str) or algorithm not in registry.names():
+            algorithm = cls.model_fields["algorithm"].default  # the field validator reports it
+        sections = registry.settings_sections(algorithm, given)
+        unknown = [key for key in given if key not in sections]
+        if unknown:
+            valid = ", ".join([*(k for k in cls.model_fields if k != "sweep"), *sections, "sweep"])
+            raise ValueError(f"unknown key {unknown[0]!r}; valid keys here: {valid}")
+        data = dict(data)
+        for section, model in sections.items():
+            value = data.get(section, {})
+            if isinstance(value, model):
+                continue
+            if value is None:
+                value = {}
+            if not isinstance(value, dict):
+                raise ValueError(f"{section}: expected a mapping of keys (valid keys: {', '.join(model.model_fields)}), "
+                                 f"got {value!r}")
+            try:
+                data[section] = model.model_validate(value)
+            except ValidationError as exc:
+                raise ValueError(_describe(exc, model, prefix=section)) from None
+        return data
 
     @field_validator("algorithm")
     @classmethod
     def _known_algorithm(cls, value: str) -> str:
-        from pfedlora.algorithms import algorithm_names
-
-        if value not in algorithm_names():
-            raise ValueError(f"unknown algorithm {value!r}; valid: {', '.join(algorithm_names())}")
+        if value not in registry.names():
+            raise ValueError(f"unknown algorithm {value!r}; valid: {', '.join(registry.names())}")
         return value
+
+    def algorithm_sections(self) -> dict[str, BaseModel]:
+        """The algorithm settings sections this config carries (section name -> settings)."""
+        return dict(self.__pydantic_extra__ or {})
+
+    @property
+    def settings(self) -> BaseModel | None:
+        """The chosen algorithm's own settings (None for an algorithm without settings)."""
+        section = registry.get(self.algorithm).section
+        return None if section is None else self.algorithm_sections()[section]
 
     @field_validator("model_pool", "client_models")
     @classmethod
@@ -496,17 +391,9 @@ class Config(_Section):
                      + self.faults.scale_clients)
         if any(k >= self.num_clients for k in attackers):
             raise ValueError(f"faults: client ids must be < num_clients ({self.num_clients}), got {max(attackers)}")
-        if self.adapter.reference is not None:
-            from pfedlora.models.registry import model_names
-
-            if self.adapter.reference not in model_names():
-                raise ValueError(
-                    f"adapter.reference: unknown model {self.adapter.reference!r}; valid: {', '.join(model_names())}"
-                )
-        self._check_baselines()
         self._given_consistent()
         self._text_consistent()
-        self._privacy_consistent()
+        registry.check_config(self)  # the chosen algorithm's own cross-section rules
         return self
 
     def _given_consistent(self) -> None:
@@ -534,30 +421,8 @@ class Config(_Section):
                 raise ValueError(f"dataset.{key} does not apply to partition.kind given (it would cut clients' "
                                  "data unevenly); remove it")
 
-    def _privacy_consistent(self) -> None:
-        """DP and SecAgg+ need an algorithm whose aggregate is a mean of uploads; a target epsilon must be reachable."""
-        if self.privacy.mode == "off" and not self.flower.secagg.enabled:
-            return
-        from pfedlora.federation.privacy import check_privacy_config
-
-        check_privacy_config(self)
-
-    def _check_baselines(self) -> None:
-        from pfedlora.models.registry import model_names
-
-        for key, value in (("fml.shared_model", self.fml.shared_model), ("fedkd.shared_model", self.fedkd.shared_model)):
-            if value is not None and value not in model_names():
-                raise ValueError(f"{key}: unknown model {value!r}; valid: {', '.join(model_names())}")
-        if self.algorithm == "fedavg":
-            archs = sorted({self.client_model(k) for k in range(self.num_clients)})
-            if len(archs) > 1:
-                raise ValueError(
-                    f"fedavg needs one architecture for every client, got {', '.join(archs)}; "
-                    "set e.g. model_pool=[cnn5]"
-                )
-
     def _text_consistent(self) -> None:
-        """Text datasets need text models (and vice versa); LoRA placement needs pretrained encoders."""
+        """Text datasets need text models (and vice versa)."""
         from pfedlora.data.text import TEXT_DATASETS
         from pfedlora.models.text import TEXT_MODEL_SPECS
 
@@ -572,16 +437,8 @@ class Config(_Section):
 
             valid = sorted(TEXT_MODEL_SPECS) if is_text else sorted(MODEL_BUILDERS)
             raise ValueError(f"model {wrong[0]!r} does not fit the {kind} dataset {self.dataset.name!r}; valid: {', '.join(valid)}")
-        if self.adapter.step2_outputs == "recorded" and self.dataset.augment:
-            raise ValueError("adapter.step2_outputs: recorded needs unaugmented inputs (step 1's outputs are reused "
-                             "in step 2); set dataset.augment false or adapter.step2_outputs recompute")
         if is_text and self.dataset.augment:
             raise ValueError("dataset.augment (random crop + flip) is for image datasets; set it to false for text")
-        if self.adapter.placement == "lora":
-            pretrained = sorted(n for n, spec in TEXT_MODEL_SPECS.items() if spec.pretrained)
-            bad = [a for a in archs if a not in pretrained]
-            if bad:
-                raise ValueError(f"adapter.placement lora needs pretrained text encoders ({', '.join(pretrained)}) in the pool, got {bad[0]!r}")
 
     def client_model(self, client_id: int) -> str:
         """The local model architecture of client ``client_id``."""
@@ -598,24 +455,37 @@ class Config(_Section):
             exclude["privacy"] = True
         if not self.flower.secagg.enabled:
             exclude["flower"] = {"secagg"}
-        return self.model_dump(mode="json", exclude=exclude)
+        document = self.model_dump(mode="json", exclude=exclude)
+        # algorithm sections (pydantic extras, dumped last) go after `train`, where `adapter` always was
+        sections = {key: document.pop(key) for key in self.algorithm_sections()}
+        ordered: dict[str, Any] = {}
+        for key, value in document.items():
+            ordered[key] = value
+            if key == "train":
+                ordered.update(sections)
+        return ordered
 
 
 def _format_error(error: ValidationError) -> str:
+    return "config: " + _describe(error, Config)
+
+
+def _describe(error: ValidationError, root: type[BaseModel], prefix: str = "") -> str:
+    """The first error as one line naming the key (``prefix.`` before it) and what is accepted."""
     first = error.errors()[0]
-    location = ".".join(str(part) for part in first["loc"])
+    location = ".".join([*([prefix] if prefix else []), *(str(part) for part in first["loc"])])
     if first["type"] == "extra_forbidden":
-        section = _section_for(first["loc"][:-1])
+        section = _section_for(root, first["loc"][:-1])
         valid = ", ".join(section.model_fields) if section is not None else "?"
-        return f"config: unknown key {location!r}; valid keys here: {valid}"
+        return f"unknown key {location!r}; valid keys here: {valid}"
     message = first["msg"].removeprefix("Value error, ")
     got = first.get("input")
     suffix = "" if isinstance(got, dict) or got is None else f" (got {got!r})"
-    return f"config: {location}: {message}{suffix}" if location else f"config: {message}{suffix}"
+    return f"{location}: {message}{suffix}" if location else f"{message}{suffix}"
 
 
-def _section_for(location: tuple) -> type[BaseModel] | None:
-    model: type[BaseModel] = Config
+def _section_for(root: type[BaseModel], location: tuple) -> type[BaseModel] | None:
+    model = root
     for part in location:
         field = model.model_fields.get(str(part))
         annotation = getattr(field, "annotation", None)

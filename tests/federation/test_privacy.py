@@ -15,6 +15,7 @@ from pfedlora.algorithms import get_algorithm  # noqa: E402
 from pfedlora.algorithms.base import Upload, derive_seed  # noqa: E402
 from pfedlora.cli import main  # noqa: E402
 from pfedlora.config import build_config  # noqa: E402
+from pfedlora.federation.preflight import check_run  # noqa: E402
 from pfedlora.errors import UserError  # noqa: E402
 from pfedlora.federation import privacy as dp  # noqa: E402
 from pfedlora.federation.simulation import run  # noqa: E402
@@ -215,7 +216,7 @@ def test_target_epsilon_sets_the_smallest_sufficient_noise():
 @pytest.mark.parametrize("overrides,message", [
     ({"algorithm": "fedproto"}, "algorithm fedproto is not supported"),
     ({"algorithm": "fd"}, "supported: pfedlora, lg_fedavg, fml, fedavg"),
-    ({"adapter": {"aggregation": "product", "construction": "factorized"}}, "adapter.aggregation product"),
+    ({"adapter": {"aggregation": "product", "construction": "factorized"}}, "algorithm pfedlora is not supported with these settings"),
     ({"privacy": CENTRAL | {"clip_norm": 0}}, "privacy.clip_norm"),
     ({"privacy": CENTRAL | {"clip_norm": -1.0}}, "privacy.clip_norm"),
     ({"privacy": {"mode": "central", "noise_multiplier": 1.0}}, "needs clip_norm"),
@@ -226,7 +227,7 @@ def test_target_epsilon_sets_the_smallest_sufficient_noise():
 def test_inconsistent_settings_are_refused(overrides, message):
     document = TINY | {"privacy": CENTRAL} | overrides
     with pytest.raises(UserError, match=message) as error:
-        build_config(document)
+        check_run(build_config(document))  # key rules at validation, eligibility at run start
     assert "\n" not in str(error.value)
 
 
@@ -378,8 +379,8 @@ def test_under_dp_the_validator_keeps_only_structural_checks_and_logs_no_norms(t
 ])
 def test_secagg_settings_the_flower_workflow_would_reject_are_refused(secagg, message):
     with pytest.raises(UserError, match=message):
-        build_config(TINY | {"flower": {"secagg": {"enabled": True} | secagg}})
-    assert build_config(TINY | {"flower": {"secagg": {"enabled": True, "num_shares": 3, "reconstruction_threshold": 2}}})
+        check_run(build_config(TINY | {"flower": {"secagg": {"enabled": True} | secagg}}))
+    check_run(build_config(TINY | {"flower": {"secagg": {"enabled": True, "num_shares": 3, "reconstruction_threshold": 2}}}))
 
 
 def test_secagg_quantisation_bound_is_where_flowers_modular_sum_wraps():
@@ -397,15 +398,15 @@ def test_secagg_quantisation_bound_is_where_flowers_modular_sum_wraps():
         document = TINY | {"flower": {"secagg": {"enabled": True, "quantization_range": levels}}}
         if wraps:
             with pytest.raises(UserError, match="would wrap"):
-                build_config(document)
+                check_run(build_config(document))
         else:
-            build_config(document)
+            check_run(build_config(document))
 
 
 def test_secagg_refuses_a_clip_norm_above_its_clipping_range():
     with pytest.raises(UserError, match="privacy.clip_norm 10 > flower.secagg.clipping_range 8"):
-        build_config(TINY | {"privacy": CENTRAL | {"clip_norm": 10.0}, "flower": {"secagg": {"enabled": True}}})
-    build_config(TINY | {"privacy": CENTRAL | {"clip_norm": 8.0}, "flower": {"secagg": {"enabled": True}}})
+        check_run(build_config(TINY | {"privacy": CENTRAL | {"clip_norm": 10.0}, "flower": {"secagg": {"enabled": True}}}))
+    check_run(build_config(TINY | {"privacy": CENTRAL | {"clip_norm": 8.0}, "flower": {"secagg": {"enabled": True}}}))
 
 
 def test_secagg_clients_send_no_training_loss_in_plaintext(monkeypatch):

@@ -1,38 +1,22 @@
-"""Algorithms: one module per algorithm, each exposing ``ALGORITHM`` (an :class:`Algorithm`).
-
-Modules are imported lazily so the config can validate names without importing torch models.
+"""Algorithms: one module per algorithm, each declaring its settings and registering itself with
+:mod:`pfedlora.registry` (built-ins by module path, third-party ones through the entry-point group
+``pfedlora.algorithms``). Modules are imported on first use.
 """
 
 from __future__ import annotations
 
-import importlib
-
+from pfedlora import registry
 from pfedlora.algorithms.base import Algorithm
-
-# name -> module under pfedlora.algorithms
-ALGORITHM_MODULES: dict[str, str] = {
-    "pfedlora": "pfedlora",
-    # baselines
-    "standalone": "standalone",
-    "lg_fedavg": "lg_fedavg",
-    "fd": "fd",
-    "fedproto": "fedproto",
-    "fml": "fml",
-    "fedkd": "fedkd",
-    "fedgh": "fedgh",
-    "fedavg": "fedavg",
-}
 
 
 def algorithm_names() -> list[str]:
-    return list(ALGORITHM_MODULES)
+    """Built-in algorithms in their order, then installed plugins."""
+    return registry.names()
 
 
 def get_algorithm(name: str) -> Algorithm:
-    if name not in ALGORITHM_MODULES:
-        raise KeyError(f"unknown algorithm {name!r}; valid: {', '.join(algorithm_names())}")
-    module = importlib.import_module(f"pfedlora.algorithms.{ALGORITHM_MODULES[name]}")
-    return module.ALGORITHM
+    """The :class:`Algorithm` registered as ``name`` (UserError when unknown)."""
+    return registry.get_algorithm(name)
 
 
 __all__ = ["Algorithm", "algorithm_names", "get_algorithm"]

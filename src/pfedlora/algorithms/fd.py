@@ -32,6 +32,9 @@ here differs from it by a constant (the target entropy), so the gradients are th
 
 from __future__ import annotations
 
+from typing import Literal
+
+from pydantic import Field
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -52,6 +55,18 @@ from pfedlora.algorithms.class_stats import average_class_means, class_means
 from pfedlora.algorithms.distillation import distillation_kl
 from pfedlora.algorithms.local_models import LOCAL, init_local_state, load_local
 from pfedlora.algorithms.training import train_epochs
+from pfedlora.registry import AlgorithmSettings, register
+
+
+class FDSettings(AlgorithmSettings):
+    """Federated Distillation (Jeong et al., 2018)."""
+
+    gamma: float = Field(default=1.0, ge=0)  # weight of the distillation term (the paper gives none)
+    temperature: float = Field(default=1.0, gt=0)
+    # a client's target for class c: the mean logits of the OTHER clients holding c (the paper's
+    # Algorithm 1), or of all holders, its own included (the rule used here until 2026-11-30)
+    target: Literal["leave_one_out", "include_own"] = "leave_one_out"
+
 
 LOGITS = "class_logits"  # [classes, classes]: per-class mean logits (upload: the client's own)
 COUNTS = "class_counts"  # [classes]: samples behind each row
@@ -155,3 +170,6 @@ ALGORITHM = Algorithm(
     aggregate=aggregate,
     personalized_model=personalized_model,
 )
+
+# always written: every config written so far carries this section
+register(ALGORITHM, settings=FDSettings, always_written=True)

@@ -28,7 +28,9 @@ from pfedlora.algorithms.base import (
 )
 from pfedlora.algorithms.local_models import local_workspace
 from pfedlora.algorithms.training import train_epochs
+from pfedlora.config import Config
 from pfedlora.errors import UserError
+from pfedlora.registry import register
 
 
 def _arch(ctx: FederationContext) -> str:
@@ -74,3 +76,13 @@ ALGORITHM = Algorithm(
     # the upload is the broadcast's tensors and the aggregate their weighted mean (DP, SecAgg+)
     averages_uploads=lambda config: True,
 )
+
+
+def check_config(config: Config) -> None:
+    archs = sorted({config.client_model(k) for k in range(config.num_clients)})
+    if len(archs) > 1:
+        raise ValueError(f"fedavg needs one architecture for every client, got {', '.join(archs)}; "
+                         "set e.g. model_pool=[cnn5]")
+
+
+register(ALGORITHM, check_config=check_config)

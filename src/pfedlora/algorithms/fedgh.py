@@ -18,6 +18,9 @@ global header either way.
 
 from __future__ import annotations
 
+from typing import Literal
+
+from pydantic import Field
 import torch
 from torch import nn
 
@@ -40,6 +43,19 @@ from pfedlora.algorithms.class_stats import class_means
 from pfedlora.algorithms.local_models import LOCAL, head_state, init_local_state, load_local
 from pfedlora.algorithms.training import train_epochs
 from pfedlora.models.cnn import REPRESENTATION_DIM
+from pfedlora.registry import AlgorithmSettings, register
+
+
+class FedGHSettings(AlgorithmSettings):
+    """FedGH (Yi et al., 2023)."""
+
+    server_lr: float = Field(default=0.01, gt=0)  # the clients' lr, as in the paper
+    server_epochs: int = Field(default=1, ge=1)
+    server_batch_size: int = Field(default=1, ge=1)  # 1: one SGD step per (client, class) representation
+    # evaluate with the client's own trained header (the FedGH authors' convention) or with the
+    # global header loaded first (as other libraries do)
+    evaluation: Literal["local_header", "global_header"] = "local_header"
+
 
 REPRESENTATIONS = "class_representations"
 COUNTS = "class_counts"
@@ -121,3 +137,6 @@ ALGORITHM = Algorithm(
     aggregate=aggregate,
     personalized_model=personalized_model,
 )
+
+# always written: every config written so far carries this section
+register(ALGORITHM, settings=FedGHSettings, always_written=True)

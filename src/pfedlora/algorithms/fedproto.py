@@ -25,6 +25,9 @@ nearest-global-prototype rule, so every baseline is evaluated the same way.
 
 from __future__ import annotations
 
+from typing import Literal
+
+from pydantic import Field
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -43,6 +46,17 @@ from pfedlora.algorithms.class_stats import average_class_means, class_means
 from pfedlora.algorithms.local_models import LOCAL, init_local_state, load_local
 from pfedlora.algorithms.training import train_epochs
 from pfedlora.models.cnn import REPRESENTATION_DIM
+from pfedlora.registry import AlgorithmSettings, register
+
+
+class FedProtoSettings(AlgorithmSettings):
+    """FedProto (Tan et al., 2022)."""
+
+    lam: float = Field(default=1.0, ge=0)  # λ, weight of the prototype regulariser
+    # global prototype of a class: the plain mean over the clients holding it (the authors' code),
+    # or the mean weighted by their sample counts of that class (the paper's Eq. 6; used here until 2026-11-30)
+    aggregation: Literal["clients", "samples"] = "clients"
+
 
 PROTOTYPES = "prototypes"
 COUNTS = "class_counts"
@@ -107,3 +121,6 @@ ALGORITHM = Algorithm(
     aggregate=aggregate,
     personalized_model=personalized_model,
 )
+
+# always written: every config written so far carries this section
+register(ALGORITHM, settings=FedProtoSettings, always_written=True)

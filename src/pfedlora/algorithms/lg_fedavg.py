@@ -19,6 +19,8 @@ A client never selected yet uses the global header either way.
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from torch import nn
 
@@ -35,6 +37,15 @@ from pfedlora.algorithms.base import (
 )
 from pfedlora.algorithms.local_models import LOCAL, head_state, init_local_state, load_local
 from pfedlora.algorithms.training import train_epochs
+from pfedlora.registry import AlgorithmSettings, register
+
+
+class LGFedAvgSettings(AlgorithmSettings):
+    """LG-FedAvg (Liang et al., 2020)."""
+
+    # evaluate with the client's own trained header, or with the global header loaded first
+    evaluation: Literal["local_header", "global_header"] = "local_header"
+
 
 TRAINED = "trained"  # client-state flag: the client has trained its own header at least once
 
@@ -81,3 +92,6 @@ ALGORITHM = Algorithm(
     # the upload is the broadcast's tensors and the aggregate their weighted mean (DP, SecAgg+)
     averages_uploads=lambda config: True,
 )
+
+# always written: every config written so far carries this section
+register(ALGORITHM, settings=LGFedAvgSettings, always_written=True)

@@ -52,7 +52,9 @@ Options (``adapter.*``; all opt-in, the defaults reproduce earlier results bit f
 from __future__ import annotations
 
 import functools
+from typing import Literal
 
+from pydantic import Field, field_validator, model_validator
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -73,6 +75,7 @@ from pfedlora.algorithms.base import (
     unprefixed,
 )
 from pfedlora.algorithms.training import train_epochs
+from pfedlora.config import Config
 from pfedlora.metrics import flops as flop_count
 from pfedlora.models.adapters import (
     PersonalizedModel,
@@ -84,7 +87,61 @@ from pfedlora.models.adapters import (
     lora_factor_pairs,
 )
 from pfedlora.models.cnn import CNN_SPECS
-from pfedlora.models.registry import parameter_count
+from pfedlora.models.registry import model_names, parameter_count
+from pfedlora.models.text import TEXT_MODEL_SPECS
+from pfedlora.registry import AlgorithmSettings, register
+
+
+class PFedLoRASettings(AlgorithmSettings):
+    """pFedLoRA's adapter, the config section ``adapter`` (see :mod:`pfedlora.models.adapters`)."""
+
+    reference: str | None = None
+    construction: Literal["reduced", "factorized"] = "reduced"
+    rank: int = Field(default=16, ge=1)
+    placement: Literal["branch", "head", "lora"] = "branch"
+    mu: float = Field(default=0.5, ge=0, le=1)
+    schedule: Literal["iterative", "synchronous"] = "iterative"
+    # branch: convex (1-mu) F_k(x) + mu A(x) or additive F_k(x) + mu A(x); unset: convex on branch
+    # (head and lora are additive by construction, so convex is refused there)
+    combine: Literal["convex", "additive"] | None = None
+    # branch: the adapter's output layer (last Linear, weight and bias) starts at exactly zero, as LoRA's B
+    zero_init: bool = False
+    # branch, images: the adapter reads the input average-pooled by this factor (a cheaper adapter)
+    input_pool: Literal[1, 2, 4] = 1
+    # B.A factor pairs: factors = FedAvg of each factor; product = mean of B_i A_i re-factorised by SVD
+    aggregation: Literal["factors", "product"] = "factors"
+    # iterative step 2's frozen local-model outputs: recompute them with the trained local model (the
+    # paper), or use those recorded during step 1's last epoch (saves one forward pass over the data)
+    step2_outputs: Literal["recompute", "recorded"] = "recompute"
+
+    @field_validator("reference")
+    @classmethod
+    def _known_reference(cls, value: str | None) -> str | None:
+        if value is not None and value not in model_names():
+            raise ValueError(f"unknown model {value!r}; valid: {', '.join(model_names())}")
+        return value
+
+    @model_validator(mode="after")
+    def _options_fit_placement(self) -> PFedLoRASettings:
+        if self.combine == "convex" and self.placement != "branch":
+            raise ValueError(f"combine: convex applies to placement branch; placement {self.placement} adds "
+                             "mu times the adapter's delta (additive): leave combine unset or set additive")
+        if self.input_pool != 1 and self.placement != "branch":
+            raise ValueError(f"input_pool applies to placement branch (the adapter reads the input), not {self.placement}")
+        if self.step2_outputs == "recorded" and (self.placement == "lora" or self.schedule != "iterative"):
+            raise ValueError("step2_outputs: recorded applies to the iterative schedule with placement branch or head")
+        if self.aggregation == "product" and self.placement == "branch" and self.construction == "reduced":
+            raise ValueError("aggregation: product needs B.A factor pairs (construction factorized, or placement "
+                             "head or lora); the reduced branch adapter has none")
+        return self
+
+    @property
+    def combine_rule(self) -> str:
+        """The combine rule in effect: convex on branch unless set, additive on head and lora."""
+        if self.combine is not None:
+            return self.combine
+        return "convex" if self.placement == "branch" else "additive"
+
 
 LOCAL = "local_model."
 ADAPTER = "adapter."
@@ -526,3 +583,22 @@ ALGORITHM = Algorithm(
     # FedAvg of the factors is a mean of uploads (DP, SecAgg+); a re-factorised mean of products is not
     averages_uploads=lambda config: config.adapter.aggregation == "factors",
 )
+
+
+def check_config(config: Config) -> None:
+    """Adapter settings that depend on the data and the model pool."""
+    adapter = config.adapter
+    if adapter.step2_outputs == "recorded" and config.dataset.augment:
+        raise ValueError("adapter.step2_outputs: recorded needs unaugmented inputs (step 1's outputs are reused "
+                         "in step 2); set dataset.augment false or adapter.step2_outputs recompute")
+    if adapter.placement == "lora":
+        pretrained = sorted(name for name, spec in TEXT_MODEL_SPECS.items() if spec.pretrained)
+        archs = list(dict.fromkeys(config.model_pool + (config.client_models or [])))
+        bad = [arch for arch in archs if arch not in pretrained]
+        if bad:
+            raise ValueError(f"adapter.placement lora needs pretrained text encoders ({', '.join(pretrained)}) "
+                             f"in the pool, got {bad[0]!r}")
+
+
+# the section keeps its historical name `adapter`; every config written so far carries it
+register(ALGORITHM, settings=PFedLoRASettings, section="adapter", always_written=True, check_config=check_config)

@@ -12,6 +12,7 @@ from torch import nn
 from pfedlora.algorithms.base import Algorithm, ClientData, ClientResult, FederationContext, Payload, State, Upload, prefixed
 from pfedlora.algorithms.local_models import LOCAL, init_local_state, load_local
 from pfedlora.algorithms.training import train_epochs
+from pfedlora.registry import register
 
 
 init_client = init_local_state  # a private local model, nothing else
@@ -46,3 +47,5 @@ ALGORITHM = Algorithm(
     aggregate=aggregate,
     personalized_model=personalized_model,
 )
+
+register(ALGORITHM)

@@ -38,7 +38,7 @@ class ArrayDataset:
     std: list[float] | None = None
     # partition.kind given: the data's own clients (pfedlora.data.client_data.GivenClients)
     clients: Any = None
-    # how a raw input becomes model input, for exported models (pfedlora.models.export)
+    # how a raw input becomes model input, for exported models (pfedlora.export)
     preprocessing: dict[str, Any] | None = None
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:

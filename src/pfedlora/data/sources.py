@@ -14,7 +14,7 @@ def load_source(name: str, path: str | None, options: Any, *, cache_dir: str | N
                 tokenizer: str, max_length: int):
     """Load source ``name`` as an ArrayDataset (with ``clients`` set for pre-partitioned data)."""
     if options is None:
-        from pfedlora.config import DatasetConfig
+        from pfedlora.data.options import DatasetConfig
 
         options = DatasetConfig(name=name, path=path)
     if name == "image_folder":

@@ -99,10 +99,9 @@ def check_privacy_config(config: Config) -> None:
     if config.flower.secagg.enabled:
         features.append("flower.secagg")
     if not get_algorithm(config.algorithm).averages_uploads(config):
-        extra = " (with adapter.aggregation product it is not)" if config.algorithm == "pfedlora" else ""
         raise ValueError(
-            f"{' and '.join(features)}: algorithm {config.algorithm} is not supported: its upload is not a "
-            f"weighted mean of tensors{extra}, so one client's influence has no bound to clip and mask; "
+            f"{' and '.join(features)}: algorithm {config.algorithm} is not supported with these settings: its "
+            f"upload is not a weighted mean of tensors, so one client's influence has no bound to clip and mask; "
             f"supported: {', '.join(supported_algorithms(config))}")
     if config.flower.secagg.enabled and config.payload_dtype != "float32":
         raise ValueError("flower.secagg sends SecAgg+'s own quantised integers; set payload_dtype float32")
@@ -201,7 +200,7 @@ def participations(config: Config, rounds: int) -> int:
     """Rounds among the first ``rounds`` in which the most-selected client was selected."""
     if sampling_rate(config) >= 1.0:
         return rounds
-    from pfedlora.federation.simulation import sample_clients
+    from pfedlora.federation.sampling import sample_clients
 
     counts = [0] * config.num_clients
     for round_index in range(1, rounds + 1):

@@ -41,7 +41,9 @@ from pfedlora.data.noise import corrupt_labels
 from pfedlora.federation.checkpoint import load_checkpoint, restore_rng, save_checkpoint
 from pfedlora.federation.faults import client_fate, corrupt_upload
 from pfedlora.federation.parallel import WorkerDied
-from pfedlora.federation.privacy import Privacy, poisson_sample, poisson_sampled, privacy_warnings
+from pfedlora.federation.preflight import check_run
+from pfedlora.federation.privacy import Privacy, privacy_warnings
+from pfedlora.federation.sampling import sample_clients
 from pfedlora.federation.validation import Rejection, UpdateValidator, all_finite
 from pfedlora.federation.payload import transmit
 from pfedlora.metrics.accuracy import accuracy, run_summary, summarize
@@ -56,17 +58,6 @@ def resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise UserError("device: 'cuda' requested but no CUDA device is available; use 'auto' or 'cpu'")
     return torch.device(name)
-
-
-def sample_clients(config: Config, round_index: int) -> list[int]:
-    """The clients selected in ``round_index`` (1-based): ``max(1, round(fraction * N))`` of them, a
-    seeded draw; under central DP with partial participation a secret Poisson sample instead
-    (:func:`pfedlora.federation.privacy.poisson_sample`: the accountant's sampler)."""
-    if poisson_sampled(config):
-        return poisson_sample(config, round_index)
-    count = max(1, int(round(config.fraction * config.num_clients)))
-    rng = np.random.default_rng(derive_seed(config.seed, "round", round_index))
-    return sorted(int(k) for k in rng.choice(config.num_clients, size=count, replace=False))
 
 
 def participation(config: Config, client_accuracies: list[float], ever_selected: set[int] | None = None) -> dict[str, Any]:
@@ -411,6 +402,7 @@ def run(config: Config, out_dir: str | Path, *, overwrite: bool = False,
         progress: Callable[[int, int, dict], None] | None = None,
         log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run a whole federation, writing the run directory; returns the summary dict."""
+    check_run(config)  # before the run directory is made
     out = prepare_run_dir(out_dir, overwrite=overwrite)
     return _execute(config, out, None, progress=progress, log=log)
 
@@ -430,6 +422,7 @@ def run_or_resume(config: Config, out_dir: str | Path, *,
             checkpoint = None  # another config or an unusable checkpoint: this run starts over
         else:
             if checkpoint is not None and saved.to_dict() == config.to_dict():
+                check_run(config)
                 return _execute(config, out, checkpoint, progress=progress, log=log)
     return run(config, out, overwrite=True, progress=progress, log=log)
 
@@ -438,6 +431,7 @@ def resume(run_dir: str | Path, *, progress: Callable[[int, int, dict], None] | 
            log: Callable[[str], None] = print) -> dict[str, Any]:
     """Continue the run in ``run_dir`` from its last checkpoint (from round 1 if it has none)."""
     config, checkpoint = load_resumable(run_dir)
+    check_run(config)
     return _execute(config, Path(run_dir), checkpoint, progress=progress, log=log)
 
 
@@ -602,7 +596,7 @@ def _execute_rounds(config: Config, out: Path, checkpoint: dict[str, Any] | None
 
 
 def dataset_facts(dataset: ArrayDataset) -> dict[str, Any]:
-    """What an exported model needs of its dataset (pfedlora.models.export): shapes, classes, text
+    """What an exported model needs of its dataset (pfedlora.export): shapes, classes, text
     spec and how raw inputs were preprocessed."""
     text = dataset.text
     return {"name": dataset.name, "input_shape": list(dataset.input_shape), "num_classes": dataset.num_classes,

@@ -37,6 +37,7 @@ from pfedlora.algorithms.base import FederationContext, Payload, Upload
 from pfedlora.config import Config
 from pfedlora.federation.flower import protocol
 from pfedlora.federation.flower.payload import from_array_record, record_bytes, to_array_record
+from pfedlora.federation.preflight import check_run
 from pfedlora.federation.privacy import Privacy, apply_mean
 from pfedlora.federation.simulation import sample_clients, validator_for
 from pfedlora.metrics.accuracy import run_summary, summarize
@@ -144,6 +145,7 @@ def _replies(grid: Grid, messages: list[Message], timeout: float, client_of: dic
 
 def run_server(grid: Grid, config: Config, out_dir: str | Path, *, overwrite: bool = False) -> dict[str, Any]:
     """The whole federation over ``grid``; writes the run directory and returns the summary."""
+    check_run(config)  # before the run directory is made
     out = prepare_run_dir(out_dir, overwrite=overwrite)
     for name in ("server.log", "global_state.pt"):
         (out / name).unlink(missing_ok=True)

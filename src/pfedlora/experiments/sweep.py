@@ -32,7 +32,8 @@ from typing import Any
 
 from pfedlora.config import SweepConfig, build_config, parse_override
 from pfedlora.errors import UserError
-from pfedlora.metrics.compare import (
+from pfedlora.federation.preflight import runnable_config
+from pfedlora.experiments.compare import (
     ExecutionOptions, RunRecord, Runner, _costs, _default_runner, _mean_std, execute_runs, human, load_run, plan_runs,
     summarize_comparison,
 )
@@ -119,7 +120,7 @@ def _check_points(document: dict[str, Any], overrides: Sequence[str], points: li
         errors = []
         for algorithm in algorithms:
             try:
-                build_config(document, [*overrides, *_point_overrides(point), f"algorithm={algorithm}", f"seed={seed}"])
+                runnable_config(document, [*overrides, *_point_overrides(point), f"algorithm={algorithm}", f"seed={seed}"])
             except UserError as exc:
                 errors.append(exc)
         if errors and (not everything or len(errors) == len(algorithms)):
@@ -164,15 +165,15 @@ def sweep(document: dict[str, Any], overrides: Sequence[str], out: str | Path, *
 
     Returns ``{"keys", "rows", "settings", "paths"}``; ``rows`` as in sweep.csv.
     """
-    from pfedlora.algorithms import algorithm_names
-    from pfedlora.metrics.report import write_report
+    from pfedlora import registry
+    from pfedlora.experiments.report import write_report
 
     settings = sweep_settings(document, overrides, grid_overrides)
     if not settings.grid:
         raise UserError("sweep: the grid is empty; declare sweep.grid in the config (key: [values]) "
                         "or pass --grid KEY=[v1,v2]")
     everything = settings.algorithms == "all"
-    algorithms = algorithm_names() if everything else list(settings.algorithms)
+    algorithms = registry.names(imported=False) if everything else list(settings.algorithms)
     # the runs never see the sweep section (nor --set sweep.*): it is not part of a run's config
     run_document = {k: v for k, v in document.items() if k != "sweep"}
     run_overrides = [text for text in overrides if parse_override(text)[0].split(".")[0] != "sweep"]

@@ -53,8 +53,8 @@ def test_seeds_of_one_algorithm_are_one_mean_line_with_a_band_in_its_own_colour(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from pfedlora.metrics.compare import load_run
-    from pfedlora.metrics.report import _seed_groups, algorithm_colour, mean_band
+    from pfedlora.experiments.compare import load_run
+    from pfedlora.experiments.report import _seed_groups, algorithm_colour, mean_band
 
     (tmp_path / "cmp" / "fd").mkdir(parents=True)
     (tmp_path / "cmp" / "fedproto").mkdir()

@@ -9,8 +9,8 @@ from PIL import Image
 from pfedlora.cli import main
 from pfedlora.config import build_config
 from pfedlora.errors import UserError
-from pfedlora.metrics.compare import _default_runner
-from pfedlora.metrics.sweep import _acc_at, grid_points, point_dir_name, point_label, sweep
+from pfedlora.experiments.compare import _default_runner
+from pfedlora.experiments.sweep import _acc_at, grid_points, point_dir_name, point_label, sweep
 
 TINY = {"rounds": 2, "num_clients": 2, "model_pool": ["cnn5"], "partition": {"kind": "iid"},
         "train": {"batch_size": 32}, "dataset": {"max_train_samples": 160, "max_test_samples": 80}}
@@ -117,7 +117,7 @@ def test_sweep_command_end_to_end(tmp_path, capsys):
 
 
 def test_linked_keys_vary_together():
-    from pfedlora.metrics.sweep import _point_overrides
+    from pfedlora.experiments.sweep import _point_overrides
 
     points = grid_points({"num_clients+fraction": [[100, 0.1], [1000, 0.01]], "adapter.rank": [4, 8]})
     assert len(points) == 4  # 2 linked values x 2 ranks, not 2 x 2 x 2
@@ -133,7 +133,7 @@ def test_linked_keys_vary_together():
 
 def test_table_shows_selected_clients_accuracy_only_under_partial_participation():
     from pfedlora.config import SweepConfig
-    from pfedlora.metrics.sweep import sweep_table
+    from pfedlora.experiments.sweep import sweep_table
 
     row = {"num_clients": 100, "algorithm": "pfedlora", "final_acc_mean": 50.0, "final_acc_std": 0.0,
            "best_acc_mean": 51.0, "best_acc_std": 0.0, "train_flops_per_client_round": 1e9,

@@ -8,7 +8,7 @@ import pytest
 
 from pfedlora.cli import main
 from pfedlora.errors import UserError
-from pfedlora.metrics.compare import RunRecord, resolve_algorithms, summarize_comparison
+from pfedlora.experiments.compare import RunRecord, resolve_algorithms, summarize_comparison
 
 
 def _record(algorithm, seed, accs, flops_per_round, bytes_per_round, clients=2):
@@ -89,7 +89,7 @@ def test_compare_command_runs_seeds_writes_tables_and_report_and_reuses_runs(tmp
 
 
 def test_all_skips_an_algorithm_the_setting_does_not_admit(tmp_path):
-    from pfedlora.metrics.compare import run_all
+    from pfedlora.experiments.compare import run_all
 
     ran, said = [], []
     document = {"num_clients": 2, "partition": {"kind": "iid"}, "model_pool": ["cnn4", "cnn5"]}
@@ -104,7 +104,7 @@ def test_all_skips_an_algorithm_the_setting_does_not_admit(tmp_path):
 
 
 def test_set_for_overrides_a_key_for_one_algorithm_only(tmp_path):
-    from pfedlora.metrics.compare import parse_algorithm_overrides, run_all
+    from pfedlora.experiments.compare import parse_algorithm_overrides, run_all
 
     seen = {}
 

@@ -36,42 +36,13 @@ import yaml
 
 from pfedlora.config import Config, build_config
 from pfedlora.errors import UserError
+from pfedlora.experiments.records import RunRecord, human, load_run
+from pfedlora.federation.preflight import runnable_config
 from pfedlora.metrics.costs import time_to_target
 from pfedlora.metrics.run_dir import write_atomic
 
 PROPOSED = "pfedlora"
 Runner = Callable[[Config, Path, str], dict]
-
-
-@dataclass
-class RunRecord:
-    """One finished run: its directory, summary.json and metrics.csv rows."""
-
-    algorithm: str
-    seed: int
-    path: Path
-    summary: dict[str, Any]
-    history: list[dict[str, float]]
-
-
-def load_run(path: str | Path) -> RunRecord:
-    """Read a run directory; UserError if it is not a finished run."""
-    import json
-
-    from pfedlora.metrics.run_dir import read_metrics
-
-    path = Path(path)
-    summary_path, metrics_path = path / "summary.json", path / "metrics.csv"
-    if not summary_path.is_file() or not metrics_path.is_file():
-        raise UserError(f"{str(path)!r} is not a finished run directory (needs summary.json and metrics.csv)")
-    try:
-        summary = json.loads(summary_path.read_text())
-        history = read_metrics(metrics_path)
-    except (ValueError, OSError) as exc:
-        raise UserError(f"run directory {str(path)!r} has an unreadable summary.json or metrics.csv ({exc})") from None
-    if not history:
-        raise UserError(f"run directory {str(path)!r} has an empty metrics.csv")
-    return RunRecord(str(summary.get("algorithm", path.name)), int(summary.get("seed", 0)), path, summary, history)
 
 
 def parse_list(text: str, what: str) -> list[str]:
@@ -82,12 +53,12 @@ def parse_list(text: str, what: str) -> list[str]:
 
 
 def resolve_algorithms(text: str) -> list[str]:
-    """``all`` or a comma-separated list of registered algorithms."""
-    from pfedlora.algorithms import algorithm_names
+    """``all`` (the built-in and installed algorithms) or a comma-separated list of registered ones."""
+    from pfedlora import registry
 
-    known = algorithm_names()
+    known = registry.names()
     if text.strip() == "all":
-        return known
+        return registry.names(imported=False)
     names = parse_list(text, "algorithms")
     for name in names:
         if name not in known:
@@ -164,7 +135,7 @@ def plan_runs(document: dict[str, Any], overrides: Sequence[str], algorithms: Se
     for algorithm in algorithms:
         try:
             scoped = (algorithm_overrides or {}).get(algorithm, [])
-            configs += [(algorithm, s, build_config(document, [*overrides, *scoped, f"algorithm={algorithm}", f"seed={s}"]))
+            configs += [(algorithm, s, runnable_config(document, [*overrides, *scoped, f"algorithm={algorithm}", f"seed={s}"]))
                         for s in seeds]
         except UserError as exc:
             if not skip_incompatible:
@@ -318,16 +289,6 @@ def write_comparison_csv(table: dict[str, Any], path: Path) -> None:
                              "target_accuracy": table["target_accuracy"]})
 
 
-def human(value: float | None, unit: str) -> str:
-    """``1.23 GFLOP``, ``54.8 kB``: SI prefixes."""
-    if value is None:
-        return "–"
-    for prefix, scale in (("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(value) >= scale:
-            return f"{value / scale:.3g} {prefix}{unit}"
-    return f"{value:.3g} {unit}"
-
-
 def _factor(value: float | None) -> str:
     if value is None:
         return "–"
@@ -375,7 +336,7 @@ def compare(document: dict[str, Any], overrides: Sequence[str], algorithms: Sequ
             skip_incompatible: bool = False, algorithm_overrides: dict[str, list[str]] | None = None,
             execution: ExecutionOptions | None = None) -> dict[str, Any]:
     """Run, tabulate and report; writes comparison.md, comparison.csv and report.md under ``out``."""
-    from pfedlora.metrics.report import write_report
+    from pfedlora.experiments.report import write_report
 
     if not 0 < target_fraction <= 1:
         raise UserError(f"--target-fraction must be in (0, 1], got {target_fraction}")

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pfedlora.errors import UserError
-from pfedlora.metrics.compare import RunRecord, human, load_run
+from pfedlora.experiments.records import RunRecord, human, load_run
 from pfedlora.metrics.run_dir import write_atomic
 
 PLOTS = {
