@@ -52,6 +52,15 @@ import numpy as np
 import torch
 
 from pfedlora.algorithms.base import Algorithm, FederationContext, Payload, State, Upload, derive_seed
+# the sampler lives with the client selection it is part of; re-exported for the accountant's callers
+from pfedlora.federation.sampling import (  # noqa: F401
+    expected_clients,
+    poisson_sample,
+    poisson_sampled,
+    sample_clients,
+    sampling_rate,
+    secret_seed,
+)
 
 if TYPE_CHECKING:
     from pfedlora.config import Config
@@ -167,40 +176,10 @@ def privacy_warnings(config: Config) -> list[str]:
     return lines
 
 
-def sampling_rate(config: Config) -> float:
-    """Expected clients per round over all clients: m/N with m = ``max(1, round(fraction x N))``."""
-    return expected_clients(config) / config.num_clients
-
-
-def expected_clients(config: Config) -> int:
-    """m: the clients selected per round (fixed-size draw), or expected per round (Poisson, central DP)."""
-    return max(1, int(round(config.fraction * config.num_clients)))
-
-
-def poisson_sampled(config: Config) -> bool:
-    """Central DP with partial participation: clients are Poisson-sampled from a secret source."""
-    return config.privacy.mode == "central" and sampling_rate(config) < 1.0
-
-
-def secret_seed() -> int:
-    """128 bits from the operating system's CSPRNG (``secrets``): nothing in the config predicts it."""
-    return secrets.randbits(128)
-
-
-def poisson_sample(config: Config, round_index: int) -> list[int]:
-    """Central DP: every client independently with probability m/N, from a secret source (seeded from
-    (seed, round) only with ``noise_source: seeded_insecure``). The accountant's subsampling
-    amplification needs exactly this: a sample nobody outside the server can predict."""
-    source = secret_seed() if config.privacy.noise_source == SECURE else derive_seed(config.seed, "round", round_index)
-    draws = np.random.default_rng(source).random(config.num_clients)
-    return [int(k) for k in np.flatnonzero(draws < sampling_rate(config))]
-
-
 def participations(config: Config, rounds: int) -> int:
     """Rounds among the first ``rounds`` in which the most-selected client was selected."""
     if sampling_rate(config) >= 1.0:
         return rounds
-    from pfedlora.federation.sampling import sample_clients
 
     counts = [0] * config.num_clients
     for round_index in range(1, rounds + 1):
