@@ -210,6 +210,36 @@ def test_target_epsilon_sets_the_smallest_sufficient_noise():
     assert dp.Privacy.from_config(config).noise_multiplier == sigma
 
 
+def test_pld_target_epsilon_matches_the_exact_gaussian_and_runs_the_fine_accounting_once(monkeypatch):
+    """One round, no sampling: the mechanism is the plain Gaussian, whose exact epsilon(sigma) is known in
+    closed form (Balle & Wang 2018, dp-accounting's get_epsilon_gaussian; no PLD involved). The PLD search
+    must return the smallest sigma reaching the target within its tolerance, and compose at the reported
+    (fine) discretization only to check the answer: fine evaluations are what made it take minutes."""
+    config = build_config(TINY | {"num_clients": 10, "rounds": 1, "privacy": {
+        "mode": "central", "clip_norm": 1.0, "target_epsilon": 2.0, "delta": 1e-5, "accountant": "pld"}})
+    exact = _bisect_exact(lambda s: dp_accounting.get_epsilon_gaussian(s, 1e-5), 2.0)
+    fine_compositions = []
+    build = dp._accountant
+    monkeypatch.setattr(dp, "_accountant", lambda kind, interval=dp.PLD_INTERVAL: (
+        fine_compositions.append(interval) if kind == "pld" and interval == dp.PLD_INTERVAL else None) or build(kind, interval))
+    dp._calibrate.cache_clear()
+    dp._epsilon.cache_clear()
+    sigma = dp.resolved_noise_multiplier(config)
+    assert exact <= sigma <= exact * 1.003
+    assert len(fine_compositions) <= 2
+    assert dp.epsilon(config, 1, sigma) <= 2.0
+    dp._calibrate.cache_clear()
+    dp._epsilon.cache_clear()
+
+
+def _bisect_exact(eps, target: float) -> float:
+    low, high = 0.1, 100.0
+    while high / low > 1 + 1e-6:
+        mid = math.sqrt(low * high)
+        low, high = (mid, high) if eps(mid) > target else (low, mid)
+    return high
+
+
 # ---- config refusals (one line, exit 2) -------------------------------------------------------
 
 

@@ -51,6 +51,12 @@ class DatasetConfig(BaseModel):
     test_fraction: float = Field(default=0.25, gt=0, lt=1)
 
 
+# the built-in datasets' training samples and classes, known before any is loaded: the config refuses a
+# federation they cannot fill (num_clients, classes_per_client) without importing torch or reading data.
+# digits: sklearn's 1,797 images, 25% stratified test split (1,347 train); CIFAR: the official 50,000.
+KNOWN_TRAIN_SAMPLES = {"digits": 1347, "cifar10": 50_000, "cifar100": 50_000}
+KNOWN_CLASSES = {"digits": 10, "cifar10": 10, "cifar100": 100}
+
 GIVEN_DATASETS = ("client_npz", "client_folders")  # always partitioned by the data itself
 COLUMN_DATASETS = ("table", "hf")  # given partition with dataset.client_column
 # datasets whose kind (images or token ids) is known only once the data is read
