@@ -41,6 +41,9 @@ class DatasetConfig(BaseModel):
     text_column: str = "text"
     label_column: str = "label"
     image_column: str | None = None
+    # table/hf image paths: false keeps them inside the dataset's folder (no .., absolute, ~ or symlink
+    # out), so a downloaded table cannot make a run read other files; true allows any path
+    allow_outside_paths: bool = False
     # partition.kind given: the column naming each row's client (table, hf)
     client_column: str | None = None
     # hf: split names; split_test null (or absent from the data): a seeded test_fraction split
