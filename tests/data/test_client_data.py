@@ -185,7 +185,7 @@ def test_client_npz_run_end_to_end_records_the_given_partition(tmp_path: Path, c
 def test_a_deflate_bomb_member_is_refused_before_it_is_inflated(tmp_path: Path, monkeypatch) -> None:
     """Issue 30: a member of a few hundred KB that inflates to 256 MiB of zeros (cap lowered to 64 MiB
     here, half the available memory otherwise) is refused from its declared size; zipfile never opens it."""
-    from pfedlora.data import client_data
+    from pfedlora.data import cache
 
     path = tmp_path / "0.npz"
     header = io.BytesIO()
@@ -198,7 +198,7 @@ def test_a_deflate_bomb_member_is_refused_before_it_is_inflated(tmp_path: Path, 
                 member.write(zeros)
         archive.writestr("y.npy", b"")
     assert path.stat().st_size < 2 << 20
-    monkeypatch.setattr(client_data, "memory_cap_bytes", lambda: 64 << 20)
+    monkeypatch.setattr(cache, "memory_cap_bytes", lambda: 64 << 20)
     opened = []
     real_open = zipfile.ZipFile.open
     monkeypatch.setattr(zipfile.ZipFile, "open", lambda self, name, *a, **k: opened.append(name) or real_open(self, name, *a, **k))
@@ -209,7 +209,7 @@ def test_a_deflate_bomb_member_is_refused_before_it_is_inflated(tmp_path: Path, 
 
 def test_an_array_header_declaring_more_than_the_cap_is_refused(tmp_path: Path, monkeypatch) -> None:
     """A small member whose npy header declares a huge shape: refused from the shape, nothing allocated."""
-    from pfedlora.data import client_data
+    from pfedlora.data import cache
 
     path = tmp_path / "0.npz"
     header = io.BytesIO()
@@ -217,6 +217,6 @@ def test_an_array_header_declaring_more_than_the_cap_is_refused(tmp_path: Path, 
     with zipfile.ZipFile(path, "w") as archive:
         archive.writestr("x.npy", header.getvalue() + bytes(64))
         archive.writestr("y.npy", b"")
-    monkeypatch.setattr(client_data, "memory_cap_bytes", lambda: 64 << 20)
+    monkeypatch.setattr(cache, "memory_cap_bytes", lambda: 64 << 20)
     with pytest.raises(UserError, match=r"array 'x.npy' of shape \[1099511627776, 3\] is 26,388,279,066,624 bytes"):
         read_client_npz(path)

@@ -35,6 +35,7 @@ import torch
 
 from pfedlora.data.arrays import ArrayDataset
 from pfedlora.data.cache import NumpyOnlyUnpickler, cached_arrays, one_line, path_fingerprint
+from pfedlora.data.cache import refuse_oversized as _refuse_oversized
 from pfedlora.data.images import check_model_size, channels_of, decode_images, image_dataset, native_size
 from pfedlora.data.image_folder import class_images, visible
 from pfedlora.data.partition import ClientSplit
@@ -87,24 +88,6 @@ def given_splits(dataset: Any, num_clients: int) -> list[ClientSplit]:
 
 
 # --------------------------------------------------------------------------- client_npz
-
-
-def memory_cap_bytes() -> int:
-    """The most bytes one array member of a data file may inflate to: half the memory available now
-    (4 GiB where the platform does not say), so a deflate bomb (gigabytes of zeros in a few MB) or a
-    header declaring a huge shape is refused before anything is inflated or allocated."""
-    try:
-        available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return 4 << 30
-    return max(1 << 20, available // 2)
-
-
-def _refuse_oversized(size: int, what: str, where: str) -> None:
-    cap = memory_cap_bytes()
-    if size > cap:
-        raise UserError(f"{where}: {what} is {size:,} bytes, over the cap of {cap:,} bytes (half the available "
-                        f"memory); accepted: arrays up to that size")
 
 
 def _read_entry(archive: zipfile.ZipFile, entry: str, where: str) -> Any:
