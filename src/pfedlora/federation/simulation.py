@@ -454,6 +454,10 @@ class _StopOnSignal:
     def __enter__(self) -> _StopOnSignal:
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
+                # an ignored SIGINT stays ignored: a --jobs child leaves Ctrl-C (which the terminal sends
+                # to every process of the group) to the driver, which stops it once, with SIGTERM
+                if sig == signal.SIGINT and signal.getsignal(sig) == signal.SIG_IGN:
+                    continue
                 self._previous[sig] = signal.signal(sig, self._handle)
         return self
 
