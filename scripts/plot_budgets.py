@@ -17,7 +17,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from pfedlora.experiments.compare import load_run  # noqa: E402
-from pfedlora.experiments.report import ALGORITHM_ORDER, algorithm_colour, mean_band  # noqa: E402
+from pfedlora.experiments.report import ALGORITHM_ORDER, algorithm_colour, integer_ticks, mean_band  # noqa: E402
 
 # the library's colour of each algorithm, as in every report plot
 ALGORITHMS = [a for a in ALGORITHM_ORDER if a != "fedavg"]
@@ -46,18 +46,21 @@ def main(out: Path, panels: list[tuple[str, Path, list[int] | None]]) -> None:
     width = 6.2 * len(panels) + legend_width
     fig, axes = plt.subplots(1, len(panels), figsize=(width, 4.6), squeeze=False)
     shown = {}
+    band = False
     for ax, (title, directory, only) in zip(axes[0], panels):
         for algorithm, (curve, seeds) in curves(directory, only).items():
             colour = algorithm_colour(algorithm)
             rounds, mean, low, high = ([point[i] for point in curve] for i in range(4))
             line, = ax.plot(rounds, mean, color=colour, linewidth=2.2 if algorithm == "pfedlora" else 1.4)
             if seeds > 1:
+                band = True
                 ax.fill_between(rounds, low, high, color=colour, alpha=0.18, linewidth=0)
             shown[algorithm] = line
         ax.set(title=title, xlabel="round", ylabel="mean client test accuracy (%)")
+        integer_ticks(ax.xaxis)
         ax.grid(alpha=0.3)
     order = [a for a in ALGORITHMS if a in shown]
-    fig.legend([shown[a] for a in order], order, loc="center right", title="algorithm\n(band: lowest to\nhighest seed)",
+    fig.legend([shown[a] for a in order], order, loc="center right", title="algorithm\n(band: lowest to\nhighest seed)" if band else "algorithm",
                frameon=False)
     fig.tight_layout(rect=(0, 0, 1 - legend_width / width, 1))
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -46,8 +46,15 @@ tune_pfedlora() {
   run pfedlora "branch,convex,mu=0.05" "${branch[@]}" adapter.combine=convex adapter.mu=0.05
 }
 
+# Issue #26: one learning-rate run per algorithm at its tuned knob (0.02; the knob grids ran at 0.01),
+# as pFedLoRA and Standalone/LG-FedAvg had, so the tables carry no learning-rate confound.
+lr_check() {  # algorithm tuned-overrides...
+  local algorithm=$1; shift
+  run "$algorithm" "lr=0.02" "$@" train.lr=0.02
+}
+
 ALGORITHMS=("$@")
-[ ${#ALGORITHMS[@]} -eq 0 ] && ALGORITHMS=(standalone lg_fedavg fd fedproto fml fedkd fedgh pfedlora)
+[ ${#ALGORITHMS[@]} -eq 0 ] && ALGORITHMS=(standalone lg_fedavg fd fedproto fml fedkd fedgh pfedlora fedmrl fedgen fedtgp fedl2g lr)
 for algorithm in "${ALGORITHMS[@]}"; do
   case $algorithm in
     standalone|lg_fedavg) tune "$algorithm" train.lr 0.003 0.01 0.02 0.05 0.1 0.2 ;;
@@ -60,6 +67,19 @@ for algorithm in "${ALGORITHMS[@]}"; do
     fedkd) tune fedkd fedkd.temperature 0.25 0.5 1 2 4 8 16 ;;
     fedgh) tune fedgh fedgh.server_lr 0.0001 0.0003 0.001 0.003 0.01 0.1 ;;
     pfedlora) tune_pfedlora ;;
+    # issue #26: the new algorithms' main knob (6 runs each, grids past the papers' defaults both ways)
+    fedmrl) tune fedmrl fedmrl.sub_feature_dim 25 50 100 200 300 500 ;;
+    fedgen) tune fedgen fedgen.generative_weight 0.1 0.3 1 3 10 30 ;;
+    fedtgp) tune fedtgp fedtgp.lam 0.3 1 3 10 30 100 ;;
+    # the aggregated meta-gradient is ~1e-3, so the guiding vectors hardly move at the authors' 0.01
+    fedl2g) tune fedl2g fedl2g.server_lr 0.01 0.1 1 10 100 1000 ;;
+    # the learning-rate run of every baseline tuned at 0.01 (knobs as in configs/paper/cifar10_n10_tuned.yaml)
+    lr)
+      lr_check fd fd.gamma=0.03
+      lr_check fedproto fedproto.lam=10
+      lr_check fml fml.alpha=0.97
+      lr_check fedkd fedkd.temperature=16
+      lr_check fedgh fedgh.server_lr=0.003 ;;
     *) echo "unknown algorithm $algorithm" >&2; exit 2 ;;
   esac
 done

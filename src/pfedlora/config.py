@@ -34,13 +34,23 @@ class _Section(BaseModel):
 
 class PartitionConfig(_Section):
     # given: the data names each sample's client (client_npz, client_folders, table/hf + client_column)
-    kind: Literal["pathological", "dirichlet", "iid", "given"] = "pathological"
-    classes_per_client: int | None = Field(default=None, ge=1)
-    alpha: float = Field(default=0.5, gt=0)
-    share_low: float = Field(default=0.4, gt=0)
-    share_high: float = Field(default=0.6, gt=0)
-    min_samples: int = Field(default=10, ge=1)
-    size_skew: float = Field(default=0.0, ge=0)
+    kind: Literal["pathological", "dirichlet", "iid", "given"] = Field(default="pathological",
+                                                                       description="pathological (a few classes per "
+                                                                                   "client), dirichlet, iid, or "
+                                                                                   "given (the data's own clients).")
+    classes_per_client: int | None = Field(default=None, ge=1,
+                                           description="Pathological: classes per client; null: 2 with at most 10 "
+                                                       "classes, else 10.")
+    alpha: float = Field(default=0.5, gt=0, description="Dirichlet concentration (smaller: more skewed).")
+    share_low: float = Field(default=0.4, gt=0,
+                             description="Pathological: each client's share of a class is drawn U(share_low, "
+                                         "share_high).")
+    share_high: float = Field(default=0.6, gt=0,
+                              description="Pathological: upper end of the per-class share (see share_low).")
+    min_samples: int = Field(default=10, ge=1, description="Dirichlet: minimum training samples per client.")
+    size_skew: float = Field(default=0.0, ge=0,
+                             description="> 0: long-tailed client sizes, weights rank^-size_skew over a random "
+                                         "client ranking.")
 
     @model_validator(mode="after")
     def _shares_ordered(self) -> PartitionConfig:
@@ -50,22 +60,33 @@ class PartitionConfig(_Section):
 
 
 class TrainConfig(_Section):
-    local_epochs: int = Field(default=1, ge=0)
-    adapter_epochs: int = Field(default=1, ge=0)
-    batch_size: int = Field(default=512, ge=1)
-    eval_batch_size: int = Field(default=1024, ge=1)
-    lr: float = Field(default=0.01, gt=0)
+    local_epochs: int = Field(default=1, ge=0,
+                              description="Epochs on the local model per round (pFedLoRA: with the adapter frozen).")
+    adapter_epochs: int = Field(default=1, ge=0,
+                                description="pFedLoRA: epochs on the adapter per round (local model frozen).")
+    batch_size: int = Field(default=512, ge=1, description="Mini-batch size (the quickstart uses 32).")
+    eval_batch_size: int = Field(default=1024, ge=1, description="Evaluation batch size.")
+    lr: float = Field(default=0.01, gt=0, description="Learning rate.")
     # sgd: momentum SGD with L2 weight decay (the CNN setting of the papers); adamw: AdamW (decoupled
     # weight decay, betas 0.9/0.999), what transformer fine-tuning uses, with a small lr (configs/nlp)
-    optimizer: Literal["sgd", "adamw"] = "sgd"
-    momentum: float = Field(default=0.9, ge=0, lt=1)  # sgd only
-    weight_decay: float = Field(default=1e-3, ge=0)
+    optimizer: Literal["sgd", "adamw"] = Field(default="sgd",
+                                               description="sgd (momentum SGD, L2 weight decay; the papers' CNN "
+                                                           "setting) or adamw (decoupled weight decay, betas "
+                                                           "0.9/0.999; what transformer fine-tuning uses).")
+    momentum: float = Field(default=0.9, ge=0, lt=1, description="SGD momentum (sgd only).")  # sgd only
+    weight_decay: float = Field(default=1e-3, ge=0,
+                                description="Weight decay (L2 for sgd, decoupled for adamw).")
     # linear learning-rate warm-up over the first steps of every training call (each call starts a
     # fresh optimizer, so Adam's moment estimates start empty every round); 0: none
-    warmup_steps: int = Field(default=0, ge=0)
-    clip_norm: float = Field(default=50.0, gt=0)
+    warmup_steps: int = Field(default=0, ge=0,
+                              description="Linear learning-rate warm-up over the first steps of every training call "
+                                          "(each call starts a fresh optimizer); 0: none.")
+    clip_norm: float = Field(default=50.0, gt=0, description="Gradient-norm clipping of every step.")
     # bf16: forward and loss under CPU/CUDA bf16 autocast (weights, optimizer and evaluation stay fp32)
-    precision: Literal["fp32", "bf16"] = "fp32"
+    precision: Literal["fp32", "bf16"] = Field(default="fp32",
+                                               description="fp32, or bf16: forward and loss under bf16 autocast "
+                                                           "(weights, optimizer and evaluation stay fp32); changes "
+                                                           "results.")
 
 
 # --- reliability: update validation and fault injection -------------------------------------------
@@ -75,25 +96,54 @@ class ValidationConfig(_Section):
     """Server-side checks on every upload (see pfedlora.federation.validation)."""
 
     # reject norm > factor x round median; null: off. 100: honest norms spread up to 39x the median
-    # once some clients converge (measured: scripts/norm_spread.py, README "Reliability")
-    norm_factor: float | None = Field(default=100.0, gt=1)
-    max_norm: float | None = Field(default=None, gt=0)  # absolute bound on an update's L2 norm
-    min_for_median: int = Field(default=3, ge=2)  # uploads needed before the median rule applies
+    # once some clients converge (measured: scripts/norm_spread.py, docs/guide/reliability.md)
+    norm_factor: float | None = Field(default=100.0, gt=1,
+                                      description="Reject an update whose L2 norm exceeds this x the round's median "
+                                                  "norm; null: off. 100: honest norms spread up to 39x the median "
+                                                  "once some clients converge.")
+    # absolute bound on an update's L2 norm
+    max_norm: float | None = Field(default=None, gt=0,
+                                   description="Absolute bound on an update's L2 norm; null: none.")
+    # uploads needed before the median rule applies
+    min_for_median: int = Field(default=3, ge=2,
+                                description="Uploads a round needs before the median rule applies.")
 
 
 class FaultsConfig(_Section):
     """Faults the simulator injects around client updates (the algorithm never knows)."""
 
-    drop_prob: float = Field(default=0.0, ge=0, le=1)  # a selected client never answers
-    crash_prob: float = Field(default=0.0, ge=0, le=1)  # a client crashes mid-training: work lost
-    straggler_prob: float = Field(default=0.0, ge=0, le=1)  # a client is slow this round
-    straggler_slowdown: float = Field(default=4.0, ge=1)  # a straggler takes U(1, slowdown) x normal time
-    deadline: float | None = Field(default=None, ge=1)  # round deadline in normal client times; null: wait
-    nan_clients: list[int] = Field(default_factory=list)  # send NaN values
-    wrong_shape_clients: list[int] = Field(default_factory=list)  # send a tensor of the wrong shape
-    oversized_clients: list[int] = Field(default_factory=list)  # send a tensor twice the expected size
-    scale_clients: list[int] = Field(default_factory=list)  # model poisoning: update scaled by scale_factor
-    scale_factor: float = Field(default=50.0)
+    # a selected client never answers
+    drop_prob: float = Field(default=0.0, ge=0, le=1,
+                             description="Probability that a selected client never answers.")
+    # a client crashes mid-training: work lost
+    crash_prob: float = Field(default=0.0, ge=0, le=1,
+                              description="Probability that a client crashes mid-training: compute spent, new state "
+                                          "and upload lost.")
+    # a client is slow this round
+    straggler_prob: float = Field(default=0.0, ge=0, le=1,
+                                  description="Probability that a client is slow this round.")
+    # a straggler takes U(1, slowdown) x normal time
+    straggler_slowdown: float = Field(default=4.0, ge=1,
+                                      description="A straggler takes U(1, straggler_slowdown) x a normal client's "
+                                                  "time.")
+    # round deadline in normal client times; null: wait
+    deadline: float | None = Field(default=None, ge=1,
+                                   description="Round deadline in normal client times; later uploads miss the round "
+                                               "(the client keeps its trained state). null: wait for all.")
+    # send NaN values
+    nan_clients: list[int] = Field(default_factory=list,
+                                   description="Client ids that send a NaN.")
+    # send a tensor of the wrong shape
+    wrong_shape_clients: list[int] = Field(default_factory=list,
+                                           description="Client ids that send a tensor of the wrong shape.")
+    # send a tensor twice the expected size
+    oversized_clients: list[int] = Field(default_factory=list,
+                                         description="Client ids that send a tensor twice the expected size.")
+    # model poisoning: update scaled by scale_factor
+    scale_clients: list[int] = Field(default_factory=list,
+                                     description="Model-poisoning attackers: their update is multiplied by "
+                                                 "scale_factor.")
+    scale_factor: float = Field(default=50.0, description="Factor of the scale_clients' updates.")
 
     @field_validator("nan_clients", "wrong_shape_clients", "oversized_clients", "scale_clients")
     @classmethod
@@ -113,15 +163,26 @@ class SecAggConfig(_Section):
     """Secure aggregation on Flower with Flower's own SecAgg+ (``secaggplus_mod`` + ``SecAggPlusWorkflow``):
     the server only learns the sum of the masked, quantised updates (pfedlora.federation.flower.secagg)."""
 
-    enabled: bool = False
+    enabled: bool = Field(default=False,
+                          description="Run every training round through SecAgg+: the server learns only the sum of "
+                                      "the masked updates.")
     # shares each client's secrets are split into: an int (> 2), or a fraction of the round's clients
-    num_shares: int | float = Field(default=1.0, gt=0)
+    num_shares: int | float = Field(default=1.0, gt=0,
+                                    description="Shares per secret: an int > 2, or a fraction of the round's "
+                                                "clients (1.0: everyone).")
     # shares needed to rebuild a secret: an int, or a fraction of num_shares; a round survives as
     # long as every client keeps at least this many live neighbours
-    reconstruction_threshold: int | float = Field(default=0.67, gt=0)
+    reconstruction_threshold: int | float = Field(default=0.67, gt=0,
+                                                  description="Shares needed to rebuild a secret: an int, or a "
+                                                              "fraction of num_shares; a round survives while every "
+                                                              "client keeps this many live neighbours.")
     # every coordinate of a (weight-scaled) update is clamped to +-clipping_range before quantisation
-    clipping_range: float = Field(default=8.0, gt=0)
-    quantization_range: int = Field(default=2**22, ge=2, lt=2**32)  # quantisation levels over [-range, range]
+    clipping_range: float = Field(default=8.0, gt=0,
+                                  description="Every coordinate of a (weight-scaled) update is clamped to +-this "
+                                              "before quantisation.")
+    # quantisation levels over [-range, range]
+    quantization_range: int = Field(default=2**22, ge=2, lt=2**32,
+                                    description="Quantisation levels over [-clipping_range, clipping_range].")
 
     @model_validator(mode="after")
     def _workflow_rules(self) -> SecAggConfig:
@@ -139,9 +200,14 @@ class SecAggConfig(_Section):
 class FlowerConfig(_Section):
     """Flower runtime (``pfedlora.federation.flower``): how long to wait and how many replies suffice."""
 
-    round_timeout: float = Field(default=600.0, gt=0)  # seconds to wait for a round's replies
-    connect_timeout: float = Field(default=120.0, gt=0)  # seconds to wait for num_clients SuperNodes
-    secagg: SecAggConfig = SecAggConfig()
+    # seconds to wait for a round's replies
+    round_timeout: float = Field(default=600.0, gt=0,
+                                 description="Seconds to wait for a round's (or an evaluation's) replies.")
+    # seconds to wait for num_clients SuperNodes
+    connect_timeout: float = Field(default=120.0, gt=0,
+                                   description="Seconds to wait for num_clients SuperNodes at the start.")
+    secagg: SecAggConfig = Field(default=SecAggConfig(),
+                                 description="Secure aggregation with Flower's SecAgg+.")
 
 
 # --- privacy: client-level differential privacy (pfedlora.federation.privacy) --------------------
@@ -150,19 +216,36 @@ class FlowerConfig(_Section):
 class PrivacyConfig(_Section):
     """Client-level DP (DP-FedAvg): clip every update, add Gaussian noise, account epsilon at delta."""
 
-    mode: Literal["off", "central", "local"] = "off"
-    clip_norm: float | None = Field(default=None, gt=0)  # L2 bound on each client's update (required when on)
+    mode: Literal["off", "central", "local"] = Field(default="off",
+                                                     description="off, central (clients clip, the server adds the "
+                                                                 "noise) or local (every client clips and adds "
+                                                                 "noise).")
+    # L2 bound on each client's update (required when on)
+    clip_norm: float | None = Field(default=None, gt=0,
+                                    description="L2 bound C on each client's update upload - broadcast (required "
+                                                "when on).")
     # noise std = noise_multiplier x clip_norm (on the sum: central; on every upload: local)
-    noise_multiplier: float | None = Field(default=None, gt=0)
+    noise_multiplier: float | None = Field(default=None, gt=0,
+                                           description="sigma: noise std sigma x C on the sum (central) or on every "
+                                                       "upload (local).")
     # default min(1e-5, num_clients^-1.5): well below 1/num_clients (pfedlora.federation.privacy.default_delta)
-    delta: float | None = Field(default=None, gt=0, lt=1)
+    delta: float | None = Field(default=None, gt=0, lt=1,
+                                description="delta of the reported epsilon; null: min(1e-5, num_clients^-1.5), well "
+                                            "below 1 / num_clients (a warning when set at or above it).")
     # set the noise multiplier so that epsilon after `rounds` rounds is this (instead of noise_multiplier)
-    target_epsilon: float | None = Field(default=None, gt=0)
-    accountant: Literal["rdp", "pld"] = "rdp"  # dp-accounting's Renyi-DP or privacy-loss-distribution accountant
+    target_epsilon: float | None = Field(default=None, gt=0,
+                                         description="Instead of noise_multiplier: the smallest sigma whose epsilon "
+                                                     "after `rounds` rounds is at most this.")
+    # dp-accounting's Renyi-DP or privacy-loss-distribution accountant
+    accountant: Literal["rdp", "pld"] = Field(default="rdp",
+                                              description="dp-accounting's Renyi-DP (rdp) or "
+                                                          "privacy-loss-distribution (pld, tighter) accountant.")
     # where the DP noise and (central mode) the client sampling come from: "secure" (the OS's CSPRNG, fresh
     # every draw; runs differ) or "seeded_insecure" (derived from `seed`, so anyone who knows the config
     # can regenerate it and remove it: NOT private; for tests and debugging only)
-    noise_source: Literal["secure", "seeded_insecure"] = "secure"
+    noise_source: Literal["secure", "seeded_insecure"] = Field(
+        default="secure", description="secure: DP noise and client sampling from the OS's CSPRNG (runs differ); "
+                                      "seeded_insecure: derived from the public seed, NOT private (tests only).")
 
     @field_validator("mode", mode="before")
     @classmethod
@@ -190,20 +273,35 @@ class EngineConfig(_Section):
     # processes training the round's clients in parallel (forked, one torch thread each); 1: in-process.
     # "auto" (one per core) by default: 1.4-1.6x faster per round than 1 on 2 cores, idle or with one
     # core busy (benchmarks/README.md, "Defaults"); the numbers do not depend on it
-    workers: int | Literal["auto"] = "auto"
+    workers: int | Literal["auto"] = Field(default="auto",
+                                           description="Processes training a round's clients in parallel (forked, "
+                                                       "one torch thread each); auto: one per core; 1: in-process. "
+                                                       "The numbers do not depend on it.")
     # torch intra-op threads of the run's own process (in-process training, evaluation). 1 by default:
     # with workers one thread per process is the fastest setting here, and 2 threads in one process run
     # 2.6-3.5x slower when another process holds a core (benchmarks/README.md, "Defaults"); it also
     # makes the numbers independent of engine.workers and of `--jobs`. "auto": torch's default (one per core)
-    threads: int | Literal["auto"] = 1
+    threads: int | Literal["auto"] = Field(default=1,
+                                           description="Torch threads of the run's own process (in-process "
+                                                       "training, evaluation); auto: torch's default. 1 keeps "
+                                                       "results independent of workers and --jobs.")
     # where client states live between rounds: "memory", or "disk" (one file per client, for many clients)
-    client_store: Literal["memory", "disk"] = "memory"
+    client_store: Literal["memory", "disk"] = Field(default="memory",
+                                                    description="Where client states live between rounds: memory, "
+                                                                "or disk (one file per client, for thousands of "
+                                                                "clients).")
     # directory of the disk store; None: a temporary directory removed at exit
-    store_dir: str | None = None
+    store_dir: str | None = Field(default=None,
+                                  description="Directory of the disk store; null: a temporary directory removed at "
+                                              "exit.")
     # reuse the outputs of a frozen part when inputs are not augmented (exact; pFedLoRA's iterative steps)
-    reuse_frozen: bool = True
+    reuse_frozen: bool = Field(default=True,
+                               description="pFedLoRA's iterative steps: compute the frozen part's outputs once per "
+                                           "step (exact; off with augmentation).")
     # image models and batches in channels-last memory layout (faster CPU convolutions)
-    channels_last: bool = False
+    channels_last: bool = Field(default=False,
+                                description="Channels-last layout for CNNs and image batches (results drift at the "
+                                            "float level).")
 
     @field_validator("workers", "threads")
     @classmethod
@@ -228,11 +326,20 @@ class SweepConfig(_Section):
 
     # dotted config key -> the values to try; the cartesian product, keys in declaration order.
     # Linked keys "a+b" vary together: values [[a1, b1], [a2, b2]] (e.g. num_clients+fraction)
-    grid: dict[str, list[Any]] = Field(default_factory=dict)
-    algorithms: list[str] | str = Field(default_factory=lambda: ["pfedlora"])  # or "all"
-    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    grid: dict[str, list[Any]] = Field(default_factory=dict,
+                                       description="Dotted config key -> the values to try (the cartesian product, "
+                                                   "keys in order); linked keys a+b vary together: [[a1, b1], [a2, "
+                                                   "b2]].")
+    # or "all"
+    algorithms: list[str] | str = Field(default_factory=lambda: ["pfedlora"],
+                                        description="Algorithms to run at every grid point, or all (those a point "
+                                                    "does not admit are skipped).")
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1,
+                             description="Seeds to run at every grid point.")
     # extra table columns: mean accuracy at these rounds (the last evaluated round <= each)
-    rounds_of_interest: list[int] = Field(default_factory=list)
+    rounds_of_interest: list[int] = Field(default_factory=list,
+                                          description="Extra table columns: mean accuracy at these rounds (the last "
+                                                      "evaluated round <= each).")
 
     @field_validator("grid")
     @classmethod
@@ -301,33 +408,73 @@ class Config(_Section):
     # extras are the algorithm sections; `_algorithm_sections` refuses any other unknown key
     model_config = ConfigDict(extra="allow", validate_assignment=True)
 
-    algorithm: str = "pfedlora"
-    seed: int = 0
-    rounds: int = Field(default=30, ge=1)
-    num_clients: int = Field(default=10, ge=1)
-    fraction: float = Field(default=1.0, gt=0, le=1)
-    eval_every: int = Field(default=1, ge=1)
-    device: Literal["auto", "cpu", "cuda"] = "cpu"
-    dataset: DatasetConfig = DatasetConfig()
-    partition: PartitionConfig = PartitionConfig()
-    model_pool: list[str] = Field(default_factory=lambda: list(DEFAULT_POOL), min_length=1)
-    client_models: list[str] | None = None
-    train: TrainConfig = TrainConfig()
+    algorithm: str = Field(default="pfedlora",
+                           description="The algorithm: a built-in (pfedlora, standalone, lg_fedavg, fd, fedproto, "
+                                       "fml, fedkd, fedgh, fedavg) or an installed plugin's name.")
+    seed: int = Field(default=0,
+                      description="Seeds partition, model init, client sampling and batches; the same config and "
+                                  "seed give the same numbers.")
+    rounds: int = Field(default=30, ge=1, description="Communication rounds (the quickstart runs 15).")
+    num_clients: int = Field(default=10, ge=1,
+                             description="Clients in the federation; with partition.kind given it must equal the "
+                                         "number of clients the data names.")
+    fraction: float = Field(default=1.0, gt=0, le=1,
+                            description="Fraction of clients selected per round: max(1, round(fraction x "
+                                        "num_clients)).")
+    eval_every: int = Field(default=1, ge=1,
+                            description="Evaluate every client every N rounds (and after the last round).")
+    device: Literal["auto", "cpu", "cuda"] = Field(default="cpu",
+                                                   description="Where training runs: cpu, cuda, or auto (the GPU "
+                                                               "when one is visible).")
+    dataset: DatasetConfig = Field(default=DatasetConfig(),
+                                   description="What data the run reads and how (built-in datasets and your own "
+                                               "data).")
+    partition: PartitionConfig = Field(default=PartitionConfig(),
+                                       description="How the training data is split into clients.")
+    model_pool: list[str] = Field(default_factory=lambda: list(DEFAULT_POOL), min_length=1,
+                                  description="Architectures assigned round-robin: client k gets model_pool[k % "
+                                              "len]. Images: cnn1..cnn5, cnn_wide, cnn_deep, vgg_s, resnet8, "
+                                              "mobilenet_s; text: minilm_l{2,3,4,6}, tf_d64_l2, tf_d128_l{2,4}.")
+    client_models: list[str] | None = Field(default=None,
+                                            description="Explicit per-client architectures (length num_clients), "
+                                                        "instead of model_pool.")
+    train: TrainConfig = Field(default=TrainConfig(),
+                               description="Local training, the same loop for every algorithm.")
     # reliability
-    checkpoint_every: int = Field(default=1, ge=0)  # rounds between checkpoints; 0: only on signals
-    min_clients: int = Field(default=1, ge=1)  # fewer valid updates: the global state is kept
-    validation: ValidationConfig = ValidationConfig()
-    faults: FaultsConfig = FaultsConfig()
-    flower: FlowerConfig = FlowerConfig()
-    privacy: PrivacyConfig = PrivacyConfig()
-    engine: EngineConfig = EngineConfig()
+    # rounds between checkpoints; 0: only on signals
+    checkpoint_every: int = Field(default=1, ge=0,
+                                  description="Rounds between checkpoints of the whole federation state; 0: only "
+                                              "when stopped by a signal (and always after the last round).")
+    # fewer valid updates: the global state is kept
+    min_clients: int = Field(default=1, ge=1,
+                             description="Valid updates a round needs to change the global state; fewer and the "
+                                         "previous global state is kept.")
+    validation: ValidationConfig = Field(default=ValidationConfig(),
+                                         description="Server-side checks on every upload.")
+    faults: FaultsConfig = Field(default=FaultsConfig(),
+                                 description="Faults the simulator injects around client updates (reproducible from "
+                                             "the seed).")
+    flower: FlowerConfig = Field(default=FlowerConfig(),
+                                 description="The Flower runtime: timeouts and SecAgg+.")
+    privacy: PrivacyConfig = Field(default=PrivacyConfig(),
+                                   description="Client-level differential privacy (DP-FedAvg).")
+    engine: EngineConfig = Field(default=EngineConfig(),
+                                 description="How the in-process simulator executes a round (never what it "
+                                             "computes).")
     # --- costs (pfedlora.metrics.costs) ---
     # dtype of floating tensors in every payload sent, both directions
-    payload_dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    payload_dtype: Literal["float32", "float16", "bfloat16"] = Field(default="float32",
+                                                                     description="Wire dtype of floating tensors in "
+                                                                                 "every payload, both directions "
+                                                                                 "(integer tensors keep theirs).")
     # mean accuracy (percent) for time-to-target in summary.json; None: not reported
-    target_accuracy: float | None = Field(default=None, gt=0, le=100)
+    target_accuracy: float | None = Field(default=None, gt=0, le=100,
+                                          description="Mean accuracy (percent) for time_to_target in summary.json "
+                                                      "and for compare; null: not reported.")
     # --- sweep (pfedlora.experiments.sweep); not part of a run's identity, so not in to_dict() ---
-    sweep: SweepConfig = SweepConfig()
+    sweep: SweepConfig = Field(default=SweepConfig(),
+                               description="pfedlora sweep only: the grid of config values; a plain run ignores it "
+                                           "and leaves it out of config.yaml.")
 
     @model_validator(mode="before")
     @classmethod

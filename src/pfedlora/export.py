@@ -140,13 +140,14 @@ class PersonalizedClassifier(nn.Module):
         self.run_accuracy = document.get("run", {}).get("accuracy")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits [N, classes] for preprocessed input ``x``, exactly as the run fed the model."""
         return self.model(x)
 
     def preprocess(self, inputs: Any) -> torch.Tensor:
         """Raw inputs as the model's input tensor.
 
-        Images: file paths, encoded bytes, Pillow images, or uint8 arrays ([N, H, W(, C)] or
-        [N, C, H, W]) -> mode conversion, resize/pad and normalisation as in training. client_npz
+        Images: file paths, encoded bytes, Pillow images, uint8 arrays of one image each, or a list
+        mixing them; or one uint8 array [N, H, W(, C)] / [N, C, H, W] -> mode conversion, resize/pad and normalisation as in training. client_npz
         data: float arrays as stored in its files. Text: strings (tokenized as in training) or
         token ids. A float tensor already shaped [N, *input_shape] is taken as preprocessed.
         """
@@ -194,6 +195,7 @@ class PersonalizedClassifier(nn.Module):
             self.train(was_training)
 
     def predict_labels(self, inputs: Any) -> list[str]:
+        """Class names for raw ``inputs`` (as :meth:`predict`)."""
         return [self.class_names[int(i)] for i in self.predict(inputs)]
 
 

@@ -50,6 +50,10 @@ BUILTIN_MODULES: dict[str, str] = {
     "fedkd": "pfedlora.algorithms.fedkd",
     "fedgh": "pfedlora.algorithms.fedgh",
     "fedavg": "pfedlora.algorithms.fedavg",
+    "fedmrl": "pfedlora.algorithms.fedmrl",
+    "fedgen": "pfedlora.algorithms.fedgen",
+    "fedtgp": "pfedlora.algorithms.fedtgp",
+    "fedl2g": "pfedlora.algorithms.fedl2g",
 }
 
 

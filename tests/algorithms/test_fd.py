@@ -8,7 +8,7 @@ from pfedlora.algorithms.base import Upload
 
 
 def test_upload_is_per_class_mean_logits_with_counts_for_the_classes_held(make_context, make_data):
-    ctx = make_context()
+    ctx = make_context(fd={"class_stats": "after_training"})  # the trained model's logits
     _, broadcast = fd.init_server(ctx)
     data = make_data(classes=(2, 7))
     result = fd.client_update(ctx, 0, fd.init_client(ctx, 0), broadcast, data, torch.Generator().manual_seed(0))
@@ -103,3 +103,30 @@ def test_distillation_term_pulls_toward_the_target_logits_of_labels_with_a_targe
     target = F.softmax(targets[0], 0)
     kl = (target * (target.log() - F.log_softmax(logits[:2], 1))).sum(1).mean()
     assert torch.allclose(known(model, x, y), F.cross_entropy(logits, y) + 2.0 * kl, atol=1e-6)
+
+
+def _last_epoch_and_pass(make_context, make_data, lr: float, epochs: int):
+    """FD's upload with class_stats last_epoch and after_training, from the same start and batches."""
+    data = make_data(n=70, classes=(2, 7, 9))  # 70 = 4 batches of 16 and a partial one of 6
+    uploads = []
+    for rule in ("last_epoch", "after_training"):
+        ctx = make_context(train={"batch_size": 16, "lr": lr, "local_epochs": epochs}, fd={"class_stats": rule})
+        _, broadcast = fd.init_server(ctx)
+        result = fd.client_update(ctx, 0, fd.init_client(ctx, 0), broadcast, data, torch.Generator().manual_seed(0))
+        uploads.append(result.upload)
+    return uploads
+
+
+def test_last_epoch_logits_equal_a_separate_pass_when_the_model_does_not_move(make_context, make_data):
+    # lr 1e-30 leaves every weight bit for bit unchanged, so each sample's last-epoch logits are the
+    # separate pass's (up to float rounding of different batch compositions); 2 epochs: only the last counts
+    recorded, separate = _last_epoch_and_pass(make_context, make_data, lr=1e-30, epochs=2)
+    assert torch.equal(recorded[fd.COUNTS], separate[fd.COUNTS])
+    assert torch.allclose(recorded[fd.LOGITS], separate[fd.LOGITS], rtol=0, atol=1e-5)
+    assert float(recorded[fd.LOGITS].abs().sum()) > 0
+
+
+def test_last_epoch_logits_come_from_the_model_during_training_not_after(make_context, make_data):
+    recorded, separate = _last_epoch_and_pass(make_context, make_data, lr=0.5, epochs=1)
+    assert torch.equal(recorded[fd.COUNTS], separate[fd.COUNTS])
+    assert not torch.allclose(recorded[fd.LOGITS], separate[fd.LOGITS], atol=1e-3)

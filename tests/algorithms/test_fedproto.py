@@ -50,7 +50,7 @@ def test_loss_is_ce_plus_lambda_times_distance_to_the_label_prototype(make_conte
 
 
 def test_upload_is_the_mean_representation_per_held_class(make_context, make_data):
-    ctx = make_context()
+    ctx = make_context(fedproto={"class_stats": "after_training"})  # the trained model's representations
     _, broadcast = fedproto.init_server(ctx)
     data = make_data(classes=(1, 8))
     result = fedproto.client_update(ctx, 0, fedproto.init_client(ctx, 0), broadcast, data,
@@ -60,3 +60,23 @@ def test_upload_is_the_mean_representation_per_held_class(make_context, make_dat
         expected = model.represent(data.train_x[data.train_y == 8]).mean(0)
     assert torch.allclose(result.upload[fedproto.PROTOTYPES][8], expected, atol=1e-5)
     assert result.upload[fedproto.COUNTS].nonzero().flatten().tolist() == [1, 8]
+
+
+def test_last_epoch_prototypes_equal_a_separate_pass_when_the_model_does_not_move(make_context, make_data):
+    """class_stats last_epoch (the authors' rule, no pass after training) averages the
+    representations the last epoch's mini-batches computed: with lr 1e-30 (weights bit for bit
+    unchanged) they equal the separate pass up to float rounding; with a real lr they differ."""
+    data = make_data(n=70, classes=(1, 8))
+    uploads = {}
+    for lr in (1e-30, 0.5):
+        for rule in ("last_epoch", "after_training"):
+            ctx = make_context(train={"batch_size": 16, "lr": lr, "local_epochs": 2}, fedproto={"class_stats": rule})
+            _, broadcast = fedproto.init_server(ctx)
+            uploads[lr, rule] = fedproto.client_update(ctx, 0, fedproto.init_client(ctx, 0), broadcast, data,
+                                                       torch.Generator().manual_seed(0)).upload
+    recorded, separate = uploads[1e-30, "last_epoch"], uploads[1e-30, "after_training"]
+    assert torch.equal(recorded[fedproto.COUNTS], separate[fedproto.COUNTS])
+    assert torch.allclose(recorded[fedproto.PROTOTYPES], separate[fedproto.PROTOTYPES], rtol=0, atol=1e-5)
+    assert float(recorded[fedproto.PROTOTYPES].abs().sum()) > 0
+    moved, after = uploads[0.5, "last_epoch"], uploads[0.5, "after_training"]
+    assert not torch.allclose(moved[fedproto.PROTOTYPES], after[fedproto.PROTOTYPES], atol=1e-3)

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from pfedlora.algorithms.training import make_optimizer, train_epochs
+from pfedlora.algorithms.training import PlainSGD, make_optimizer, train_epochs
 from pfedlora.config import TrainConfig
 
 
@@ -24,18 +24,18 @@ def _steps(train: TrainConfig, steps: int) -> list[float]:
     x, y = torch.ones(steps, 1), torch.zeros(steps, dtype=torch.long)
     weights: list[float] = []
     generator = torch.Generator().manual_seed(0)
-    original_step = torch.optim.SGD.step
+    original_step = PlainSGD.step
 
     def recording_step(self, *args, **kwargs):
         result = original_step(self, *args, **kwargs)
         weights.append(float(model.weight.detach()))
         return result
 
-    torch.optim.SGD.step = recording_step
+    PlainSGD.step = recording_step
     try:
         train_epochs(model, [model.weight], x, y, epochs=1, train=train, generator=generator, loss_fn=_linear_loss)
     finally:
-        torch.optim.SGD.step = original_step
+        PlainSGD.step = original_step
     return weights
 
 
@@ -49,7 +49,7 @@ def test_warmup_ramps_the_learning_rate_linearly_then_holds_it():
 
 def test_optimizer_choice_is_used():
     params = [nn.Parameter(torch.zeros(2))]
-    assert isinstance(make_optimizer(params, TrainConfig()), torch.optim.SGD)
+    assert isinstance(make_optimizer(params, TrainConfig()), PlainSGD)  # CPU parameters
     adamw = make_optimizer(params, TrainConfig(optimizer="adamw", lr=1e-3, weight_decay=0.01))
     assert isinstance(adamw, torch.optim.AdamW)
     assert adamw.param_groups[0]["lr"] == 1e-3 and adamw.param_groups[0]["weight_decay"] == 0.01
@@ -69,3 +69,28 @@ def test_adamw_and_sgd_train_differently():
     # Adam moves every weight by about lr per step whatever the gradient's scale
     start = trained(TrainConfig(lr=1e-9, batch_size=8, optimizer="adamw"))
     assert float((adamw - start).abs().max()) == pytest.approx(8 * 0.01, rel=0.35)
+
+
+@pytest.mark.parametrize("momentum,weight_decay", [(0.0, 0.0), (0.9, 0.0), (0.0, 1e-3), (0.9, 1e-3)])
+def test_plain_sgd_is_torch_sgd_bit_for_bit(momentum: float, weight_decay: float):
+    """PlainSGD replaces torch.optim.SGD on CPU (no torch._dynamo import, less per-step dispatch):
+    the same weights after several steps with a changing lr (warm-up) and a parameter without a
+    gradient (skipped by both)."""
+    def run(make) -> list[torch.Tensor]:
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3))
+        unused = nn.Parameter(torch.randn(4))
+        params = [*model.parameters(), unused]
+        optimizer = make(params)
+        generator = torch.Generator().manual_seed(3)
+        for step in range(7):
+            optimizer.param_groups[0]["lr"] = 0.05 * (step + 1) / 7
+            x, y = torch.randn(8, 6, generator=generator), torch.randint(0, 3, (8,), generator=generator)
+            optimizer.zero_grad(set_to_none=True)
+            nn.functional.cross_entropy(model(x), y).backward()
+            optimizer.step()
+        return [p.detach().clone() for p in params]
+
+    ours = run(lambda params: PlainSGD(params, 0.05, momentum, weight_decay))
+    torch_sgd = run(lambda params: torch.optim.SGD(params, lr=0.05, momentum=momentum, weight_decay=weight_decay))
+    assert all(torch.equal(a, b) for a, b in zip(ours, torch_sgd))

@@ -86,6 +86,20 @@ def test_compare_command_runs_seeds_writes_tables_and_report_and_reuses_runs(tmp
     # a second invocation reuses the finished runs
     assert main(args) == 0
     assert "reusing" in capsys.readouterr().out
+    # ... also a run written before a key existed (its default keeps the earlier behaviour)
+    import yaml
+
+    saved_path = out / "pfedlora" / "seed0" / "config.yaml"
+    saved = yaml.safe_load(saved_path.read_text())
+    del saved["engine"]["threads"], saved["fd"]["class_stats"]
+    saved_path.write_text(yaml.safe_dump(saved, sort_keys=False))
+    assert main(args) == 0
+    assert "[1/2] pfedlora seed 0: reusing" in capsys.readouterr().out
+    # ... but not one whose config differs in a value
+    saved["train"]["lr"] = 0.5
+    saved_path.write_text(yaml.safe_dump(saved, sort_keys=False))
+    assert main(args) == 0
+    assert "[1/2] pfedlora seed 0: reusing" not in capsys.readouterr().out
 
 
 def test_all_skips_an_algorithm_the_setting_does_not_admit(tmp_path):

@@ -1,6 +1,7 @@
 """``pfedlora report`` writes valid PNG plots and a report.md embedding them."""
 
 import json
+from pathlib import Path
 
 from PIL import Image
 
@@ -67,3 +68,57 @@ def test_seeds_of_one_algorithm_are_one_mean_line_with_a_band_in_its_own_colour(
     assert [p[0] for p in curve] == [1, 2, 3] and curve[0][1:] == (40.0, 40.0, 40.0)
     assert algorithm_colour("fd") != algorithm_colour("fedproto")
     assert algorithm_colour("fd") == plt.get_cmap("tab10").colors[3]
+
+
+def _figures(monkeypatch):
+    """The figures write_report saves, by file name (kept open to inspect)."""
+    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
+
+    saved = {}
+    original = Figure.savefig
+
+    def keep(fig, path, *args, **kwargs):
+        saved[Path(path).name] = fig
+        return original(fig, path, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", keep)
+    monkeypatch.setattr(plt, "close", lambda *args: None)
+    return saved
+
+
+def test_round_axis_has_integer_ticks_and_one_seed_has_no_band_legend(tmp_path, monkeypatch):
+    saved = _figures(monkeypatch)
+    run = _fake_run(tmp_path / "a", "pfedlora", 100)
+    assert main(["report", str(run), "--out", str(tmp_path / "report")]) == 0
+    ax = saved["accuracy_vs_round.png"].axes[0]
+    lo, hi = ax.get_xlim()
+    ticks = [t for t in ax.get_xticks() if lo <= t <= hi]
+    assert ticks and all(float(t).is_integer() for t in ticks), ticks  # 3 rounds: no tick at 1.25
+    for name in ("accuracy_vs_round.png", "accuracy_vs_bytes.png", "accuracy_vs_flops.png"):
+        legend = saved[name].axes[0].get_legend()
+        assert "band" not in legend.get_title().get_text()  # one seed: no band drawn, none explained
+
+
+def test_several_seeds_keep_the_band_legend(tmp_path, monkeypatch):
+    saved = _figures(monkeypatch)
+    (tmp_path / "cmp" / "pfedlora").mkdir(parents=True)
+    runs = [_fake_run(tmp_path / "cmp" / "pfedlora" / f"seed{k}", "pfedlora", 100) for k in (0, 1)]
+    assert main(["report", *map(str, runs), "--out", str(tmp_path / "report")]) == 0
+    assert saved["accuracy_vs_round.png"].axes[0].get_legend().get_title().get_text() == "band: lowest to highest seed"
+
+
+def test_one_seed_tables_show_no_zero_spread():
+    from pfedlora.experiments.compare import comparison_markdown
+
+    row = {"algorithm": "pfedlora", "seeds": "0", "final_acc_mean": 77.9, "final_acc_std": 0.0,
+           "best_acc_mean": 78.0, "best_acc_std": 0.0, "is_best_baseline": False, "delta_to_best_baseline": None,
+           "rounds_to_target": None, "target_reached": "0/1", "train_flops_per_client_round": 1e9,
+           "comm_bytes_per_client_round": 1e3, "flops_to_target": None, "bytes_to_target": None,
+           "compute_reduction_x": None, "comm_reduction_x": None, "flops_to_target_reduction_x": None,
+           "bytes_to_target_reduction_x": None}
+    table = {"rows": [row], "best_baseline": None, "target_accuracy": 70.0, "target_rule": "absolute"}
+    one = comparison_markdown(table)
+    assert "| **pfedlora** | 77.90 | 78.00 |" in one and "± 0.00" not in one
+    row |= {"seeds": "0 1", "final_acc_std": 0.5}
+    assert "| **pfedlora** | 77.90 ± 0.50 | 78.00 ± 0.00 |" in comparison_markdown(table)

@@ -74,3 +74,19 @@ def _textbook_represent(model: CNN, x: torch.Tensor) -> torch.Tensor:
     x = model.pool(torch.relu(model.conv2(x)))
     x = torch.relu(model.fc1(torch.flatten(x, 1)))
     return torch.relu(model.fc2(x))
+
+
+@pytest.mark.parametrize("ceil_mode", [False, True])
+def test_second_order_gradients_equal_torchs(ceil_mode):
+    # create_graph=True (FedL2G's meta-gradient through an SGD step) differentiates the backward itself
+    torch.manual_seed(2)
+    x = torch.randn(2, 3, 7, 7, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(1, 3, 7, 7, dtype=torch.float64, requires_grad=True)
+    results = []
+    for pool in (lambda t: F.max_pool2d(t, 2, ceil_mode=ceil_mode), lambda t: max_pool_2x2(t, ceil_mode=ceil_mode)):
+        out = pool(x * w)
+        (grad_x,) = torch.autograd.grad((out ** 2).sum(), x, create_graph=True)
+        (grad_w,) = torch.autograd.grad((grad_x * x).sum(), w)
+        results.append((grad_x.detach(), grad_w))
+    assert torch.equal(results[0][0], results[1][0])
+    assert torch.allclose(results[0][1], results[1][1], rtol=1e-12, atol=1e-12)

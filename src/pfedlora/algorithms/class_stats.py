@@ -38,6 +38,44 @@ def class_means(
     return means.to(torch.float32), counts.to(torch.float32)
 
 
+class ClassSums:
+    """Per-class sums of values a training loss computes anyway (FD's logits, FedProto's
+    representations), recorded during the last local epoch only: the statistics the authors collect
+    while training, without a pass over the data after it.
+
+    Each sample contributes its value as computed in its mini-batch's forward pass of the last epoch
+    (the model as it was just before that mini-batch's update), in float64. Pass :meth:`epoch_started`
+    as ``train_epochs(on_epoch=...)`` and call :meth:`record` from the loss.
+    """
+
+    def __init__(self, num_classes: int, last_epoch: int) -> None:
+        self.num_classes, self.last_epoch = num_classes, last_epoch
+        self.active = False
+        self.sums: torch.Tensor | None = None
+        self.counts: torch.Tensor | None = None
+
+    def epoch_started(self, epoch: int) -> None:
+        self.active = epoch == self.last_epoch
+
+    @torch.no_grad()
+    def record(self, values: torch.Tensor, labels: torch.Tensor) -> None:
+        if not self.active:
+            return
+        values = values.detach().to(torch.float64)
+        if self.sums is None:
+            self.sums = torch.zeros(self.num_classes, values.shape[1], dtype=torch.float64, device=values.device)
+            self.counts = torch.zeros(self.num_classes, dtype=torch.float64, device=values.device)
+        self.sums.index_add_(0, labels, values)
+        self.counts += torch.bincount(labels, minlength=self.num_classes).to(torch.float64)
+
+    def means(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(means, counts) as :func:`class_means` returns them; None when nothing was recorded."""
+        if self.sums is None or self.counts is None:
+            return None
+        means = self.sums / self.counts.clamp(min=1).unsqueeze(1)
+        return means.to(torch.float32), self.counts.to(torch.float32)
+
+
 def average_class_means(
     uploads: Iterable[Upload],
     means_key: str,
@@ -77,3 +115,13 @@ def average_class_means(
     else:
         average[absent] = 0.0
     return average, counts
+
+
+def class_rows_problem(rows: torch.Tensor, counts: torch.Tensor, rows_name: str, counts_name: str) -> str | None:
+    """Why a per-class upload is malformed, or None: counts must be whole numbers >= 0, and a class
+    with count 0 (the client has nothing of it) must carry an all-zero row."""
+    if bool((counts < 0).any()) or not torch.equal(counts, counts.round()):
+        return f"{counts_name} must be whole numbers >= 0"
+    if bool(rows[counts == 0].ne(0).any()):
+        return f"{rows_name} has a non-zero row for a class with count 0"
+    return None

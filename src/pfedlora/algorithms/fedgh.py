@@ -49,12 +49,24 @@ from pfedlora.registry import AlgorithmSettings, register
 class FedGHSettings(AlgorithmSettings):
     """FedGH (Yi et al., 2023)."""
 
-    server_lr: float = Field(default=0.01, gt=0)  # the clients' lr, as in the paper
-    server_epochs: int = Field(default=1, ge=1)
-    server_batch_size: int = Field(default=1, ge=1)  # 1: one SGD step per (client, class) representation
+    # the clients' lr, as in the paper
+    server_lr: float = Field(default=0.01, gt=0,
+                             description="Learning rate of the server's SGD on the global header (the clients' lr "
+                                         "in the paper).")
+    server_epochs: int = Field(default=1, ge=1,
+                               description="Epochs of the server's header training per round.")
+    # 1: one SGD step per (client, class) representation
+    server_batch_size: int = Field(default=1, ge=1,
+                                   description="Batch of the server's header training; 1: one SGD step per (client, "
+                                               "class) representation.")
     # evaluate with the client's own trained header (the FedGH authors' convention) or with the
     # global header loaded first (as other libraries do)
-    evaluation: Literal["local_header", "global_header"] = "local_header"
+    evaluation: Literal["local_header", "global_header"] = Field(default="local_header",
+                                                                 description="Evaluate with the client's own "
+                                                                             "trained header (local_header, the "
+                                                                             "FedGH authors' convention) or with "
+                                                                             "the global header loaded first "
+                                                                             "(global_header).")
 
 
 REPRESENTATIONS = "class_representations"

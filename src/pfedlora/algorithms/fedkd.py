@@ -44,7 +44,7 @@ Evaluation uses the teacher (the client's local model).
 
 from __future__ import annotations
 
-from pydantic import Field, field_validator
+from pydantic import Field
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -67,26 +67,29 @@ from pfedlora.algorithms.base import (
 from pfedlora.algorithms.distillation import ModelPair, distillation_kl
 from pfedlora.algorithms.local_models import LOCAL, init_local_state, load_local, shared_workspace
 from pfedlora.algorithms.training import train_epochs
-from pfedlora.models.registry import model_names
+from pfedlora.models.registry import ModelName
 from pfedlora.registry import AlgorithmSettings, register
 
 
 class FedKDSettings(AlgorithmSettings):
     """FedKD (Wu et al., 2022)."""
 
-    shared_model: str | None = None  # the student; default: the smallest model in the pool
-    energy_start: float = Field(default=0.95, gt=0, le=1)  # SVD energy threshold, first round
-    energy_end: float = Field(default=0.98, gt=0, le=1)  # ... annealed linearly to this, last round
-    temperature: float = Field(default=1.0, gt=0)
+    # the student; default: the smallest model in the pool
+    shared_model: ModelName | None = Field(default=None,
+                                     description="Architecture of the shared student; null: the smallest model in "
+                                                 "the pool.")
+    # SVD energy threshold, first round
+    energy_start: float = Field(default=0.95, gt=0, le=1,
+                                description="SVD energy threshold of the compressed updates in the first round.")
+    # ... annealed linearly to this, last round
+    energy_end: float = Field(default=0.98, gt=0, le=1,
+                              description="SVD energy threshold in the last round (annealed linearly from "
+                                          "energy_start).")
+    temperature: float = Field(default=1.0, gt=0, description="Temperature of the distillation KL.")
     # scales both distillation terms (logits and hidden states); 1 is the paper, 0 switches transfer off
-    kd_weight: float = Field(default=1.0, ge=0)
-
-    @field_validator("shared_model")
-    @classmethod
-    def _known_model(cls, value: str | None) -> str | None:
-        if value is not None and value not in model_names():
-            raise ValueError(f"unknown model {value!r}; valid: {', '.join(model_names())}")
-        return value
+    kd_weight: float = Field(default=1.0, ge=0,
+                             description="Scales both distillation terms (logits and hidden states); 1 is the "
+                                         "paper, 0 switches transfer off.")
 
 
 ENERGY = "svd_energy"  # broadcast: the energy threshold of the coming round

@@ -7,7 +7,12 @@ A prototype is the mean 500-d representation (``represent(x)``) of one class. A 
 trains its local model with ``CE + fedproto.lam · ‖rep − global_proto(y)‖²`` (the squared
 distance as mean squared error over the 500 dimensions, as in the authors' code; samples of
 classes without a global prototype yet get no regulariser), then uploads its per-class
-prototypes (one pass over its training data after training) with its class counts. Classes no
+prototypes with its class counts. The prototypes (``fedproto.class_stats``): ``after_training``
+(default, the rule of every FedProto result so far) computes them in one pass with the trained
+model, one forward pass more per round; ``last_epoch`` (the authors' code collects the
+representations of the last local epoch's mini-batches in its training loop) averages each
+sample's representation as its mini-batch's forward pass of the last epoch computed it, with no
+pass after training. The default stays the old rule so published numbers stay valid. Classes no
 selected client holds keep their previous global prototype.
 
 The global prototype of a class (``fedproto.aggregation``):
@@ -42,7 +47,7 @@ from pfedlora.algorithms.base import (
     Upload,
     prefixed,
 )
-from pfedlora.algorithms.class_stats import average_class_means, class_means
+from pfedlora.algorithms.class_stats import ClassSums, average_class_means, class_means
 from pfedlora.algorithms.local_models import LOCAL, init_local_state, load_local
 from pfedlora.algorithms.training import train_epochs
 from pfedlora.models.cnn import REPRESENTATION_DIM
@@ -52,10 +57,21 @@ from pfedlora.registry import AlgorithmSettings, register
 class FedProtoSettings(AlgorithmSettings):
     """FedProto (Tan et al., 2022)."""
 
-    lam: float = Field(default=1.0, ge=0)  # λ, weight of the prototype regulariser
+    # λ, weight of the prototype regulariser
+    lam: float = Field(default=1.0, ge=0,
+                       description="lambda, weight of the prototype regulariser.")
     # global prototype of a class: the plain mean over the clients holding it (the authors' code),
     # or the mean weighted by their sample counts of that class (the paper's Eq. 6; used here until 2026-11-30)
-    aggregation: Literal["clients", "samples"] = "clients"
+    aggregation: Literal["clients", "samples"] = Field(default="clients",
+                                                       description="Global prototype of a class: plain mean over "
+                                                                   "the clients holding it (clients, the authors' "
+                                                                   "code) or weighted by their class counts "
+                                                                   "(samples, the paper's Eq. 6).")
+    class_stats: Literal["after_training", "last_epoch"] = Field(
+        default="after_training",
+        description="The uploaded prototypes: from a pass over the training data after training (after_training, "
+                    "the rule used here so far) or recorded during the last local epoch (last_epoch, the authors' code: "
+                    "no extra pass, about 1.3x faster per round; numbers differ).")
 
 
 PROTOTYPES = "prototypes"
@@ -73,11 +89,14 @@ def init_server(ctx: FederationContext) -> tuple[State, Payload]:
     return state, dict(state)
 
 
-def prototype_loss(prototypes: torch.Tensor, counts: torch.Tensor, lam: float):
-    """CE on the model's own classifier plus λ · MSE(rep, prototype of the label)."""
+def prototype_loss(prototypes: torch.Tensor, counts: torch.Tensor, lam: float, recorder: ClassSums | None = None):
+    """CE on the model's own classifier plus λ · MSE(rep, prototype of the label) (``recorder``:
+    where the last epoch's per-class representations are summed)."""
 
     def loss_fn(module: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         rep = module.represent(x)
+        if recorder is not None:
+            recorder.record(rep, y)
         loss = F.cross_entropy(module.head(rep), y)
         known = counts[y] > 0
         if lam > 0 and bool(known.any()):
@@ -91,12 +110,18 @@ def client_update(ctx: FederationContext, client_id: int, state: State, broadcas
                   data: ClientData, generator: torch.Generator) -> ClientResult:
     cfg = ctx.config
     model = load_local(ctx, client_id, state)
-    loss_fn = prototype_loss(broadcast[PROTOTYPES], broadcast[COUNTS], cfg.fedproto.lam)
+    # the authors' rule: each sample's representation as its last-epoch mini-batch computed it (no extra pass)
+    recorder = (ClassSums(ctx.num_classes, cfg.train.local_epochs - 1)
+                if cfg.fedproto.class_stats == "last_epoch" else None)
+    loss_fn = prototype_loss(broadcast[PROTOTYPES], broadcast[COUNTS], cfg.fedproto.lam, recorder)
     stats = train_epochs(model, model.parameters(), data.train_x, data.train_y, augment=data.augment, epochs=cfg.train.local_epochs,
-                         train=cfg.train, generator=generator, loss_fn=loss_fn, name="local_model")
+                         train=cfg.train, generator=generator, loss_fn=loss_fn, name="local_model",
+                         on_epoch=recorder.epoch_started if recorder is not None else None)
     model.eval()
-    prototypes, counts = class_means(model.represent, data.train_x, data.train_y, ctx.num_classes,
-                                     cfg.train.eval_batch_size)
+    recorded = recorder.means() if recorder is not None else None
+    # after_training, or nothing recorded (local_epochs 0): one pass with the trained model
+    prototypes, counts = recorded if recorded is not None else class_means(
+        model.represent, data.train_x, data.train_y, ctx.num_classes, cfg.train.eval_batch_size)
     return ClientResult(state=prefixed(LOCAL, model.state_dict()), upload={PROTOTYPES: prototypes, COUNTS: counts},
                         weight=float(data.num_train), stats=[stats])
 

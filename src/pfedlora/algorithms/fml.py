@@ -21,7 +21,7 @@ Evaluation uses the private model.
 
 from __future__ import annotations
 
-from pydantic import Field, field_validator
+from pydantic import Field
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -41,23 +41,23 @@ from pfedlora.algorithms.base import (
 from pfedlora.algorithms.distillation import ModelPair, distillation_kl
 from pfedlora.algorithms.local_models import LOCAL, init_local_state, load_local, shared_workspace
 from pfedlora.algorithms.training import train_epochs
-from pfedlora.models.registry import model_names
+from pfedlora.models.registry import ModelName
 from pfedlora.registry import AlgorithmSettings, register
 
 
 class FMLSettings(AlgorithmSettings):
     """Federated Mutual Learning (Shen et al., 2020)."""
 
-    alpha: float = Field(default=0.5, ge=0, le=1)  # private model: α·CE + (1−α)·KL
-    beta: float = Field(default=0.5, ge=0, le=1)  # shared model: β·CE + (1−β)·KL
-    shared_model: str | None = None  # default: the smallest model in the pool
-
-    @field_validator("shared_model")
-    @classmethod
-    def _known_model(cls, value: str | None) -> str | None:
-        if value is not None and value not in model_names():
-            raise ValueError(f"unknown model {value!r}; valid: {', '.join(model_names())}")
-        return value
+    # private model: α·CE + (1−α)·KL
+    alpha: float = Field(default=0.5, ge=0, le=1,
+                         description="Private model's loss: alpha CE + (1 - alpha) KL to the shared model.")
+    # shared model: β·CE + (1−β)·KL
+    beta: float = Field(default=0.5, ge=0, le=1,
+                        description="Shared model's loss: beta CE + (1 - beta) KL to the private model.")
+    # default: the smallest model in the pool
+    shared_model: ModelName | None = Field(default=None,
+                                     description="Architecture of the shared model; null: the smallest model in the "
+                                                 "pool.")
 
 
 def shared_arch(ctx: FederationContext) -> str:

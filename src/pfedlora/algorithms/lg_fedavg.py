@@ -22,6 +22,7 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
+from pydantic import Field
 from torch import nn
 
 from pfedlora.algorithms.aggregation import fedavg_aggregate
@@ -44,7 +45,11 @@ class LGFedAvgSettings(AlgorithmSettings):
     """LG-FedAvg (Liang et al., 2020)."""
 
     # evaluate with the client's own trained header, or with the global header loaded first
-    evaluation: Literal["local_header", "global_header"] = "local_header"
+    evaluation: Literal["local_header", "global_header"] = Field(default="local_header",
+                                                                 description="Evaluate with the client's own "
+                                                                             "trained header (local_header) or with "
+                                                                             "the global header loaded first "
+                                                                             "(global_header).")
 
 
 TRAINED = "trained"  # client-state flag: the client has trained its own header at least once

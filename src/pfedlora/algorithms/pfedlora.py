@@ -54,7 +54,7 @@ from __future__ import annotations
 import functools
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -87,7 +87,7 @@ from pfedlora.models.adapters import (
     lora_factor_pairs,
 )
 from pfedlora.models.cnn import CNN_SPECS
-from pfedlora.models.registry import model_names, parameter_count
+from pfedlora.models.registry import ModelName, parameter_count
 from pfedlora.models.text import TEXT_MODEL_SPECS
 from pfedlora.registry import AlgorithmSettings, register
 
@@ -95,31 +95,50 @@ from pfedlora.registry import AlgorithmSettings, register
 class PFedLoRASettings(AlgorithmSettings):
     """pFedLoRA's adapter, the config section ``adapter`` (see :mod:`pfedlora.models.adapters`)."""
 
-    reference: str | None = None
-    construction: Literal["reduced", "factorized"] = "reduced"
-    rank: int = Field(default=16, ge=1)
-    placement: Literal["branch", "head", "lora"] = "branch"
-    mu: float = Field(default=0.5, ge=0, le=1)
-    schedule: Literal["iterative", "synchronous"] = "iterative"
+    reference: ModelName | None = Field(default=None,
+                                  description="Architecture the adapter is derived from; null: the smallest model "
+                                              "in the pool.")
+    construction: Literal["reduced", "factorized"] = Field(default="reduced",
+                                                           description="reduced (hidden widths cut to rank) or "
+                                                                       "factorized (each weight a rank-`rank` "
+                                                                       "product B.A).")
+    rank: int = Field(default=16, ge=1, description="Adapter rank.")
+    placement: Literal["branch", "head", "lora"] = Field(default="branch",
+                                                         description="branch: (1-mu) F_k(x) + mu A(x) (see "
+                                                                     "combine); head: LoRA delta on the header, W + "
+                                                                     "mu B.A; lora (text): PEFT LoRA on the shared "
+                                                                     "encoder layers.")
+    mu: float = Field(default=0.5, ge=0, le=1, description="mu, the adapter's weight in the mix.")
+    schedule: Literal["iterative", "synchronous"] = Field(default="iterative",
+                                                          description="iterative (local model, then adapter; the "
+                                                                      "paper) or synchronous (both at once).")
     # branch: convex (1-mu) F_k(x) + mu A(x) or additive F_k(x) + mu A(x); unset: convex on branch
     # (head and lora are additive by construction, so convex is refused there)
-    combine: Literal["convex", "additive"] | None = None
+    combine: Literal["convex", "additive"] | None = Field(default=None,
+                                                          description="Branch placement: convex (1-mu) F_k(x) + mu "
+                                                                      "A(x) or additive F_k(x) + mu A(x) (the LoRA "
+                                                                      "reading); null: convex on branch (head and "
+                                                                      "lora are additive).")
     # branch: the adapter's output layer (last Linear, weight and bias) starts at exactly zero, as LoRA's B
-    zero_init: bool = False
+    zero_init: bool = Field(default=False,
+                            description="Branch: the adapter's output layer starts at exactly zero (as LoRA's B), "
+                                        "so with additive a fresh personalized model equals its local model.")
     # branch, images: the adapter reads the input average-pooled by this factor (a cheaper adapter)
-    input_pool: Literal[1, 2, 4] = 1
+    input_pool: Literal[1, 2, 4] = Field(default=1,
+                                         description="Branch, images: the adapter reads the input average-pooled by "
+                                                     "this factor (a cheaper adapter).")
     # B.A factor pairs: factors = FedAvg of each factor; product = mean of B_i A_i re-factorised by SVD
-    aggregation: Literal["factors", "product"] = "factors"
+    aggregation: Literal["factors", "product"] = Field(default="factors",
+                                                       description="B.A factor pairs: factors (FedAvg of each "
+                                                                   "factor) or product (mean of B_i A_i "
+                                                                   "re-factorised by truncated SVD).")
     # iterative step 2's frozen local-model outputs: recompute them with the trained local model (the
     # paper), or use those recorded during step 1's last epoch (saves one forward pass over the data)
-    step2_outputs: Literal["recompute", "recorded"] = "recompute"
-
-    @field_validator("reference")
-    @classmethod
-    def _known_reference(cls, value: str | None) -> str | None:
-        if value is not None and value not in model_names():
-            raise ValueError(f"unknown model {value!r}; valid: {', '.join(model_names())}")
-        return value
+    step2_outputs: Literal["recompute", "recorded"] = Field(default="recompute",
+                                                            description="Iterative step 2's frozen local-model "
+                                                                        "outputs: recompute (the paper) or recorded "
+                                                                        "in step 1's last epoch (one forward pass "
+                                                                        "less; not exact).")
 
     @model_validator(mode="after")
     def _options_fit_placement(self) -> PFedLoRASettings:

@@ -29,10 +29,55 @@ def cross_entropy_loss(module: nn.Module, x: torch.Tensor, y: torch.Tensor) -> t
     return F.cross_entropy(module(x), y)
 
 
-def make_optimizer(parameters: list[nn.Parameter], train: TrainConfig) -> torch.optim.Optimizer:
+class PlainSGD:
+    """``torch.optim.SGD`` on CPU tensors, the same operations in the same order (its single-tensor
+    path, which torch takes for CPU parameters), so the weights come out bit for bit the same.
+
+    Why: the first ``torch.optim.Optimizer`` a process builds imports ``torch._dynamo`` (1.5-3 s of
+    CPU on this project's machine), which made the first round of every run (and every forked worker
+    that had not inherited the import) that much slower; its per-step dispatch (hooks, profiler
+    records) is also not free at 8 steps per client. Momentum buffers start empty, as a fresh
+    ``torch.optim.SGD`` has them; no state outlives a ``train_epochs`` call.
+    """
+
+    def __init__(self, parameters: list[nn.Parameter], lr: float, momentum: float, weight_decay: float) -> None:
+        self.param_groups = [{"params": list(parameters), "lr": lr}]  # "lr" is read at every step (warm-up)
+        self.momentum, self.weight_decay = momentum, weight_decay
+        self._buffers: dict[int, torch.Tensor] = {}
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for p in self.param_groups[0]["params"]:
+            if set_to_none:
+                p.grad = None
+            elif p.grad is not None:
+                p.grad.detach_().zero_()
+
+    @torch.no_grad()
+    def step(self) -> None:
+        lr = self.param_groups[0]["lr"]
+        for i, param in enumerate(self.param_groups[0]["params"]):
+            if param.grad is None:  # torch skips parameters without a gradient
+                continue
+            grad = param.grad
+            if self.weight_decay != 0:
+                grad = grad.add(param, alpha=self.weight_decay)
+            if self.momentum != 0:
+                buf = self._buffers.get(i)
+                if buf is None:
+                    buf = self._buffers[i] = grad.detach().clone()
+                else:
+                    buf.mul_(self.momentum).add_(grad, alpha=1)
+                grad = buf
+            param.add_(grad, alpha=-lr)
+
+
+def make_optimizer(parameters: list[nn.Parameter], train: TrainConfig) -> torch.optim.Optimizer | PlainSGD:
     """``train.optimizer`` over ``parameters`` at ``train.lr`` (momentum and weight decay from ``train``)."""
     if train.optimizer == "adamw":
         return torch.optim.AdamW(parameters, lr=train.lr, betas=(0.9, 0.999), weight_decay=train.weight_decay)
+    if all(p.device.type == "cpu" for p in parameters):
+        return PlainSGD(parameters, train.lr, train.momentum, train.weight_decay)
+    # elsewhere torch's multi-tensor (foreach) path, which rounds differently from the loop above
     return torch.optim.SGD(parameters, lr=train.lr, momentum=train.momentum, weight_decay=train.weight_decay)
 
 
@@ -48,6 +93,7 @@ def train_epochs(
     loss_fn: LossFn = cross_entropy_loss,
     augment: Augment | None = None,
     name: str = "",
+    on_epoch: Callable[[int], None] | None = None,
 ) -> TrainStats:
     """Train ``trainable`` (parameters of ``module`` or of modules ``loss_fn`` uses) with SGD.
 
@@ -56,7 +102,8 @@ def train_epochs(
     same rows of every tensor (augmentation then does not apply). The optimizer is ``train.optimizer``
     (momentum SGD or AdamW) with ``train.lr`` warmed up linearly over ``train.warmup_steps`` steps;
     gradients are clipped to ``train.clip_norm``. A fresh optimizer per call: no optimizer state
-    persists across rounds, as in the authors' code.
+    persists across rounds, as in the authors' code. ``on_epoch(e)`` is called before epoch ``e``
+    (0-based) starts, e.g. so a loss can record statistics during the last epoch only.
     """
     trainable = list(trainable)
     stats = TrainStats(module=name)
@@ -82,7 +129,9 @@ def train_epochs(
     static_key: tuple | None = None
     step_flops: dict[tuple, int | None] = {}
     try:
-        for _ in range(epochs):
+        for epoch in range(epochs):
+            if on_epoch is not None:
+                on_epoch(epoch)
             order = torch.randperm(n, generator=generator).to(first.device)
             for start in range(0, n, train.batch_size):
                 index = order[start : start + train.batch_size]

@@ -8,7 +8,7 @@ import cycles.
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -40,6 +40,9 @@ class ArrayDataset:
     clients: Any = None
     # how a raw input becomes model input, for exported models (pfedlora.export)
     preprocessing: dict[str, Any] | None = None
+    # caps applied while loading: config key -> (samples kept, samples the data had), e.g.
+    # {"dataset.max_train_samples": (1200, 10003)}, so a run can say what it left out
+    caps: dict[str, tuple[int, int]] = field(default_factory=dict)
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         """Rows of ``train_x`` / ``test_x`` as float32 model input."""

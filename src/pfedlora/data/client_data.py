@@ -284,7 +284,13 @@ def load_client_folders(path: str | None, options: Any, *, cache_dir: str | None
     if not root.is_dir():
         raise UserError(f"dataset.path {root} is not a directory; {FOLDERS_HELP}")
     image_size, fit = options.image_size, options.image_fit
+    # each client's split folder names (dataset.split_train / split_test; default train / test)
+    folder_of = {"train": str(getattr(options, "split_train", "train")), "test": getattr(options, "split_test", "test")}
+    if folder_of["test"] is None:
+        raise UserError("client_folders needs every client's test folder: set dataset.split_test (default test)")
     key = f"v{_CACHE_VERSION}|client_folders|{path_fingerprint(root)}|{image_size}|{fit}"
+    if (folder_of["train"], folder_of["test"]) != ("train", "test"):
+        key += f"|splits={folder_of['train']}/{folder_of['test']}"  # default names keep existing cache keys
 
     def build() -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         folders = {d.name: d for d in visible(root) if d.is_dir()}
@@ -294,9 +300,11 @@ def load_client_folders(path: str | None, options: Any, *, cache_dir: str | None
         per_client = []
         for name in names:
             for split in ("train", "test"):
-                if not (folders[name] / split).is_dir():
-                    raise UserError(f"client {name}: {folders[name]} has no {split}/; {FOLDERS_HELP}")
-            per_client.append((class_images(folders[name] / "train"), class_images(folders[name] / "test")))
+                if not (folders[name] / folder_of[split]).is_dir():
+                    raise UserError(f"client {name}: {folders[name]} has no {folder_of[split]}/ (dataset.split_{split}); "
+                                    f"{FOLDERS_HELP}")
+            per_client.append((class_images(folders[name] / folder_of["train"]),
+                               class_images(folders[name] / folder_of["test"])))
         if not any(files for train, _ in per_client for files in train.values()):
             raise UserError(f"{root}: no training images; {FOLDERS_HELP}")
         # one label space for the federation: every class folder of any client and split
@@ -313,8 +321,8 @@ def load_client_folders(path: str | None, options: Any, *, cache_dir: str | None
                 sizes[split].append(len(found))
         channels = channels_of(items["train"] + items["test"])
         native = None if image_size is not None else native_size(items["train"])
-        arrays = {split: decode_images(items[split], channels=channels, image_size=image_size, fit=fit, native=native)
-                  for split in ("train", "test")}
+        arrays = {split: decode_images(items[split], channels=channels, image_size=image_size, fit=fit, native=native,
+                                       label=f"{root} ({split})") for split in ("train", "test")}
         meta = {"class_names": class_names, "names": names, "train_sizes": sizes["train"], "test_sizes": sizes["test"]}
         return {"train_x": arrays["train"], "test_x": arrays["test"],
                 "train_y": np.array(labels["train"], dtype=np.int64),

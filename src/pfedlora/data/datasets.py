@@ -126,7 +126,8 @@ def load_dataset(
     elif key in _SPECS:
         dataset = _load_cifar(_SPECS[key], path, cache_dir, download)
     elif is_text_dataset(name):
-        columns = {} if options is None else {"text_column": options.text_column, "label_column": options.label_column}
+        columns = {} if options is None else {"text_column": options.text_column, "label_column": options.label_column,
+                                              "splits": (options.split_train, options.split_test)}
         dataset = load_text_dataset(name, path, cache_dir=cache_dir, tokenizer=tokenizer, max_length=max_length,
                                     **columns)
     elif str(name) in SOURCE_DATASETS:
@@ -147,8 +148,14 @@ def subsample(dataset: ArrayDataset, max_train: int | None, max_test: int | None
         index = torch.from_numpy(np.sort(rng.choice(len(y), size=limit, replace=False)))
         return x[index], y[index]
 
-    dataset.train_x, dataset.train_y = pick(dataset.train_x, dataset.train_y, max_train, "train")
-    dataset.test_x, dataset.test_y = pick(dataset.test_x, dataset.test_y, max_test, "test")
+    for key, limit, split in (("dataset.max_train_samples", max_train, "train"),
+                              ("dataset.max_test_samples", max_test, "test")):
+        x, y = getattr(dataset, f"{split}_x"), getattr(dataset, f"{split}_y")
+        if limit is not None and limit < len(y):
+            dataset.caps[key] = (limit, len(y))  # the run header says what was left out
+        x, y = pick(x, y, limit, split)
+        setattr(dataset, f"{split}_x", x)
+        setattr(dataset, f"{split}_y", y)
     return dataset
 
 

@@ -2,9 +2,12 @@
 
 Layouts (``dataset.path``):
 
-* ``DIR/{train,test}/<class>/<image>``: the official split;
-* ``DIR/<class>/<image>``: no split given; a seeded, per-class ``dataset.test_fraction`` of each
-  class is held out for test (``seed``).
+* ``DIR/{train,test}/<class>/<image>``: the official split; the folder names are
+  ``dataset.split_train`` / ``dataset.split_test`` (default ``train`` / ``test``; e.g.
+  ``20news-bydate-train``);
+* ``DIR/<class>/<image>`` (or ``DIR/<split_train>/<class>/<image>`` with ``dataset.split_test``
+  null): no test split given; a seeded, per-class ``dataset.test_fraction`` of each class is held
+  out for test (``seed``).
 
 Classes are the train class folders in sorted order. Sizes and modes follow
 :mod:`pfedlora.data.images` (``dataset.image_size``, ``dataset.image_fit``). Decoded pixels are
@@ -24,7 +27,8 @@ from pfedlora.data.images import channels_of, decode_images, image_dataset, is_i
 from pfedlora.errors import UserError
 
 _CACHE_VERSION = 1
-LAYOUT_HELP = "accepted: a directory {train,test}/<class>/<image> or <class>/<image> (any size; dataset.image_size)"
+LAYOUT_HELP = ("accepted: a directory {train,test}/<class>/<image> (folder names: dataset.split_train, "
+               "dataset.split_test) or <class>/<image> (any size; dataset.image_size)")
 
 
 def visible(folder: Path) -> list[Path]:
@@ -62,16 +66,27 @@ def load_image_folder(path: str | None, options: Any, *, cache_dir: str | None, 
     if not source.is_dir():
         raise UserError(f"dataset.path {source} is not a directory; {LAYOUT_HELP}")
     image_size, fit = options.image_size, options.image_fit
-    split_given = (source / "train").is_dir()
+    train_name, test_name = str(getattr(options, "split_train", "train")), getattr(options, "split_test", "test")
+    has_train = (source / train_name).is_dir()
+    split_given = has_train and test_name is not None
+    # no test split: hold out a share of DIR/<class>/ (or of DIR/<split_train>/<class>/ with split_test null)
+    pool = source / train_name if has_train else source
+    if not has_train and train_name != "train":  # a named folder that is missing is a typo, not a layout
+        raise UserError(f"{source}: no folder {train_name}/ (dataset.split_train); its folders are "
+                        f"{', '.join(p.name for p in visible(source) if p.is_dir()) or 'none'}")
     key = f"v{_CACHE_VERSION}|image_folder|{path_fingerprint(source)}|{image_size}|{fit}"
+    if (train_name, test_name) != ("train", "test"):
+        key += f"|splits={train_name}/{test_name}"  # default names keep the keys of existing caches
     if not split_given:
         key += f"|{options.test_fraction}|{seed}"
 
     def build() -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         if split_given:
-            if not (source / "test").is_dir():
-                raise UserError(f"{source}: has train/ but no test/; {LAYOUT_HELP}")
-            train, test = class_images(source / "train"), class_images(source / "test")
+            if not (source / test_name).is_dir():
+                raise UserError(f"{source}: has {train_name}/ but no {test_name}/ (dataset.split_test); set "
+                                f"dataset.split_test to the test folder's name, or null to hold out "
+                                f"dataset.test_fraction; {LAYOUT_HELP}")
+            train, test = class_images(source / train_name), class_images(source / test_name)
             class_names = sorted(c for c, files in train.items() if files)
             extra = sorted(c for c, files in test.items() if files and c not in class_names)
             if extra:
@@ -80,7 +95,7 @@ def load_image_folder(path: str | None, options: Any, *, cache_dir: str | None, 
             train_items, train_y = labelled(train, class_names)
             test_items, test_y = labelled(test, class_names)
         else:
-            by_class = class_images(source)
+            by_class = class_images(pool)
             class_names = sorted(c for c, files in by_class.items() if files)
             items, labels = labelled(by_class, class_names)
             test_mask = split_per_class(labels, options.test_fraction, np.random.default_rng([seed, 19]))
@@ -93,9 +108,11 @@ def load_image_folder(path: str | None, options: Any, *, cache_dir: str | None, 
         first = decode_images(train_items[:1], channels=channels, image_size=image_size, fit=fit)
         native = None if image_size is not None else native_size(train_items)
         arrays = {
-            "train_x": decode_images(train_items, channels=channels, image_size=image_size, fit=fit, native=native),
+            "train_x": decode_images(train_items, channels=channels, image_size=image_size, fit=fit, native=native,
+                                     label=f"{source} (train)"),
             "train_y": train_y,
-            "test_x": decode_images(test_items, channels=channels, image_size=image_size, fit=fit, native=native)
+            "test_x": decode_images(test_items, channels=channels, image_size=image_size, fit=fit, native=native,
+                                    label=f"{source} (test)")
             if test_items else np.zeros((0, *first.shape[1:]), dtype=np.uint8),
             "test_y": test_y,
         }

@@ -1,6 +1,6 @@
 """Decoding images of any size and mode into the uint8 arrays every image loader hands to the models.
 
-Rules (README "Bring your own data"):
+Rules (docs/guide/data.md, "Bring your own data"):
 
 * **Mode**: a dataset whose images are all grayscale (Pillow modes 1, L, LA, I, I;16, F) becomes one
   channel; any colour image (RGB, RGBA, P, CMYK, ...) makes the whole dataset three-channel RGB.
@@ -99,6 +99,10 @@ def fit_image(image, image_size: int | None, fit: str, where: str):
     return canvas
 
 
+# below this many images decoding is quick enough in one process and without a progress display
+PARALLEL_MIN_IMAGES = 2000
+
+
 def decode_images(
     images: Sequence[tuple[str, ImageSource]],
     *,
@@ -106,11 +110,91 @@ def decode_images(
     image_size: int | None,
     fit: str = "resize",
     native: tuple[int, int] | None = None,
+    label: str | None = None,
 ) -> np.ndarray:
     """uint8 [N, channels, S, S] from ``(location, source)`` pairs, by the module's rules.
 
     With ``image_size`` None every image must have the size ``native`` (or the first image's).
+    ``label`` (e.g. the folder being read): at least :data:`PARALLEL_MIN_IMAGES` images are decoded on
+    every core (forked processes, chunks in order, so the result is the same array) and progress is
+    shown on stderr; 70,000 PNGs otherwise take a silent minute.
     """
+    if label is None or len(images) < PARALLEL_MIN_IMAGES:
+        return _decode_serial(images, channels=channels, image_size=image_size, fit=fit, native=native)
+    if image_size is None and native is None:
+        native = native_size(images)  # every chunk checks against the same size
+    return _decode_parallel(images, label, channels=channels, image_size=image_size, fit=fit, native=native)
+
+
+def _decode_workers() -> int:
+    import multiprocessing
+    import os
+
+    if multiprocessing.current_process().daemon or "fork" not in multiprocessing.get_all_start_methods():
+        return 1  # a daemon process cannot have children; without fork the sources would be pickled to spawn
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _decode_parallel(images: Sequence[tuple[str, ImageSource]], label: str, **options: Any) -> np.ndarray:
+    import sys
+    import time
+    from concurrent.futures import ProcessPoolExecutor
+
+    from tqdm import tqdm
+
+    workers = _decode_workers()
+    chunk = 500  # small enough for a progress display that moves, large enough to amortise the transfer
+    starts = list(range(0, len(images), chunk))
+    started = time.perf_counter()
+    bar = tqdm(total=len(images), desc=f"decoding {label}", unit="img", file=sys.stderr, disable=None,
+               dynamic_ncols=True, leave=False)
+    if bar.disable:  # not a terminal (a log): one line before and one after
+        print(f"decoding {len(images):,} images of {label} on {workers} process{'es' if workers > 1 else ''}",
+              file=sys.stderr, flush=True)
+    parts: list[np.ndarray] = []
+    try:
+        if workers <= 1:
+            for start in starts:
+                parts.append(_decode_serial(images[start:start + chunk], **options))
+                bar.update(len(parts[-1]))
+        else:
+            import multiprocessing
+
+            # forked: the workers see ``images`` without pickling it; they only decode (no torch)
+            global _FORK_IMAGES
+            _FORK_IMAGES = images
+            try:
+                with ProcessPoolExecutor(min(workers, len(starts)), mp_context=multiprocessing.get_context("fork")) as pool:
+                    for part in pool.map(_decode_slice, [(start, start + chunk, options) for start in starts]):
+                        parts.append(part)
+                        bar.update(len(part))
+            finally:
+                _FORK_IMAGES = None
+    finally:
+        bar.close()
+    if bar.disable:
+        print(f"decoded {len(images):,} images of {label} in {time.perf_counter() - started:.1f} s",
+              file=sys.stderr, flush=True)
+    return np.concatenate(parts)
+
+
+_FORK_IMAGES: Sequence[tuple[str, ImageSource]] | None = None
+
+
+def _decode_slice(task: tuple[int, int, dict[str, Any]]) -> np.ndarray:
+    start, stop, options = task
+    assert _FORK_IMAGES is not None
+    return _decode_serial(_FORK_IMAGES[start:stop], **options)
+
+
+def _decode_serial(
+    images: Sequence[tuple[str, ImageSource]],
+    *,
+    channels: int,
+    image_size: int | None,
+    fit: str = "resize",
+    native: tuple[int, int] | None = None,
+) -> np.ndarray:
     out: np.ndarray | None = None
     for i, (where, source) in enumerate(images):
         image = _convert(_open(source, where), channels)
@@ -158,32 +242,57 @@ def image_dataset(name: str, train_x: np.ndarray, train_y: np.ndarray, test_x: n
     return uint8_dataset(name, train_x, train_y, test_x, test_y, class_names, mean, std, fit=fit)
 
 
+def _array_images(inputs: Any, where: str, *, single: bool = False) -> list:
+    """Pillow images from a uint8 array (or tensor): a batch [N, H, W], [N, H, W, C], [N, C, H, W] or one
+    image [H, W], [H, W, C]. With ``single`` the array is one image, so [C, H, W] is one too (a list
+    item; as a batch it would read as C grayscale images). ``where`` names it in error messages."""
+    from PIL import Image
+
+    array = np.asarray(inputs.detach().cpu() if hasattr(inputs, "detach") else inputs)
+    if single and array.ndim == 3 and array.shape[-1] not in (1, 3, 4) and array.shape[0] in (1, 3, 4):
+        array = array.transpose(1, 2, 0)  # [C, H, W] -> [H, W, C]
+    if array.ndim == 2 or (array.ndim == 3 and array.shape[-1] in (1, 3, 4) and (single or array.shape[0] not in (1, 3))):
+        array = array[None]  # one image
+    if array.ndim == 3:  # [N, H, W] grayscale
+        array = array[:, None]
+    if array.ndim != 4:
+        raise UserError(f"{where}: an image array must be [H, W], [H, W, C] or [C, H, W] (or a batch of them), "
+                        f"got shape {list(array.shape)}")
+    if array.shape[1] not in (1, 3, 4) and array.shape[-1] in (1, 3, 4):
+        array = array.transpose(0, 3, 1, 2)
+    images = []
+    for item in array:
+        item = item.astype(np.uint8) if item.dtype != np.uint8 else item
+        hwc = item.transpose(1, 2, 0)
+        mode = {1: "L", 3: "RGB", 4: "RGBA"}.get(hwc.shape[-1])
+        if mode is None:
+            raise UserError(f"{where}: an image needs 1, 3 or 4 channels, got shape {list(array.shape[1:])}")
+        images.append(Image.fromarray(hwc[..., 0] if mode == "L" else hwc, mode=mode))
+    return images
+
+
 def preprocess_images(inputs: Any, preprocessing: dict[str, Any]):
-    """Raw images (paths, bytes, Pillow images, or a uint8 array [N, H, W(, C)] / [N, C, H, W]) as the
-    normalised float tensor a model trained on ``preprocessing`` expects ([N, C, S, S])."""
+    """Raw images (paths, bytes, Pillow images, uint8 arrays of one image, or a list mixing them; or a
+    uint8 array [N, H, W(, C)] / [N, C, H, W]) as the normalised float tensor a model trained on
+    ``preprocessing`` expects ([N, C, S, S])."""
     import torch
 
     channels, size, fit = int(preprocessing["channels"]), int(preprocessing["image_size"]), preprocessing["fit"]
     if isinstance(inputs, np.ndarray) or torch.is_tensor(inputs):
-        array = np.asarray(inputs)
-        if array.ndim == 2 or (array.ndim == 3 and array.shape[-1] in (1, 3, 4) and array.shape[0] not in (1, 3)):
-            array = array[None]  # one image
-        if array.ndim == 3:  # [N, H, W] grayscale
-            array = array[:, None]
-        if array.shape[1] not in (1, 3, 4) and array.shape[-1] in (1, 3, 4):
-            array = array.transpose(0, 3, 1, 2)
-        from PIL import Image
-
-        sources = []
-        for i, item in enumerate(array):
-            item = item.astype(np.uint8) if item.dtype != np.uint8 else item
-            hwc = item.transpose(1, 2, 0)
-            mode = {1: "L", 3: "RGB", 4: "RGBA"}[hwc.shape[-1]]
-            sources.append((f"inputs[{i}]", Image.fromarray(hwc[..., 0] if mode == "L" else hwc, mode=mode)))
+        sources = [(f"inputs[{i}]", image) for i, image in enumerate(_array_images(inputs, "inputs"))]
     else:
         items = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
-        sources = [(str(item) if isinstance(item, (str, Path)) else f"inputs[{i}]", item)
-                   for i, item in enumerate(items)]
+        sources = []
+        for i, item in enumerate(items):
+            if isinstance(item, np.ndarray) or torch.is_tensor(item):
+                # one image per list item: a single array, not a batch (a list of arrays is a list of images)
+                images = _array_images(item, f"inputs[{i}]", single=True)
+                if len(images) != 1:
+                    raise UserError(f"inputs[{i}]: a list item must be one image, got a batch of {len(images)}; "
+                                    "pass the batch as one array instead of a list")
+                sources.append((f"inputs[{i}]", images[0]))
+            else:
+                sources.append((str(item) if isinstance(item, (str, Path)) else f"inputs[{i}]", item))
     pixels = decode_images(sources, channels=channels, image_size=size, fit=fit)
     mean = torch.tensor(preprocessing["mean"], dtype=torch.float32).view(1, -1, 1, 1)
     std = torch.tensor(preprocessing["std"], dtype=torch.float32).view(1, -1, 1, 1)

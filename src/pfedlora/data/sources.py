@@ -1,4 +1,4 @@
-"""Bring-your-own-data sources (README "Bring your own data"), dispatched from ``load_dataset``.
+"""Bring-your-own-data sources (docs/guide/data.md, "Bring your own data"), dispatched from ``load_dataset``.
 
 Each source reads the keys it needs from the config's dataset section (``options``).
 """

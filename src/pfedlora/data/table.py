@@ -186,7 +186,7 @@ def rows_dataset(name: str, train: Rows, test: Rows | None, options: Any, *, see
         channels = channels_of(items[0] + items[1])
         native = None if options.image_size is not None else native_size(items[0])
         xs = [decode_images(it, channels=channels, image_size=options.image_size, fit=options.image_fit,
-                            native=native) for it in items]
+                            native=native, label=f"{rows.where} ({image_column})") for it, rows in zip(items, (train, test))]
         dataset = image_dataset(name, xs[0], ys[0], xs[1], ys[1], class_names, fit=options.image_fit)
     else:
         tok = load_tokenizer(tokenizer)

@@ -48,9 +48,10 @@ _HELP = {
     "trec": "a directory or .tar/.tar.gz holding TREC.train.all and TREC.test.all ('<label> <sentence>' lines)",
     "sst2": "a directory or .tar/.tar.gz holding stsa.binary.train and stsa.binary.test ('<label> <sentence>' lines)",
     "sst5": "a directory or .tar/.tar.gz holding stsa.fine.train and stsa.fine.test ('<label> <sentence>' lines)",
-    "text_csv": "a directory with train.csv and test.csv, each with a text and a label column "
-                "(dataset.text_column, dataset.label_column)",
-    "text_folder": "a directory {train,test}/<class>/<one text file per example>",
+    "text_csv": "a directory with train.csv and test.csv (other names: dataset.split_train, dataset.split_test), "
+                "each with a text and a label column (dataset.text_column, dataset.label_column)",
+    "text_folder": "a directory {train,test}/<class>/<one text file per example> (other split folder names: "
+                   "dataset.split_train, dataset.split_test)",
 }
 
 
@@ -191,9 +192,10 @@ def _read_line_files(name: str, source: Path) -> _Texts:
     return _Texts(parsed[0][0], parsed[0][1], parsed[1][0], parsed[1][1])
 
 
-def _read_csv(source: Path, text_column: str = "text", label_column: str = "label") -> _Texts:
+def _read_csv(source: Path, text_column: str = "text", label_column: str = "label",
+              splits: tuple[str, str] = _SPLITS) -> _Texts:
     out: list[list[str]] = []
-    for split in _SPLITS:
+    for split in splits:
         path = source / f"{split}.csv"
         if not path.is_file():
             raise UserError(f"{source}: missing {split}.csv; accepted: {_HELP['text_csv']}")
@@ -226,9 +228,9 @@ def check_columns(where: object, present: list[str], wanted: dict[str, str | Non
                             f"set {option} to one of them")
 
 
-def _read_folder(source: Path) -> _Texts:
+def _read_folder(source: Path, splits: tuple[str, str] = _SPLITS) -> _Texts:
     out: list[list[str]] = []
-    for split in _SPLITS:
+    for split in splits:
         root = source / split
         if not root.is_dir():
             raise UserError(f"{source}: missing {split}/; accepted: {_HELP['text_folder']}")
@@ -263,10 +265,19 @@ def load_text_dataset(
     max_length: int = 32,
     text_column: str = "text",
     label_column: str = "label",
+    splits: tuple[str, str | None] = _SPLITS,
 ):
-    """Load a text dataset as an :class:`ArrayDataset` of token ids [N, max_length] (int64)."""
+    """Load a text dataset as an :class:`ArrayDataset` of token ids [N, max_length] (int64).
+
+    ``splits``: the train and test file stems (``text_csv``) or folder names (``text_folder``), from
+    ``dataset.split_train`` / ``dataset.split_test`` (e.g. 20 Newsgroups' ``20news-bydate-train``).
+    """
 
     name = str(name).lower()
+    if name in ("text_csv", "text_folder") and splits[1] is None:
+        raise UserError(f"{name} needs a test split: set dataset.split_test (its {'file stem' if name == 'text_csv' else 'folder'} "
+                        "name, default test)")
+    split_names = (str(splits[0]), str(splits[1]))
     if path is None or str(path).strip() == "":
         raise UserError(f"dataset.path is required for {name}; accepted: {_HELP[name]}")
     source = Path(path).expanduser()
@@ -279,6 +290,8 @@ def load_text_dataset(
     key = f"v{_CACHE_VERSION}|{name}|{fingerprint}|{_tokenizer_fingerprint(tok_folder)}|{max_length}"
     if name == "text_csv" and (text_column, label_column) != ("text", "label"):
         key += f"|{text_column}|{label_column}"  # the default columns keep the keys of existing caches
+    if name in ("text_csv", "text_folder") and split_names != _SPLITS:
+        key += f"|splits={split_names[0]}/{split_names[1]}"  # default names: the keys of existing caches
     base = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     cache = base / "text" / f"{name}-L{max_length}-{hashlib.sha256(key.encode()).hexdigest()[:20]}"
     arrays = _read_text_cache(cache, max_length)
@@ -286,9 +299,9 @@ def load_text_dataset(
         if name in _LINE_FILES:
             texts = _read_line_files(name, source)
         elif name == "text_csv":
-            texts = _read_csv(source, text_column, label_column)
+            texts = _read_csv(source, text_column, label_column, split_names)
         else:
-            texts = _read_folder(source)
+            texts = _read_folder(source, split_names)
         class_names = _class_names(texts, source)
         index = {c: i for i, c in enumerate(class_names)}
         tok = load_tokenizer(tokenizer)

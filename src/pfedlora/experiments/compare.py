@@ -196,7 +196,17 @@ def _finished_with(run_dir: Path, config: Config) -> bool:
         saved = yaml.safe_load((run_dir / "config.yaml").read_text())
     except (OSError, yaml.YAMLError):
         return False
-    return (run_dir / "summary.json").is_file() and saved == config.to_dict()
+    if not (run_dir / "summary.json").is_file() or not isinstance(saved, dict):
+        return False
+    if saved == config.to_dict():
+        return True
+    # a run written before a key existed: its config read with today's defaults. Every key added
+    # since keeps the earlier behaviour as its default (the project's rule for new settings), so
+    # such a run is the run this config would make now.
+    try:
+        return build_config(saved).to_dict() == config.to_dict()
+    except UserError:
+        return False
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -295,6 +305,12 @@ def _factor(value: float | None) -> str:
     return "∞" if math.isinf(value) else f"{value:.2f}×"
 
 
+def mean_std_text(mean: float, std: float, seeds: int | None) -> str:
+    """``81.43 ± 0.57`` over several seeds; the value alone for one seed (a std of 0.00 would claim a
+    spread that was never measured). ``seeds`` None: not known, the spread is shown."""
+    return f"{mean:.2f}" if seeds is not None and seeds <= 1 else f"{mean:.2f} ± {std:.2f}"
+
+
 def comparison_markdown(table: dict[str, Any], title: str = "Comparison") -> str:
     best = table["best_baseline"]
     lines = [
@@ -302,7 +318,7 @@ def comparison_markdown(table: dict[str, Any], title: str = "Comparison") -> str
         f"Best baseline: **{best}** (highest mean final accuracy among the compared algorithms other than "
         f"{PROPOSED})." if best else f"Only {PROPOSED} compared: no baseline, so no Δ and no reduction factors.",
         f"Target accuracy: **{table['target_accuracy']:.2f}%** ({table['target_rule']}).", "",
-        "Accuracy in percent, mean ± std over seeds. Per client per round: client training FLOPs and "
+        "Accuracy in percent, mean ± std over seeds (the value alone for one seed). Per client per round: client training FLOPs and "
         "uploaded + downloaded bytes, divided by the number of client-rounds. To target: cumulative "
         "FLOPs (training + server) and bytes (up + down) when the mean accuracy first reaches the target, "
         "mean over the seeds that reach it. × = best baseline's cost / the algorithm's cost.", "",
@@ -318,9 +334,10 @@ def comparison_markdown(table: dict[str, Any], title: str = "Comparison") -> str
         delta = "–" if row["delta_to_best_baseline"] is None else f"{row['delta_to_best_baseline']:+.2f}"
         rounds = "–" if row["rounds_to_target"] is None else f"{row['rounds_to_target']:.1f}"
         rounds += f" ({row['target_reached']})"
+        seeds = len(str(row["seeds"]).split())
         lines.append(
-            f"| {name} | {row['final_acc_mean']:.2f} ± {row['final_acc_std']:.2f} "
-            f"| {row['best_acc_mean']:.2f} ± {row['best_acc_std']:.2f} | {delta} "
+            f"| {name} | {mean_std_text(row['final_acc_mean'], row['final_acc_std'], seeds)} "
+            f"| {mean_std_text(row['best_acc_mean'], row['best_acc_std'], seeds)} | {delta} "
             f"| {human(row['train_flops_per_client_round'], 'FLOP')} | {human(row['comm_bytes_per_client_round'], 'B')} "
             f"| {rounds} | {human(row['flops_to_target'], 'FLOP')} | {human(row['bytes_to_target'], 'B')} "
             f"| {_factor(row['compute_reduction_x'])} | {_factor(row['comm_reduction_x'])} "

@@ -70,7 +70,9 @@ def write_report(run_dirs: Sequence[str | Path], out: str | Path, title: str = "
         curve = mean_band(group.records, lambda row: row["round"])
         _draw(ax, group, curve)
     ax.set(xlabel="round", ylabel="mean client accuracy (%)", title=PLOTS["accuracy_vs_round.png"])
-    _finish(fig, ax, out / "accuracy_vs_round.png")
+    integer_ticks(ax.xaxis)  # rounds are whole numbers: no tick at round 2.5
+    band = any(len(group.records) > 1 for group in groups)
+    _finish(fig, ax, out / "accuracy_vs_round.png", band=band)
 
     for kind, unit in (("bytes", "bytes (up + down)"), ("flops", "FLOPs (training + server)")):
         fig, ax = plt.subplots(figsize=(8.5, 4.5))
@@ -84,7 +86,7 @@ def write_report(run_dirs: Sequence[str | Path], out: str | Path, title: str = "
         ax.set_xscale("log")
         ax.set(xlabel=f"cumulative {unit}", ylabel="mean client accuracy (%)",
                title=PLOTS[f"accuracy_vs_{kind}.png"])
-        _finish(fig, ax, out / f"accuracy_vs_{kind}.png")
+        _finish(fig, ax, out / f"accuracy_vs_{kind}.png", band=band)
 
     fig, ax = plt.subplots(figsize=(max(5, 1.2 * len(records) + 2), 4.5))
     # clients without a test split have no accuracy (None): left out of their run's box
@@ -107,14 +109,17 @@ def write_report(run_dirs: Sequence[str | Path], out: str | Path, title: str = "
 
 # one colour per algorithm in every figure (matplotlib's tab10, in this order), so a reader can
 # follow an algorithm from plot to plot; further variants of one algorithm change the line style
-ALGORITHM_ORDER = ("pfedlora", "standalone", "lg_fedavg", "fd", "fedproto", "fml", "fedkd", "fedgh", "fedavg")
+ALGORITHM_ORDER = ("pfedlora", "standalone", "lg_fedavg", "fd", "fedproto", "fml", "fedkd", "fedgh", "fedavg", "fedmrl", "fedgen", "fedtgp", "fedl2g")
 _LINE_STYLES = ("-", "--", ":", "-.")
+_EXTRA_COLOURS = tuple(tuple(int(h[i:i + 2], 16) / 255 for i in (1, 3, 5))
+                       for h in ("#000000", "#b8860b", "#000080", "#00a087", "#e7298a"))
 
 
 def algorithm_colour(algorithm: str) -> tuple[float, float, float]:
     import matplotlib.pyplot as plt
 
-    colours = plt.get_cmap("tab10").colors
+    # tab10 for the first ten (the colours every figure so far used), then five more distinct ones
+    colours = (*plt.get_cmap("tab10").colors, *_EXTRA_COLOURS)
     index = ALGORITHM_ORDER.index(algorithm) if algorithm in ALGORITHM_ORDER else len(ALGORITHM_ORDER)
     return colours[index % len(colours)]
 
@@ -170,13 +175,20 @@ def _draw(ax, group: _Group, curve: list[tuple[float, float, float, float]]) -> 
         ax.fill_between(xs, [p[2] for p in curve], [p[3] for p in curve], color=colour, alpha=0.15, linewidth=0)
 
 
-def _finish(fig, ax, path: Path) -> None:
+def integer_ticks(axis) -> None:
+    """Ticks only at whole numbers on ``axis`` (a round axis: a 3-round run gets 1, 2, 3, not 1.25)."""
+    from matplotlib.ticker import MaxNLocator
+
+    axis.set_major_locator(MaxNLocator(integer=True))
+
+
+def _finish(fig, ax, path: Path, *, band: bool) -> None:
     import matplotlib.pyplot as plt
 
     ax.grid(True, alpha=0.3)
-    if ax.get_legend_handles_labels()[0]:  # outside the data, with what the band means
+    if ax.get_legend_handles_labels()[0]:  # outside the data; says what the band means only when one is drawn
         ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False,
-                  title="band: lowest to highest seed", title_fontsize="small")
+                  title="band: lowest to highest seed" if band else None, title_fontsize="small")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

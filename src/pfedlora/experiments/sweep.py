@@ -34,7 +34,8 @@ from pfedlora.config import SweepConfig, build_config, parse_override
 from pfedlora.errors import UserError
 from pfedlora.federation.preflight import runnable_config
 from pfedlora.experiments.compare import (
-    ExecutionOptions, RunRecord, Runner, _costs, _default_runner, _mean_std, execute_runs, human, load_run, plan_runs,
+    ExecutionOptions, RunRecord, Runner, _costs, _default_runner, _mean_std, execute_runs, human, load_run,
+    mean_std_text, plan_runs,
     summarize_comparison,
 )
 from pfedlora.metrics.run_dir import write_atomic
@@ -292,12 +293,13 @@ def sweep_table(rows: list[dict[str, Any]], settings: SweepConfig) -> str:
               "compute / client / round", "comm / client / round", "adapter params"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
+        seeds = len(str(row["seeds"]).split()) if "seeds" in row else None
         accs = ["–" if row[f"acc_round_{r}"] is None else f"{row[f'acc_round_{r}']:.2f}"
                 for r in settings.rounds_of_interest]
         adapter = "–" if row["adapter_parameters"] is None else f"{row['adapter_parameters']:,}"
         cells = [*(_text(row[k]) for k in keys), row["algorithm"],
-                 f"{row['final_acc_mean']:.2f} ± {row['final_acc_std']:.2f}",
-                 f"{row['best_acc_mean']:.2f} ± {row['best_acc_std']:.2f}", *accs,
+                 mean_std_text(row["final_acc_mean"], row["final_acc_std"], seeds),
+                 mean_std_text(row["best_acc_mean"], row["best_acc_std"], seeds), *accs,
                  *([f"{row['selected_clients_final_acc']:.2f}"] if partial else []),
                  human(row["train_flops_per_client_round"], "FLOP"), human(row["comm_bytes_per_client_round"], "B"),
                  adapter]
@@ -313,7 +315,7 @@ def sweep_markdown(rows: list[dict[str, Any]], settings: SweepConfig, plots: Seq
     lines = ["# Sweep", "", "Grid (cartesian product" + ("; linked keys `a+b` vary together" if linked else "") + "):", ""]
     lines += [f"- `{key}` ∈ {{{', '.join(_text(v) for v in values)}}}" for key, values in settings.grid.items()]
     lines += ["", (f"{points} points × algorithms: {algorithms} × seeds {', '.join(map(str, settings.seeds))} "
-                   f"= {runs} runs. Accuracy in percent, mean ± std over seeds; costs per client per round "
+                   f"= {runs} runs. Accuracy in percent, mean ± std over seeds (the value alone for one seed); costs per client per round "
                    "(client training FLOPs; uploaded + downloaded bytes) divided by client-rounds. "
                    "acc @ round R: mean accuracy at the last evaluated round ≤ R."), ""]
     lines += sweep_table(rows, settings).splitlines()

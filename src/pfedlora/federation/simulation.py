@@ -493,6 +493,8 @@ def _execute_rounds(config: Config, out: Path, checkpoint: dict[str, Any] | None
     write_yaml(out / "config.yaml", config.to_dict())
     write_json(out / "partition.json", federation.partition)
     write_json(out / "dataset.json", dataset_facts(federation.dataset))
+    for line in data_header(federation):
+        log(line)
     counts = federation.parameter_counts()
     for arch, n in counts["local_model_parameters"].items():
         log(f"local model {arch}: {n:,} parameters")
@@ -597,6 +599,32 @@ def _execute_rounds(config: Config, out: Path, checkpoint: dict[str, Any] | None
     summary |= federation.privacy.summary(config, config.rounds)
     write_json(out / "summary.json", summary)
     return summary
+
+
+def data_header(federation: Federation) -> list[str]:
+    """What the run trains and evaluates on, printed before round 1: sample counts, classes, and every
+    cap that left data out (a config that caps ``max_train_samples`` must not pass for the whole dataset)."""
+    config, dataset = federation.config, federation.dataset
+    names = list(dataset.class_names)
+    shown = ", ".join(map(str, names)) if len(names) <= 12 else ", ".join(map(str, names[:10])) + f", ... ({len(names)} in all)"
+    lines = [f"data: {dataset.name}, {len(dataset.train_y):,} training / {len(dataset.test_y):,} test samples, "
+             f"{dataset.num_classes} classes: {shown}"]
+    caps = [f"{key}={config.dataset.max_train_samples if 'train' in key else config.dataset.max_test_samples}: kept "
+            f"{kept:,} of {total:,} {'training' if 'train' in key else 'test'} samples"
+            for key, (kept, total) in dataset.caps.items()]
+    held = sum(client.num_train for client in federation.clients)
+    if config.dataset.validation_fraction > 0:
+        evaluated = sum(int(client.test_y.shape[0]) for client in federation.clients)
+        caps.append(f"dataset.validation_fraction={config.dataset.validation_fraction:g}: {evaluated:,} of the clients' "
+                    "training samples are held out and evaluated on; the test split is not read")
+        held += evaluated
+    if held < len(dataset.train_y):  # e.g. the pathological partition's per-class shares
+        caps.append(f"partition ({config.partition.kind}): the {config.num_clients} clients hold {held:,} of the "
+                    f"{len(dataset.train_y):,} training samples")
+    if dataset.text is not None:
+        caps.append(f"dataset.max_length={dataset.text.max_length}: every text padded or cut to this many tokens")
+    lines.append("caps: " + ("; ".join(caps) if caps else "none (every sample of both splits is used)"))
+    return lines
 
 
 def dataset_facts(dataset: ArrayDataset) -> dict[str, Any]:

@@ -21,8 +21,12 @@ otherwise cost 0; and SVDs (Golub & Van Loan's 4mn^2 + 22n^3), which the counter
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
 import math
+import os
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -32,6 +36,63 @@ from torch.utils.flop_counter import FlopCounterMode
 # key -> FLOPs of one forward+backward (training) or one forward (evaluation)
 _STEP_CACHE: dict[tuple, int] = {}
 _FORWARD_CACHE: dict[tuple, int] = {}
+
+# ---- counts kept on disk between processes
+#
+# Counting runs the step under torch's FlopCounterMode, a Python dispatch mode, and the first one a
+# process enters imports torch._dynamo: 1.5-3 s of CPU on this project's machine, paid in round 1 of
+# every run by the process and by each worker. The counts depend only on the key (structure, shapes,
+# the loss's code) and on the code that counts, so they are kept in one small JSON file per torch
+# version and pfedlora source tree (any edit of a .py file of pfedlora starts a new file) under
+# $PFEDLORA_CACHE (default ~/.cache/pfedlora); PFEDLORA_FLOP_CACHE=0 turns it off. A key missing
+# there is counted as before and added (written atomically; concurrent writers may drop each other's
+# additions, which are then counted again).
+_DISK: dict[str, dict[tuple, int]] | None = None
+_DISK_ENABLED = os.environ.get("PFEDLORA_FLOP_CACHE", "1") != "0"
+
+
+def _tuples(value: Any) -> Any:
+    return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
+
+
+def _disk_path() -> Path:
+    root = Path(__file__).resolve().parents[1]  # the pfedlora package: counts are valid for this source
+    digest = hashlib.sha256(torch.__version__.encode())
+    for path in sorted(root.rglob("*.py")):
+        st = path.stat()
+        digest.update(f"{path.relative_to(root)}:{st.st_size}:{st.st_mtime_ns}".encode())
+    base = Path(os.environ.get("PFEDLORA_CACHE") or Path.home() / ".cache" / "pfedlora").expanduser()
+    return base / f"flops-{digest.hexdigest()[:16]}.json"
+
+
+def _disk() -> dict[str, dict[tuple, int]]:
+    global _DISK
+    if _DISK is None:
+        _DISK = {"step": {}, "forward": {}}
+        if _DISK_ENABLED:
+            try:
+                stored = json.loads(_disk_path().read_text())
+                for kind in _DISK:
+                    _DISK[kind] = {_tuples(key): int(value) for key, value in stored.get(kind, [])}
+            except (OSError, ValueError, TypeError):
+                pass  # no file yet, or unreadable: count
+    return _DISK
+
+
+def _disk_add(kind: str, key: tuple, flops: int) -> None:
+    if not _DISK_ENABLED:
+        return
+    disk = _disk()
+    disk[kind][key] = int(flops)
+    try:
+        path = _disk_path()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
+        partial.write_text(json.dumps({k: [[list(key), value] for key, value in entries.items()]
+                                       for k, entries in disk.items()}))
+        os.replace(partial, path)
+    except (OSError, TypeError, ValueError):
+        pass  # a read-only home or an unserialisable key: the count stays in memory
 # (static key, per-sample shapes) -> {batch size: FLOPs} of counted steps
 _BY_BATCH: dict[tuple, dict[int, int]] = {}
 
@@ -118,6 +179,10 @@ def cached_step_flops(key: tuple) -> int | None:
     smaller batch of every client needs no count of its own."""
     if key in _STEP_CACHE:
         return _STEP_CACHE[key]
+    stored = _disk()["step"].get(key)
+    if stored is not None:
+        store_step_flops(key, stored, counted=False)
+        return stored
     split = _per_sample(key)
     points = _BY_BATCH.get(split[0]) if split is not None else None
     if split is None or not points or len(points) < 2:
@@ -126,8 +191,11 @@ def cached_step_flops(key: tuple) -> int | None:
     return round(f1 + (f2 - f1) * (split[1] - b1) / (b2 - b1))
 
 
-def store_step_flops(key: tuple, flops: int) -> None:
+def store_step_flops(key: tuple, flops: int, *, counted: bool = True) -> None:
+    """Keep a step's count (``counted``: measured in this process, so it is also written to disk)."""
     _STEP_CACHE[key] = int(flops)
+    if counted:
+        _disk_add("step", key, flops)
     split = _per_sample(key)
     if split is not None:
         _BY_BATCH.setdefault(split[0], {})[split[1]] = int(flops)
@@ -148,7 +216,7 @@ def merge_counted(counted: tuple[dict, dict]) -> None:
     """Take in another process's counts (from :func:`counted_since`)."""
     steps, forwards = counted
     for key, value in steps.items():
-        store_step_flops(key, value)
+        store_step_flops(key, value, counted=False)  # the worker wrote it to disk
     _FORWARD_CACHE.update(forwards)
 
 
@@ -163,6 +231,8 @@ def forward_flops(fn: Callable[[torch.Tensor], Any], x: torch.Tensor) -> int:
     is_module = isinstance(fn, nn.Module)
     signature = module_signature(fn) if is_module else callable_signature(fn)
     key = (signature, tuple(x.shape), str(x.dtype), x.device.type)
+    if key not in _FORWARD_CACHE and key in _disk()["forward"]:
+        _FORWARD_CACHE[key] = _disk()["forward"][key]
     if key not in _FORWARD_CACHE:
         was_training = fn.training if is_module else False
         if is_module:
@@ -174,6 +244,7 @@ def forward_flops(fn: Callable[[torch.Tensor], Any], x: torch.Tensor) -> int:
             if is_module:
                 fn.train(was_training)
         _FORWARD_CACHE[key] = int(counter.get_total_flops())
+        _disk_add("forward", key, _FORWARD_CACHE[key])
     return _FORWARD_CACHE[key]
 
 
@@ -233,6 +304,9 @@ def count_server_flops(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> tup
 
 
 def clear_caches() -> None:
+    """Forget every count, in memory and (for the rest of this process) on disk: what follows counts."""
+    global _DISK
+    _DISK = {"step": {}, "forward": {}}
     _STEP_CACHE.clear()
     _FORWARD_CACHE.clear()
     _BY_BATCH.clear()

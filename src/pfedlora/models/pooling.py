@@ -55,6 +55,13 @@ class _MaxPool2x2(torch.autograd.Function):
         take_c = (c == out).logical_and_(taken.logical_not())
         taken.logical_or_(take_c)
         take_d = taken.logical_not_()
+        if torch.is_grad_enabled():
+            # a differentiable backward (create_graph=True, e.g. FedL2G's meta-gradient through one
+            # SGD step): the same values, assembled without out= (which autograd cannot trace)
+            parts = [grad_out * take for take in (take_a, take_b, take_c, take_d)]
+            n, ch, h2, w2 = grad_out.shape
+            return (torch.stack(parts, dim=-1).view(n, ch, h2, w2, 2, 2).permute(0, 1, 2, 4, 3, 5)
+                    .reshape(x.shape))
         # bool masks times the gradient, written straight into the strided window views of grad_in
         # (torch.where is ~3x slower here)
         grad_in = torch.empty_like(x, memory_format=torch.contiguous_format)

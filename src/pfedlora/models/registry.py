@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import AfterValidator
 
 from torch import nn
 
@@ -26,6 +28,17 @@ MODEL_BUILDERS: dict[str, ModelBuilder] = {**{name: _cnn_builder(name) for name 
 
 def model_names() -> list[str]:
     return sorted(MODEL_BUILDERS) + sorted(TEXT_MODEL_SPECS)
+
+
+def known_model(name: str) -> str:
+    """``name`` if it is a model of the registry; ValueError (one line, the valid names) otherwise."""
+    if name not in model_names():
+        raise ValueError(f"unknown model {name!r}; valid: {', '.join(model_names())}")
+    return name
+
+
+# a settings field naming a model (e.g. an algorithm's shared model), checked when the config is read
+ModelName = Annotated[str, AfterValidator(known_model)]
 
 
 def is_text_model(name: str) -> bool:

@@ -1,0 +1,191 @@
+"""Seconds per round, first-round seconds and process-tree memory, per algorithm, on one config.
+
+    python benchmarks/per_round.py [--config configs/bench/peer_round.yaml]
+                                   [--algorithms standalone,lg_fedavg,fd,fedproto,fml,fedkd,fedgh]
+                                   [--rounds 6] [--repeats 1] [--set KEY=VALUE ...] [--ref PATH]
+
+Every (algorithm, checkout) runs ``pfedlora``'s simulator in a fresh process whose ``PYTHONPATH`` is
+that checkout's ``src``. A round is one call of ``simulation.run_round`` (client training and
+aggregation: what a round of another library times; evaluation is left out). Figures:
+
+* ``s_per_round``: median of rounds 2..N;
+* ``cpu_s_per_round``: median of rounds 2..N of the CPU seconds (user + system) the run's process tree
+  spent in the round; a loaded machine stretches the wall seconds far more than this;
+* ``first_round_s``: round 1 (it pays for whatever the code does lazily: worker start-up, FLOP counting);
+* ``startup_s``: from the call of ``simulation.run`` to the start of round 1 (dataset load, federation
+  build, anything a checkout does up front), so moving work out of round 1 into start-up shows;
+* ``tree_pss_mb``: the peak, sampled every 0.1 s, of the proportional set size summed over the run's
+  process and all its descendants (``/proc/<pid>/smaps_rollup``, as ``smem`` sums it): shared pages
+  (forked workers' copy-on-write dataset, the page cache of memory-mapped files) count once in total.
+
+With ``--ref PATH`` (another checkout, e.g. a ``git worktree`` of main) every algorithm runs on both
+checkouts alternately, the order flipping each time, so a change of the machine's load hits both;
+each line then also carries ``ref_s_per_round`` and ``speedup`` (reference over this checkout). One
+JSON line per algorithm (and repeat); the load averages are on every line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+ALGORITHMS = "standalone,lg_fedavg,fd,fedproto,fml,fedkd,fedgh"
+
+# runs in the child, whose sys.path starts with the checkout's src
+CHILD = r"""
+import json, os, sys, threading, time
+from pathlib import Path
+
+def tree_pss_kb(root):
+    pids, seen, total = [root], set(), 0
+    while pids:
+        pid = pids.pop()
+        if pid in seen:
+            continue
+        seen.add(pid)
+        try:
+            with open(f"/proc/{pid}/smaps_rollup") as handle:
+                for line in handle:
+                    if line.startswith("Pss:"):
+                        total += int(line.split()[1])
+                        break
+            for task in os.listdir(f"/proc/{pid}/task"):
+                with open(f"/proc/{pid}/task/{task}/children") as handle:
+                    pids.extend(int(p) for p in handle.read().split())
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            continue  # a worker that just ended
+    return total
+
+def tree_cpu_s():
+    # CPU seconds of this process, its reaped children and its live descendants (user + system)
+    import resource
+    own, reaped = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    total = own.ru_utime + own.ru_stime + reaped.ru_utime + reaped.ru_stime
+    tick = os.sysconf("SC_CLK_TCK")
+    pids, seen = [os.getpid()], set()
+    while pids:
+        pid = pids.pop()
+        if pid in seen:
+            continue
+        seen.add(pid)
+        try:
+            if pid != os.getpid():
+                with open(f"/proc/{pid}/stat") as handle:
+                    fields = handle.read().rsplit(")", 1)[1].split()
+                total += (int(fields[11]) + int(fields[12]) + int(fields[13]) + int(fields[14])) / tick
+            for task in os.listdir(f"/proc/{pid}/task"):
+                with open(f"/proc/{pid}/task/{task}/children") as handle:
+                    pids.extend(int(p) for p in handle.read().split())
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            continue
+    return total
+
+args = json.loads(sys.argv[1])
+from pfedlora.config import load_config
+from pfedlora.federation import simulation
+
+config = load_config(args["config"], args["overrides"])
+marks = []
+original = simulation.run_round
+
+cpu = []
+
+def timed_round(*a, **k):
+    began, cpu_began = time.perf_counter(), tree_cpu_s()
+    result = original(*a, **k)
+    marks.append((began, time.perf_counter()))
+    cpu.append(tree_cpu_s() - cpu_began)
+    return result
+
+simulation.run_round = timed_round
+peak, done = [0], threading.Event()
+
+def sample():
+    while not done.is_set():
+        peak[0] = max(peak[0], tree_pss_kb(os.getpid()))
+        done.wait(0.1)
+
+sampler = threading.Thread(target=sample, daemon=True)
+sampler.start()
+started = time.perf_counter()
+summary = simulation.run(config, args["out"], overwrite=True, log=lambda line: None)
+done.set()
+sampler.join()
+print(json.dumps({"rounds_s": [b - a for a, b in marks], "cpu_s": cpu, "startup_s": marks[0][0] - started,
+                  "tree_pss_mb": peak[0] / 1024, "final_accuracy": summary.get("final_accuracy")}))
+"""
+
+
+def commit_of(checkout: Path) -> str:
+    result = subprocess.run(["git", "-C", str(checkout), "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True)
+    dirty = subprocess.run(["git", "-C", str(checkout), "status", "--porcelain", "--untracked-files=no"],
+                           capture_output=True, text=True).stdout.strip()
+    return (result.stdout.strip() or "?") + ("+dirty" if dirty else "")
+
+
+def run_once(checkout: Path, config: str, algorithm: str, rounds: int, overrides: list[str], out: Path) -> dict:
+    payload = {"config": config, "out": str(out),
+               "overrides": [f"algorithm={algorithm}", f"rounds={rounds}", f"eval_every={rounds}",
+                             "checkpoint_every=0", *overrides]}
+    env = dict(os.environ, PYTHONPATH=str(checkout / "src"))
+    result = subprocess.run([sys.executable, "-c", CHILD, json.dumps(payload)], cwd=ROOT, env=env,
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        raise SystemExit(f"{checkout} {algorithm} failed:\n{result.stderr[-3000:]}")
+    measured = json.loads(result.stdout.strip().splitlines()[-1])
+    later = measured["rounds_s"][1:]
+    return {"s_per_round": round(statistics.median(later), 3) if later else None,
+            "cpu_s_per_round": round(statistics.median(measured["cpu_s"][1:]), 3) if later else None,
+            "first_round_cpu_s": round(measured["cpu_s"][0], 3),
+            "first_round_s": round(measured["rounds_s"][0], 3), "startup_s": round(measured["startup_s"], 3),
+            "tree_pss_mb": round(measured["tree_pss_mb"], 1), "final_accuracy": measured["final_accuracy"],
+            "rounds_s": [round(s, 3) for s in measured["rounds_s"]]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", default="configs/bench/peer_round.yaml")
+    parser.add_argument("--algorithms", default=ALGORITHMS)
+    parser.add_argument("--rounds", type=int, default=6, help="rounds per run (the median is of rounds 2..N)")
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--ref", type=Path, default=None, help="a second checkout, timed interleaved")
+    args = parser.parse_args()
+    checkouts = [("this", ROOT)] + ([("ref", args.ref.resolve())] if args.ref else [])
+    commits = {name: commit_of(path) for name, path in checkouts}
+    flip = False
+    with tempfile.TemporaryDirectory() as scratch:
+        for repeat in range(args.repeats):
+            for algorithm in args.algorithms.split(","):
+                figures = {}
+                load = [round(x, 2) for x in os.getloadavg()]
+                for name, path in (reversed(checkouts) if flip else checkouts):
+                    figures[name] = run_once(path, args.config, algorithm, args.rounds, args.overrides,
+                                             Path(scratch) / f"{name}-{algorithm}")
+                flip = not flip
+                line = {"algorithm": algorithm, "repeat": repeat, "commit": commits["this"], **figures["this"]}
+                if "ref" in figures:
+                    ref = figures["ref"]
+                    line |= {"ref_commit": commits["ref"], "ref_s_per_round": ref["s_per_round"],
+                             "ref_cpu_s_per_round": ref["cpu_s_per_round"], "ref_first_round_cpu_s": ref["first_round_cpu_s"],
+                             "cpu_speedup": round(ref["cpu_s_per_round"] / line["cpu_s_per_round"], 3)
+                             if line["cpu_s_per_round"] else None,
+                             "ref_first_round_s": ref["first_round_s"], "ref_startup_s": ref["startup_s"],
+                             "ref_tree_pss_mb": ref["tree_pss_mb"], "ref_final_accuracy": ref["final_accuracy"],
+                             "ref_rounds_s": ref["rounds_s"],
+                             "speedup": round(ref["s_per_round"] / line["s_per_round"], 3)
+                             if line["s_per_round"] else None}
+                line |= {"load_before": load, "load_after": [round(x, 2) for x in os.getloadavg()]}
+                print(json.dumps(line), flush=True)
+
+
+if __name__ == "__main__":
+    main()

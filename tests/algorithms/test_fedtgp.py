@@ -1,0 +1,212 @@
+"""FedTGP: prototypes up, server-trained global prototypes (adaptive-margin contrastive loss) down.
+
+The federated term is the prototype regulariser ``fedtgp.lam``: at 0 the clients' local models are
+Standalone's bit for bit; at its default they differ. Each test here fails when that term is
+removed from ``fedtgp.prototype_loss`` (checked by zeroing it in the code and rerunning).
+"""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from pfedlora.algorithms import fedtgp, get_algorithm
+from pfedlora.algorithms.base import Upload, unprefixed
+from pfedlora.config import build_config
+from pfedlora.errors import UserError
+from pfedlora.federation.simulation import ClientStore, Federation, run_round
+from pfedlora.federation.validation import UpdateValidator
+from pfedlora.metrics.flops import count_server_flops
+
+# 5 clients holding 4 classes each (as tests/algorithms/test_federated_terms.py)
+SMALL = {"num_clients": 5, "rounds": 2, "partition": {"classes_per_client": 4},
+         "dataset": {"max_train_samples": 500, "max_test_samples": 200},
+         "train": {"batch_size": 32, "lr": 0.05}, "validation": {"norm_factor": None},
+         "fedtgp": {"server_epochs": 20}}
+
+
+def _local_models(algorithm: str, overrides: list[str] = ()) -> list[dict[str, torch.Tensor]]:
+    document = SMALL if algorithm == "fedtgp" else {k: v for k, v in SMALL.items() if k != "fedtgp"}
+    config = build_config({**document, "algorithm": algorithm}, list(overrides))
+    federation = Federation.build(config)
+    store = ClientStore(federation)
+    server_state, broadcast = federation.algorithm.init_server(federation.context)
+    for round_index in range(1, config.rounds + 1):
+        server_state, broadcast, result = run_round(federation, store, server_state, broadcast, round_index)
+        assert not result.rejections and result.aggregated
+    return [unprefixed("local_model.", store.get(k)) for k in range(config.num_clients)]
+
+
+def _same(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.fixture(scope="module")
+def standalone():
+    return _local_models("standalone")
+
+
+def test_the_regulariser_changes_every_clients_local_model(standalone):
+    assert all(not _same(mine, alone) for mine, alone in zip(_local_models("fedtgp"), standalone))
+
+
+def test_with_the_regulariser_at_zero_the_run_is_standalone_bit_for_bit(standalone):
+    assert all(_same(mine, alone) for mine, alone in zip(_local_models("fedtgp", ["fedtgp.lam=0"]), standalone))
+
+
+def test_client_loss_is_ce_plus_lam_times_mse_to_the_label_prototype(make_context):
+    ctx = make_context(algorithm="fedtgp")
+    model = ctx.new_model("cnn1", seed=0)
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(6, 1, 32, 32, generator=g), torch.tensor([0, 1, 2, 2, 9, 0])
+    prototypes = torch.randn(10, 500, generator=g)
+    rep = model.represent(x)
+    ce = F.cross_entropy(model.head(rep), y)
+    regulariser = ((rep - prototypes[y]) ** 2).mean()
+    assert torch.allclose(fedtgp.prototype_loss(prototypes, 3.0)(model, x, y), ce + 3.0 * regulariser)
+    assert float(regulariser.detach()) > 0
+
+
+def test_first_round_is_unregularised_then_every_class_has_a_trained_prototype(make_context, make_data):
+    ctx = make_context(fedtgp={"server_epochs": 5})
+    state, broadcast = fedtgp.init_server(ctx)
+    assert float(broadcast[fedtgp.TRAINED]) == 0
+    data = make_data(classes=(3, 9))
+    result = fedtgp.client_update(ctx, 0, fedtgp.init_client(ctx, 0), broadcast, data, torch.Generator().manual_seed(0))
+    alone = get_algorithm("standalone").client_update(ctx, 0, fedtgp.init_client(ctx, 0), {}, data,
+                                                     torch.Generator().manual_seed(0))
+    assert _same(result.state, alone.state)  # no global prototype yet: plain CE
+    state, broadcast = fedtgp.aggregate(ctx, state, [Upload(0, result.upload, result.weight)])
+    assert float(broadcast[fedtgp.TRAINED]) == 1
+    assert broadcast[fedtgp.PROTOTYPES].shape == (10, 500) and bool(broadcast[fedtgp.PROTOTYPES].ne(0).all(1).all())
+    again = fedtgp.client_update(ctx, 0, result.state, broadcast, data, torch.Generator().manual_seed(1))
+    plain = get_algorithm("standalone").client_update(ctx, 0, result.state, {}, data, torch.Generator().manual_seed(1))
+    assert not _same(again.state, plain.state)
+
+
+def _uploads(prototypes: dict[int, list[torch.Tensor]], num_classes: int = 10) -> list[Upload]:
+    """``{client: [prototype of class 0, ...]}`` with None for classes the client lacks."""
+    uploads = []
+    for client, rows in prototypes.items():
+        protos, counts = torch.zeros(num_classes, 500), torch.zeros(num_classes)
+        for c, row in enumerate(rows):
+            if row is not None:
+                protos[c], counts[c] = row, 5.0
+        uploads.append(Upload(client, {fedtgp.PROTOTYPES: protos, fedtgp.COUNTS: counts}, 10.0))
+    return uploads
+
+
+def test_margin_is_min_of_the_largest_class_gap_and_the_threshold():
+    e = torch.eye(500)
+    # class centres (plain mean over holders): 0 -> e0, 1 -> 3 e1 (mean of 2 e1 and 4 e1), 2 -> 10 e2
+    uploads = _uploads({0: [e[0], 2 * e[1], None], 1: [None, 4 * e[1], 10 * e[2]]})
+    centres = [e[0], 3 * e[1], 10 * e[2]]
+    # each class's gap: the distance to its nearest other class (sqrt 10, sqrt 10, sqrt 101)
+    gaps = [min(torch.dist(a, b) for j, b in enumerate(centres) if j != i) for i, a in enumerate(centres)]
+    assert torch.allclose(fedtgp.adaptive_margin(uploads, 100.0), max(gaps))
+    assert torch.allclose(max(gaps), torch.tensor(101.0).sqrt())
+    assert float(fedtgp.adaptive_margin(uploads, 2.0)) == 2.0
+    assert float(fedtgp.adaptive_margin(_uploads({0: [e[0]]}), 7.0)) == 7.0  # one class: the threshold
+
+
+def test_server_loss_is_the_margin_contrastive_ce_and_training_lowers_it(make_context):
+    ctx = make_context(fedtgp={"server_epochs": 30, "server_lr": 0.05, "server_batch_size": 8})
+    tgp = fedtgp.TrainableGlobalPrototypes(10)
+    g = torch.Generator().manual_seed(0)
+    labels = torch.arange(10).repeat(2)
+    protos = torch.relu(torch.randn(10, 500, generator=g))[labels] + 0.1 * torch.rand(20, 500, generator=g)
+    generated = tgp.all_prototypes()
+    distance = torch.cdist(protos, generated)
+    expected = F.cross_entropy(-(distance + 2.0 * F.one_hot(labels, 10)), labels)
+    loss_fn = fedtgp.margin_contrastive_loss(2.0)
+    assert torch.allclose(loss_fn(tgp, protos, labels), expected, rtol=1e-4)
+    before = float(loss_fn(tgp, protos, labels).detach())
+    stats = fedtgp.train_global_prototypes(ctx, tgp, protos, labels, 2.0, g)
+    assert stats.num_steps == 30 * 3 and stats.flops > 0
+    assert float(loss_fn(tgp, protos, labels).detach()) < before
+
+
+def test_server_training_is_counted_as_server_flops(make_context):
+    ctx = make_context(fedtgp={"server_epochs": 4, "server_batch_size": 2})
+    state, _ = fedtgp.init_server(ctx)
+    e = torch.eye(500)
+    uploads = _uploads({0: [e[0], e[1]], 1: [e[1], e[2]]})  # 4 prototypes: 2 steps per epoch
+    (new_state, broadcast), flops = count_server_flops(fedtgp.aggregate, ctx, state, uploads)
+    one_forward = 2 * 10 * 500 * 500 * 2  # the two 500x500 layers over the 10 class embeddings
+    assert flops > 4 * 2 * 3 * one_forward  # 8 steps, backward ~2x forward
+    assert float(new_state[fedtgp.ROUND]) == 1 and set(broadcast) == {fedtgp.PROTOTYPES, fedtgp.TRAINED}
+    assert not torch.equal(new_state["tgp.embedding.weight"], state["tgp.embedding.weight"])
+
+
+def _client_upload(make_context, make_data):
+    ctx = make_context(algorithm="fedtgp")
+    _, broadcast = fedtgp.init_server(ctx)
+    result = fedtgp.client_update(ctx, 0, fedtgp.init_client(ctx, 0), broadcast, make_data(classes=(1, 4, 7)),
+                                  torch.Generator().manual_seed(0))
+    return ctx, broadcast, result.upload
+
+
+def test_upload_and_broadcast_have_the_declared_shapes(make_context, make_data):
+    ctx, broadcast, upload = _client_upload(make_context, make_data)
+    spec = fedtgp.ALGORITHM.expected_upload(ctx, broadcast)
+    assert {k: (tuple(s.shape), s.dtype) for k, s in spec.items()} == {
+        fedtgp.PROTOTYPES: ((10, 500), torch.float32), fedtgp.COUNTS: ((10,), torch.float32)}
+    assert {k: (tuple(t.shape), t.dtype) for k, t in upload.items()} == {k: v for k, v in
+                                                                         {k: (tuple(s.shape), s.dtype)
+                                                                          for k, s in spec.items()}.items()}
+    assert upload[fedtgp.COUNTS].nonzero().flatten().tolist() == [1, 4, 7]
+    state, _ = fedtgp.init_server(ctx)
+    _, new_broadcast = fedtgp.aggregate(ctx, state, [Upload(0, upload, 1.0)])
+    assert {k: tuple(t.shape) for k, t in new_broadcast.items()} == {k: tuple(t.shape) for k, t in broadcast.items()}
+    assert {k: tuple(t.shape) for k, t in broadcast.items()} == {fedtgp.PROTOTYPES: (10, 500), fedtgp.TRAINED: ()}
+
+
+def test_a_malformed_upload_is_rejected(make_context, make_data):
+    ctx, broadcast, upload = _client_upload(make_context, make_data)
+    algorithm = fedtgp.ALGORITHM
+    spec, check = algorithm.expected_upload(ctx, broadcast), algorithm.upload_check(ctx, broadcast)
+    validator = UpdateValidator(norm_factor=None)
+    assert not validator.validate([Upload(0, upload, 1.0)], spec, broadcast, check).rejected
+    absent_class_row = dict(upload) | {fedtgp.PROTOTYPES: upload[fedtgp.PROTOTYPES].clone().index_fill_(0, torch.tensor([0]), 1.0)}
+    negative = dict(upload) | {fedtgp.COUNTS: upload[fedtgp.COUNTS] - 100}
+    fractional = dict(upload) | {fedtgp.COUNTS: upload[fedtgp.COUNTS] + 0.5}
+    for bad in (absent_class_row, negative, fractional):
+        report = validator.validate([Upload(0, bad, 1.0)], spec, broadcast, check)
+        assert [r.reason for r in report.rejected] == ["malformed"], report.rejected
+    wrong_width = dict(upload) | {fedtgp.PROTOTYPES: upload[fedtgp.PROTOTYPES][:, :100]}
+    assert [r.reason for r in validator.validate([Upload(0, wrong_width, 1.0)], spec, broadcast, check).rejected] == ["shape"]
+
+
+def test_not_eligible_for_client_level_dp():
+    from pfedlora.federation.preflight import check_run
+
+    config = build_config({**SMALL, "algorithm": "fedtgp"})
+    assert fedtgp.ALGORITHM.averages_uploads(config) is False
+    central = {"mode": "central", "clip_norm": 0.5, "noise_multiplier": 0.8}
+    pytest.importorskip("dp_accounting")
+    with pytest.raises(UserError, match="algorithm fedtgp is not supported"):
+        check_run(build_config({**SMALL, "algorithm": "fedtgp", "privacy": central}))
+
+
+def test_the_regulariser_pulls_representations_towards_the_global_prototypes(make_context, make_data):
+    ctx = make_context(algorithm="fedtgp")
+    data = make_data(n=96)
+    state = fedtgp.init_client(ctx, 0)
+    prototypes = torch.relu(torch.randn(10, 500, generator=torch.Generator().manual_seed(3)))
+    broadcast = {fedtgp.PROTOTYPES: prototypes, fedtgp.TRAINED: torch.ones(())}
+    distances = []
+    for method, received in ((fedtgp, broadcast), (get_algorithm("standalone"), {})):
+        result = method.client_update(ctx, 0, state, received, data, torch.Generator().manual_seed(0))
+        model = get_algorithm("standalone").personalized_model(ctx, 0, result.state, {})
+        with torch.no_grad():
+            distances.append(float(F.mse_loss(model.represent(data.train_x), prototypes[data.train_y])))
+    assert distances[0] < distances[1]
+
+
+def test_cli_runs_two_rounds_on_the_bundled_digits(tmp_path):
+    from pfedlora.cli import main
+
+    out = tmp_path / "run"
+    assert main(["run", "--set", "algorithm=fedtgp", "--set", "rounds=2", "--set", "num_clients=5",
+                 "--set", "dataset.max_train_samples=300", "--set", "dataset.max_test_samples=90",
+                 "--out", str(out)]) == 0
+    assert (out / "summary.json").exists()
