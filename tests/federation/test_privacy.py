@@ -272,7 +272,7 @@ def test_cli_refuses_before_writing_anything(tmp_path, capsys):
 
 def test_supported_algorithms_are_the_ones_averaging_uploads():
     config = build_config(TINY)
-    assert dp.supported_algorithms(config) == ["pfedlora", "lg_fedavg", "fml", "fedavg"]
+    assert dp.supported_algorithms(config) == ["pfedlora", "lg_fedavg", "fml", "fedavg", "fedmrl"]
     assert not get_algorithm("fedkd").averages_uploads(config)
 
 
@@ -282,7 +282,6 @@ def test_supported_algorithms_are_the_ones_averaging_uploads():
 def test_off_is_bit_identical_to_no_privacy_section(tmp_path):
     plain = run(build_config(TINY), tmp_path / "plain", log=lambda _: None)
     # `--set privacy.mode=off`: YAML reads a bare off as false, which means off too
-    # a copy: build_config's --set overrides write into the nested dicts it is given (CENTRAL must stay central)
     off = run(build_config(TINY | {"privacy": dict(CENTRAL)}, ["privacy.mode=off"]), tmp_path / "off",
               log=lambda _: None)
     strip = lambda rows: [{k: v for k, v in r.items() if k != "wall_s"} for r in rows]  # noqa: E731
@@ -373,7 +372,8 @@ def test_a_client_who_knows_the_config_cannot_remove_the_central_noise():
 
 def test_delta_defaults_well_below_one_over_n_and_a_large_delta_is_warned_about():
     assert dp.resolved_delta(build_config(TINY | {"num_clients": 10, "privacy": CENTRAL})) == 1e-5
-    assert dp.resolved_delta(build_config(TINY | {"num_clients": 10_000, "privacy": CENTRAL})) == pytest.approx(1e-6)
+    many = TINY | {"num_clients": 10_000, "privacy": CENTRAL, "dataset": {"name": "cifar10", "path": "unused"}}
+    assert dp.resolved_delta(build_config(many)) == pytest.approx(1e-6)
     assert dp.privacy_warnings(build_config(TINY | {"num_clients": 10, "privacy": CENTRAL})) == []
     warned = dp.privacy_warnings(build_config(TINY | {"num_clients": 10, "privacy": CENTRAL | {"delta": 0.1}}))
     assert len(warned) == 1 and "privacy.delta 0.1 >= 1/num_clients" in warned[0] and "\n" not in warned[0]
