@@ -1,3 +1,5 @@
+import copy
+
 import pytest
 
 from pfedlora.config import Config, build_config, load_config
@@ -66,3 +68,40 @@ def test_algorithm_sections_are_validated_through_the_registry_and_only_the_runs
     assert build_config({"algorithm": "fedtgp", "fedtgp": {"lam": 3}}).to_dict()["fedtgp"]["lam"] == 3
     with pytest.raises(UserError, match="config: fedtgp: expected a mapping of keys"):
         build_config({"fedtgp": 3})
+
+
+def test_build_config_leaves_the_callers_document_alone():
+    document = {"privacy": {"mode": "central", "clip_norm": 1.0, "noise_multiplier": 1.0}, "train": {"lr": 0.05}}
+    before = copy.deepcopy(document)
+    config = build_config(document, ["train.lr=0.5", "privacy.clip_norm=2.0", "partition.kind=iid"])
+    assert config.train.lr == 0.5 and config.privacy.clip_norm == 2.0
+    assert document == before  # the nested sections the overrides went into are the caller's still
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    (["num_clients=387682504"], r"num_clients=387682504 exceeds the 1347 training samples.*accepted: 1 to 1347"),
+    (["num_clients=60000", "dataset.name=cifar10", "dataset.path=/nonexistent"], r"exceeds the 50000 training"),
+    (["num_clients=30", "dataset.max_train_samples=20"], r"exceeds the 20 training samples"),
+    (["num_clients=700", "partition.classes_per_client=2"], r"num_clients=700 x classes_per_client=2 exceeds the 1347"),
+])
+def test_sizes_a_built_in_dataset_cannot_fill_are_refused_from_the_config(overrides, expected):
+    with pytest.raises(UserError, match=expected):
+        build_config({}, overrides)
+
+
+def test_an_impossible_num_clients_fails_before_torch_is_imported():
+    """The check runs on the raw document: a typo exits in a second, not after seconds of imports."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom pfedlora.config import load_config\nfrom pfedlora.errors import UserError\n"
+            "try:\n    load_config(None, ['num_clients=387682504'])\nexcept UserError as e:\n    print(e)\n"
+            "print('torch' in sys.modules, 'sklearn' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "exceeds the 1347 training samples" in out and out.strip().endswith("False False")
+
+
+def test_rounds_times_clients_per_round_is_bounded():
+    with pytest.raises(UserError, match=r"rounds=20000000 x 10 clients per round exceeds 1e\+08 .*rounds up to 10000000"):
+        build_config({}, ["rounds=20000000"])
+    assert build_config({}, ["rounds=20000000", "fraction=0.01", "num_clients=100"]).rounds == 20_000_000

@@ -88,10 +88,12 @@ def _run_with_progress(config, run_dir: Path, label: str) -> dict:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    # the config first, the runtime (torch, the data loaders: seconds of imports) only once it is valid
     from pfedlora.config import load_config
-    from pfedlora.federation.simulation import load_resumable, resume, run
 
     if args.resume is not None:
+        from pfedlora.federation.simulation import load_resumable
+
         # the run's own config.yaml is the config; anything else could silently change the results
         given = [flag for flag, value in (("--config", args.config), ("--set", args.overrides),
                                           ("--out", args.out), ("--overwrite", args.overwrite)) if value]
@@ -108,6 +110,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         out = Path(args.out) if args.out else _default_out(f"{config.algorithm}-{config.dataset.name}")
         print(f"pfedlora run: {config.algorithm} on {config.dataset.name}, {config.num_clients} clients, "
               f"{config.rounds} rounds -> {out}")
+    from pfedlora.federation.simulation import resume, run
+
     bar, update = _progress_bar(config.rounds, config.algorithm)
     try:
         if args.resume is not None:

@@ -14,7 +14,14 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pfedlora import registry
-from pfedlora.data.options import COLUMN_DATASETS, DATA_DEFINED_DATASETS, GIVEN_DATASETS, DatasetConfig
+from pfedlora.data.options import (
+    COLUMN_DATASETS,
+    DATA_DEFINED_DATASETS,
+    GIVEN_DATASETS,
+    KNOWN_CLASSES,
+    KNOWN_TRAIN_SAMPLES,
+    DatasetConfig,
+)
 from pfedlora.errors import UserError
 
 __all__ = ["COLUMN_DATASETS", "DATA_DEFINED_DATASETS", "GIVEN_DATASETS", "Config", "DatasetConfig", "build_config",
@@ -221,9 +228,10 @@ class PrivacyConfig(_Section):
     noise_multiplier: float | None = Field(default=None, gt=0,
                                            description="sigma: noise std sigma x C on the sum (central) or on every "
                                                        "upload (local).")
-    # default 1 / num_clients
+    # default min(1e-5, num_clients^-1.5): well below 1/num_clients (pfedlora.federation.privacy.default_delta)
     delta: float | None = Field(default=None, gt=0, lt=1,
-                                description="delta of the reported epsilon; null: 1 / num_clients.")
+                                description="delta of the reported epsilon; null: min(1e-5, num_clients^-1.5), well "
+                                            "below 1 / num_clients (a warning when set at or above it).")
     # set the noise multiplier so that epsilon after `rounds` rounds is this (instead of noise_multiplier)
     target_epsilon: float | None = Field(default=None, gt=0,
                                          description="Instead of noise_multiplier: the smallest sigma whose epsilon "
@@ -232,6 +240,12 @@ class PrivacyConfig(_Section):
     accountant: Literal["rdp", "pld"] = Field(default="rdp",
                                               description="dp-accounting's Renyi-DP (rdp) or "
                                                           "privacy-loss-distribution (pld, tighter) accountant.")
+    # where the DP noise and (central mode) the client sampling come from: "secure" (the OS's CSPRNG, fresh
+    # every draw; runs differ) or "seeded_insecure" (derived from `seed`, so anyone who knows the config
+    # can regenerate it and remove it: NOT private; for tests and debugging only)
+    noise_source: Literal["secure", "seeded_insecure"] = Field(
+        default="secure", description="secure: DP noise and client sampling from the OS's CSPRNG (runs differ); "
+                                      "seeded_insecure: derived from the public seed, NOT private (tests only).")
 
     @field_validator("mode", mode="before")
     @classmethod
@@ -537,6 +551,11 @@ class Config(_Section):
                      + self.faults.scale_clients)
         if any(k >= self.num_clients for k in attackers):
             raise ValueError(f"faults: client ids must be < num_clients ({self.num_clients}), got {max(attackers)}")
+        per_round = max(1, round(self.fraction * self.num_clients))
+        if self.rounds * per_round > MAX_CLIENT_ROUNDS:
+            raise ValueError(f"rounds={self.rounds} x {per_round} clients per round exceeds {MAX_CLIENT_ROUNDS:.0e} "
+                             f"client-rounds; accepted: rounds up to {MAX_CLIENT_ROUNDS // per_round} at this "
+                             "num_clients and fraction")
         self._given_consistent()
         self._text_consistent()
         registry.check_config(self)  # the chosen algorithm's own cross-section rules
@@ -686,12 +705,46 @@ def load_document(path: str | Path) -> dict[str, Any]:
     return document
 
 
+# rounds x clients per round: the client draws a run precomputes (participation, local-DP accounting)
+# and its per-round tables; far beyond any run that could finish, so a typo is refused before it hangs
+MAX_CLIENT_ROUNDS = 10**8
+
+
+def check_known_sizes(document: dict[str, Any]) -> None:
+    """Refuse, from the raw document and before validation (which imports the algorithms, and torch),
+    a federation a built-in dataset cannot fill: a typo such as num_clients 387682504 must exit in a
+    second, not after the imports and the data. The same rules run again on the loaded data
+    (pfedlora.data.partition.check_partition_sizes); here only what is known without it."""
+    data = document.get("dataset", {})
+    partition = document.get("partition", {})
+    if not isinstance(data, dict) or not isinstance(partition, dict):
+        return  # validation reports it
+    name = data.get("name", "digits")
+    num_clients = document.get("num_clients", Config.model_fields["num_clients"].default)
+    if name not in KNOWN_TRAIN_SAMPLES or type(num_clients) is not int:
+        return
+    num_train = KNOWN_TRAIN_SAMPLES[name]
+    if type(data.get("max_train_samples")) is int and data["max_train_samples"] >= 1:
+        num_train = min(num_train, data["max_train_samples"])
+    kind = partition.get("kind", "pathological")
+    per_client = partition.get("classes_per_client")
+    if type(per_client) is not int:
+        per_client = None
+    from pfedlora.data.partition import check_partition_sizes  # numpy only: no torch
+
+    check_partition_sizes(num_train, KNOWN_CLASSES[name], num_clients, kind, per_client)
+
+
 def build_config(document: dict[str, Any] | None = None, overrides: list[str] | None = None) -> Config:
-    """Validate ``document`` with ``KEY=VALUE`` overrides applied; raises UserError on bad input."""
-    document = dict(document or {})
+    """Validate ``document`` with ``KEY=VALUE`` overrides applied; raises UserError on bad input.
+    ``document`` is not modified (overrides go into a deep copy: a caller's nested sections stay theirs)."""
+    document = copy.deepcopy(document or {})
+    if not isinstance(document, dict):
+        raise UserError(f"config must be a mapping of keys, got {type(document).__name__}")
     for text in overrides or []:
         key, value = parse_override(text)
         set_by_path(document, key, value)
+    check_known_sizes(document)
     try:
         return Config.model_validate(document)
     except ValidationError as exc:

@@ -180,3 +180,43 @@ def test_client_npz_run_end_to_end_records_the_given_partition(tmp_path: Path, c
     assert [c["num_train"] for c in partition["clients"]] == [12] * 4
     assert [c["num_test"] for c in partition["clients"]] == [4] * 4
     assert json.loads((out / "summary.json").read_text())["dataset"] == "client_npz"
+
+
+def test_a_deflate_bomb_member_is_refused_before_it_is_inflated(tmp_path: Path, monkeypatch) -> None:
+    """Issue 30: a member of a few hundred KB that inflates to 256 MiB of zeros (cap lowered to 64 MiB
+    here, half the available memory otherwise) is refused from its declared size; zipfile never opens it."""
+    from pfedlora.data import cache
+
+    path = tmp_path / "0.npz"
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f4", "fortran_order": False, "shape": (64 << 20,)})
+    zeros = bytes(1 << 20)
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        with archive.open("x.npy", "w", force_zip64=True) as member:
+            member.write(header.getvalue())
+            for _ in range(256):
+                member.write(zeros)
+        archive.writestr("y.npy", b"")
+    assert path.stat().st_size < 2 << 20
+    monkeypatch.setattr(cache, "memory_cap_bytes", lambda: 64 << 20)
+    opened = []
+    real_open = zipfile.ZipFile.open
+    monkeypatch.setattr(zipfile.ZipFile, "open", lambda self, name, *a, **k: opened.append(name) or real_open(self, name, *a, **k))
+    with pytest.raises(UserError, match=r"member 'x.npy' inflated is 268,435,5\d\d bytes, over the cap of 67,108,864") as error:
+        read_client_npz(path)
+    assert "\n" not in str(error.value) and opened == []
+
+
+def test_an_array_header_declaring_more_than_the_cap_is_refused(tmp_path: Path, monkeypatch) -> None:
+    """A small member whose npy header declares a huge shape: refused from the shape, nothing allocated."""
+    from pfedlora.data import cache
+
+    path = tmp_path / "0.npz"
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f8", "fortran_order": False, "shape": (1 << 40, 3)})
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("x.npy", header.getvalue() + bytes(64))
+        archive.writestr("y.npy", b"")
+    monkeypatch.setattr(cache, "memory_cap_bytes", lambda: 64 << 20)
+    with pytest.raises(UserError, match=r"array 'x.npy' of shape \[1099511627776, 3\] is 26,388,279,066,624 bytes"):
+        read_client_npz(path)

@@ -395,3 +395,51 @@ def test_real_cifar10_second_load_reads_the_cache(real_cifar, monkeypatch) -> No
     assert torch.equal(d.test_x[:100], first.test_x[:100]) and torch.equal(d.train_y, first.train_y)
     meta = json.loads(next(cache.rglob("meta.json")).read_text())
     assert meta["class_names"] == CIFAR10_NAMES
+
+
+def test_a_tar_member_declaring_more_than_the_cap_is_refused_before_extraction(tmp_path: Path, cache: Path,
+                                                                               monkeypatch) -> None:
+    """Issue 30: a .tar.gz batch of 4 MiB of zeros (a few KB on disk) over a cap lowered to 1 MiB is
+    refused from the member's declared size, in one line, before it is inflated and unpickled."""
+    from pfedlora.data import cache as cache_module
+
+    archive = tmp_path / "bomb.tar.gz"
+    with tarfile.open(archive, "w:gz") as tf:
+        info = tarfile.TarInfo("cifar-10-batches-py/data_batch_1")
+        info.size = 4 << 20
+        tf.addfile(info, io.BytesIO(bytes(4 << 20)))
+    assert archive.stat().st_size < 64 << 10
+    monkeypatch.setattr(cache_module, "memory_cap_bytes", lambda: 1 << 20)
+    monkeypatch.setattr(ds, "_unpickle", lambda *a: pytest.fail("an oversized member was unpickled"))
+    with pytest.raises(UserError, match=r"member 'cifar-10-batches-py/data_batch_1' is 4,194,304 bytes, over the cap"):
+        load_dataset("cifar10", archive, cache_dir=cache)
+
+
+def test_a_cache_entry_over_the_cap_or_with_a_false_header_is_rebuilt_unread(tmp_path: Path, monkeypatch) -> None:
+    """A cached array is read only once its header agrees with the file and is within the memory cap:
+    np.load allocates what a header declares, so a planted or damaged entry must not be loaded."""
+    from pfedlora.data import cache as cache_module
+
+    built = []
+
+    def build(size: int):
+        def make():
+            built.append(size)
+            return {"x": np.ones(size, dtype=np.float64)}, {"n": size}
+        return make
+
+    arrays, _ = cache_module.cached_arrays("t", "big", tmp_path, build(1 << 18))  # 2 MiB
+    assert cache_module.cached_arrays("t", "big", tmp_path, build(1 << 18))[0]["x"].sum() == 1 << 18
+    assert built == [1 << 18]  # the second call read the entry
+    monkeypatch.setattr(cache_module, "memory_cap_bytes", lambda: 1 << 20)
+    loads = []
+    monkeypatch.setattr(np, "load", lambda *a, **k: loads.append(a) or pytest.fail("np.load on an unchecked file"))
+    cache_module.cached_arrays("t", "big", tmp_path, build(1 << 18))
+    assert built == [1 << 18] * 2  # over the cap: rebuilt, not read
+    monkeypatch.setattr(cache_module, "memory_cap_bytes", lambda: 1 << 30)
+    entry = next((tmp_path / "t").iterdir())
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f8", "fortran_order": False, "shape": (1 << 40,)})
+    (entry / "x.npy").write_bytes(header.getvalue() + bytes(8))  # declares 8 TiB, holds 8 bytes
+    assert cache_module.cached_arrays("t", "big", tmp_path, build(1 << 18))[0]["x"].shape == (1 << 18,)
+    assert built == [1 << 18] * 3 and loads == []

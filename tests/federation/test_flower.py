@@ -270,7 +270,11 @@ def test_secagg_deployment_matches_the_plaintext_simulator(cluster_factory, tmp_
     print(f"SecAgg+ vs plaintext: largest difference of the final global adapter {worst:.3g}")
     summary = json.loads((out / "summary.json").read_text())
     assert summary["secagg"]["enabled"] is True
-    assert summary["client_accuracies"] == pytest.approx(sim_accuracies, abs=5.0)
+    # an adapter off by ~2e-5 may flip the prediction of a test sample near the decision boundary, not
+    # more: at most one test sample per client (was 5 points each, which a lost client update passed)
+    test_counts = [c["num_test"] for c in json.loads((out / "partition.json").read_text())["clients"]]
+    for flower_acc, sim_acc, count in zip(summary["client_accuracies"], sim_accuracies, test_counts, strict=True):
+        assert abs(flower_acc - sim_acc) <= 100.0 / count + 1e-9
     row = read_metrics(out / "metrics.csv")[-1]
     # SecAgg+ sends more than the plaintext adapter: masked vectors (8-byte integers), keys, shares
     assert row["up_bytes"] > 2 * 3 * payload_bytes(sim_state)
@@ -305,7 +309,8 @@ def test_private_deployment_matches_the_private_simulator(cluster_factory, tmp_p
 
     from pfedlora.federation.privacy import epsilon
 
-    privacy = {"mode": "central", "clip_norm": 0.5, "noise_multiplier": 0.3}
+    # seeded noise (NOT private): the only way two runtimes can add the same noise
+    privacy = {"mode": "central", "clip_norm": 0.5, "noise_multiplier": 0.3, "noise_source": "seeded_insecure"}
     config_file = tmp_path / "private.yaml"
     config_file.write_text(yaml.safe_dump({"privacy": privacy}))
     cluster = cluster_factory(tls=False)
@@ -327,7 +332,8 @@ def test_secagg_with_central_dp_matches_the_private_simulator(cluster_factory, t
     seeded noise to the unmasked mean; equal to the private simulator within the quantisation error."""
     import yaml
 
-    privacy = {"mode": "central", "clip_norm": 0.5, "noise_multiplier": 0.3}
+    # seeded noise (NOT private): the only way two runtimes can add the same noise
+    privacy = {"mode": "central", "clip_norm": 0.5, "noise_multiplier": 0.3, "noise_source": "seeded_insecure"}
     config_file = tmp_path / "private.yaml"
     config_file.write_text(yaml.safe_dump({"privacy": privacy}))
     cluster = cluster_factory(tls=False)

@@ -1,14 +1,21 @@
 """`compare` / `sweep` with --jobs N and --executor ray: the same outputs as one run after another."""
 
 import csv
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from pfedlora.cli import main
 from pfedlora.errors import UserError
+from pfedlora.federation.checkpoint import checkpoint_round
 from pfedlora.federation.jobs import resolve_jobs
 
+REPO = Path(__file__).resolve().parents[2]
 SMALL = ["--set", "num_clients=5", "--set", "rounds=2", "--set", "train.batch_size=32"]
 
 
@@ -106,3 +113,36 @@ def test_ray_executor_on_a_local_instance_writes_what_one_job_writes(serial_comp
             _same_outputs(serial_compare, out, "comparison.csv")
     finally:
         ray.shutdown()
+
+
+@pytest.mark.skipif(not hasattr(os, "killpg"), reason="sends Ctrl-C to a process group")
+def test_ctrl_c_stops_jobs_once_with_a_checkpoint_each(tmp_path):
+    """Issue 30: Ctrl-C reaches every process of the terminal's group. Only the driver reacts: it says
+    so once, asks each running run (SIGTERM) to stop at its round boundary, and waits; each writes a
+    checkpoint (checkpoint_every 0: only a signal writes one) that a second call resumes from."""
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "pfedlora.cli", "compare", "--algorithms", "pfedlora,fedproto", "--seeds", "0",
+               "--set", "num_clients=5", "--set", "rounds=200", "--set", "train.batch_size=64",
+               "--set", "checkpoint_every=0", "--out", str(out), "--jobs", "2"]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO / "src"), os.environ.get("PYTHONPATH")])))
+    driver = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              start_new_session=True,  # its own group, as a terminal's foreground job
+                              # a shell's background job (CI, an agent) inherits SIGINT ignored; a terminal's does not
+                              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        deadline = time.monotonic() + 300
+        while len([p for p in out.rglob("metrics.csv") if len(p.read_text().splitlines()) >= 2]) < 2:
+            assert driver.poll() is None, driver.communicate()
+            assert time.monotonic() < deadline, "the runs did not reach round 1"
+            time.sleep(0.3)
+        os.killpg(driver.pid, signal.SIGINT)
+        stdout, stderr = driver.communicate(timeout=300)
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+    assert driver.returncode == 130, stderr
+    assert stderr.count("interrupted: 2 running run(s) stop after their current round") == 1, stderr
+    assert "SIGINT: stopping" not in stderr  # no child reacted to the terminal's Ctrl-C itself
+    checkpoints = sorted(out.rglob("checkpoint.pt"))
+    assert len(checkpoints) == 2, stderr
+    assert all(1 <= (checkpoint_round(c.parent) or 0) < 200 for c in checkpoints)

@@ -10,6 +10,7 @@ import hashlib
 import json
 import pickle
 import logging
+import math
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -17,7 +18,46 @@ from typing import Any
 
 import numpy as np
 
+from pfedlora.errors import UserError
+
 log = logging.getLogger(__name__)
+
+
+def memory_cap_bytes() -> int:
+    """The most bytes one array or file member of data we read may take: half the memory available now
+    (4 GiB where the platform does not say), so a deflate bomb (gigabytes of zeros in a few MB) or a
+    header declaring a huge shape is refused before anything is inflated or allocated."""
+    try:
+        available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 4 << 30
+    return max(1 << 20, available // 2)
+
+
+def refuse_oversized(size: int, what: str, where: str) -> None:
+    cap = memory_cap_bytes()
+    if size > cap:
+        raise UserError(f"{where}: {what} is {size:,} bytes, over the cap of {cap:,} bytes (half the available "
+                        f"memory); accepted: arrays up to that size")
+
+
+def load_npy(path: Path) -> np.ndarray:
+    """``np.load(path, allow_pickle=False)`` that first checks the header: the bytes its shape and dtype
+    declare must be what the file holds and within :func:`memory_cap_bytes`. np.load allocates what the
+    header declares before reading, so a damaged or planted cache file could otherwise claim terabytes."""
+    with open(path, "rb") as handle:
+        version = np.lib.format.read_magic(handle)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran, dtype = read_header(handle)
+        if dtype.hasobject:
+            raise ValueError(f"{path.name}: object array (not written by this cache)")
+        declared = math.prod(shape) * dtype.itemsize
+        held = os.fstat(handle.fileno()).st_size - handle.tell()
+        if declared != held:
+            raise ValueError(f"{path.name}: header declares {declared:,} bytes of data, the file holds {held:,}")
+        refuse_oversized(declared, f"array of shape {list(shape)}", str(path))
+        array = np.fromfile(handle, dtype=dtype, count=math.prod(shape))
+    return array.reshape(shape[::-1]).transpose() if fortran else array.reshape(shape)
 
 
 def one_line(exc: BaseException) -> str:
@@ -75,7 +115,7 @@ def cached_arrays(
     try:
         meta = json.loads((entry / "meta.json").read_text())
         if meta.get("_key") == key:
-            arrays = {name: np.load(entry / f"{name}.npy", allow_pickle=False) for name in meta["_arrays"]}
+            arrays = {name: load_npy(entry / f"{name}.npy") for name in meta["_arrays"]}
             meta = {k: v for k, v in meta.items() if not k.startswith("_")}
             return arrays, meta
     except FileNotFoundError:

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import io
 import json
+import math
+import os
 import pickle
 import zipfile
 from dataclasses import dataclass
@@ -33,6 +35,7 @@ import torch
 
 from pfedlora.data.arrays import ArrayDataset
 from pfedlora.data.cache import NumpyOnlyUnpickler, cached_arrays, one_line, path_fingerprint
+from pfedlora.data.cache import refuse_oversized as _refuse_oversized
 from pfedlora.data.images import check_model_size, channels_of, decode_images, image_dataset, native_size
 from pfedlora.data.image_folder import class_images, visible
 from pfedlora.data.partition import ClientSplit
@@ -88,6 +91,8 @@ def given_splits(dataset: Any, num_clients: int) -> list[ClientSplit]:
 
 
 def _read_entry(archive: zipfile.ZipFile, entry: str, where: str) -> Any:
+    # the declared size bounds what zipfile inflates (it stops there and checks the CRC)
+    _refuse_oversized(archive.getinfo(entry).file_size, f"member {entry!r} inflated", where)
     with archive.open(entry) as handle:
         version = np.lib.format.read_magic(handle)
         if version == (1, 0):
@@ -95,7 +100,8 @@ def _read_entry(archive: zipfile.ZipFile, entry: str, where: str) -> Any:
         else:
             shape, fortran, dtype = np.lib.format.read_array_header_2_0(handle)
         if not dtype.hasobject:
-            count = int(np.prod(shape, dtype=np.int64))
+            count = math.prod(shape)
+            _refuse_oversized(count * dtype.itemsize, f"array {entry!r} of shape {list(shape)}", where)
             array = np.frombuffer(handle.read(count * dtype.itemsize), dtype=dtype, count=count)
             return array.reshape(shape[::-1]).transpose() if fortran else array.reshape(shape)
         value = NumpyOnlyUnpickler(io.BytesIO(handle.read()), encoding="latin1").load()

@@ -33,7 +33,7 @@ from pfedlora.data.cache import atomic_write as _atomic_write
 from pfedlora.data.cache import default_cache_dir as _default_cache_dir
 from pfedlora.data.cache import file_fingerprint as _file_fingerprint
 from pfedlora.data.cache import one_line as _one_line
-from pfedlora.data.cache import NumpyOnlyUnpickler
+from pfedlora.data.cache import NumpyOnlyUnpickler, refuse_oversized
 from pfedlora.data.cache import tree_fingerprint as _tree_fingerprint
 from pfedlora.data.sources import SOURCE_DATASETS, load_source
 from pfedlora.data.text import TEXT_DATASETS, is_text_dataset, load_text_dataset
@@ -361,6 +361,7 @@ def _read_official_dir(spec: _CifarSpec, root: Path) -> _Raw:
     for fname in spec.all_files:
         p = root / fname
         if p.is_file():
+            refuse_oversized(p.stat().st_size, "file", str(p))  # read whole and unpickled: bounded first
             try:
                 blobs[fname] = p.read_bytes()
             except OSError as exc:
@@ -469,6 +470,8 @@ def _read_archive(spec: _CifarSpec, archive: Path) -> _Raw:
 
 
 def _extract(tf: tarfile.TarFile, member: tarfile.TarInfo) -> bytes:
+    # the declared size is what extraction inflates (a .tar.gz of zeros declares terabytes in kilobytes)
+    refuse_oversized(member.size, f"member {member.name!r}", str(tf.name))
     fh = tf.extractfile(member)
     assert fh is not None  # member.isfile() was checked
     return fh.read()

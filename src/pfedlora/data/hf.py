@@ -76,13 +76,15 @@ def _open_quietly(datasets: Any, path: str, options: Any, download: bool, cache_
                 raise UserError(f"{local}: Parquet files for {', '.join(sorted(k for k in files if k))} but none "
                                 f"named {options.split_train}*; set dataset.split_train")
             data_files = {(k or options.split_train): v for k, v in files.items()}
-            return dict(datasets.load_dataset("parquet", data_files=data_files, cache_dir=cache_dir))
+            return dict(datasets.load_dataset("parquet", data_files=data_files, cache_dir=cache_dir,
+                                                       trust_remote_code=False))
         if local.exists():
             raise UserError(f"dataset.path {local} holds neither a save_to_disk dataset nor Parquet files; {HF_HELP}")
         if not download:
             raise UserError(f"dataset.path {path!r} is not a local dataset; a Hugging Face hub id is fetched only with "
                             f"dataset.download: true; {HF_HELP}")
-        return dict(datasets.load_dataset(path, cache_dir=cache_dir))
+        # never a dataset's own loading script (datasets >= 4 has none; explicit for any version)
+        return dict(datasets.load_dataset(path, cache_dir=cache_dir, trust_remote_code=False))
     except UserError:
         raise
     except Exception as exc:  # the datasets library raises many types for bad or missing data
@@ -105,6 +107,10 @@ def load_hf(path: str | None, options: Any, *, cache_dir: str | None, download: 
     if path is None or str(path).strip() == "":
         raise UserError(f"dataset.path is required for hf; {HF_HELP}")
     splits = _open(str(path), options, download, cache_dir)
+    # image paths (undecoded images without bytes) resolve under the local dataset's folder; a hub
+    # dataset has none, so only its embedded bytes are read
+    local = Path(str(path)).expanduser()
+    root = local if local.is_dir() else local.parent if local.is_file() else None
     if options.split_train not in splits:
         raise UserError(f"dataset.path {path}: no split {options.split_train!r} (dataset.split_train); its splits are "
                         f"{', '.join(splits)}")
@@ -136,7 +142,7 @@ def load_hf(path: str | None, options: Any, *, cache_dir: str | None, download: 
         values = dataset.select_columns(wanted).to_dict()
         if label_names is not None and options.label_column in values:
             values[options.label_column] = [label_names[int(v)] for v in values[options.label_column]]
-        return Rows(f"{path}[{split}]", list(dataset.column_names), values)
+        return Rows(f"{path}[{split}]", list(dataset.column_names), values, root)
 
     with _quiet(_datasets_module()):
         train_rows = rows(train_set, options.split_train)

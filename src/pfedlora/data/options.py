@@ -86,6 +86,11 @@ class DatasetConfig(BaseModel):
     image_column: str | None = Field(default=None,
                                      description="table: the column of image paths; hf: the image column (default: "
                                                  "the first Image feature).")
+    # table/hf image paths: false keeps them inside the dataset's folder (no .., absolute, ~ or symlink
+    # out), so a downloaded table cannot make a run read other files; true allows any path
+    allow_outside_paths: bool = Field(default=False,
+                                      description="table, hf: allow image paths outside the dataset's folder "
+                                                  "(.., absolute, ~, symlinks out); false refuses them.")
     # partition.kind given: the column naming each row's client (table, hf)
     client_column: str | None = Field(default=None,
                                       description="table, hf with partition.kind given: the column naming each "
@@ -104,6 +109,12 @@ class DatasetConfig(BaseModel):
                                  description="Seeded per-class (per-client with client_column) share held out for "
                                              "test when the data has no test split.")
 
+
+# the built-in datasets' training samples and classes, known before any is loaded: the config refuses a
+# federation they cannot fill (num_clients, classes_per_client) without importing torch or reading data.
+# digits: sklearn's 1,797 images, 25% stratified test split (1,347 train); CIFAR: the official 50,000.
+KNOWN_TRAIN_SAMPLES = {"digits": 1347, "cifar10": 50_000, "cifar100": 50_000}
+KNOWN_CLASSES = {"digits": 10, "cifar10": 10, "cifar100": 100}
 
 GIVEN_DATASETS = ("client_npz", "client_folders")  # always partitioned by the data itself
 COLUMN_DATASETS = ("table", "hf")  # given partition with dataset.client_column

@@ -51,6 +51,7 @@ def partition_clients(
     test_y = _labels(test_y, num_classes, "test")
     if not isinstance(num_clients, (int, np.integer)) or num_clients < 1:
         raise UserError(f"num_clients must be a positive integer, got {num_clients!r}")
+    check_partition_sizes(len(train_y), num_classes, num_clients, kind, classes_per_client)
     if size_skew < 0:
         raise UserError(f"partition.size_skew must be >= 0, got {size_skew}")
     rng = np.random.default_rng(seed)
@@ -72,6 +73,23 @@ def partition_clients(
         ClientSplit(np.sort(idx).astype(np.int64), _matching_test(train_y[idx], train_y, test_y, num_classes, rng))
         for idx in train_parts
     ]
+
+
+def check_partition_sizes(num_train: int, num_classes: int, num_clients: int, kind: str,
+                          classes_per_client: int | None) -> None:
+    """Refuse, in one line and before anything of size num_clients is allocated, a federation the data
+    cannot fill: work and memory of every scheme grow with num_clients (one weight, one class list,
+    one index list per client), so a typo such as num_clients 387682504 must not run for minutes."""
+    if num_clients > num_train:
+        raise UserError(f"num_clients={num_clients} exceeds the {num_train} training samples: every client needs at "
+                        f"least one; accepted: 1 to {num_train}")
+    if kind == "pathological" and classes_per_client is not None:
+        if not 1 <= classes_per_client <= num_classes:
+            raise UserError(f"classes_per_client={classes_per_client} must be between 1 and num_classes={num_classes}")
+        if num_clients * classes_per_client > num_train:
+            raise UserError(f"pathological partition: num_clients={num_clients} x classes_per_client={classes_per_client} "
+                            f"exceeds the {num_train} training samples (one per client and class at least); "
+                            f"accepted: num_clients up to {num_train // classes_per_client}")
 
 
 def partition_counts(

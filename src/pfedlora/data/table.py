@@ -6,7 +6,9 @@ datasets (:mod:`pfedlora.data.hf`), as an ArrayDataset.
 
 * ``label_column`` (default ``label``): the class; class ids follow the sorted label values
   (numerically when all are integers);
-* ``image_column``: image paths, relative to the table's folder (or absolute): an image dataset
+* ``image_column``: image paths, relative to the table's folder and inside it (``..``, absolute
+  paths, ``~`` and symlinks that lead out of it are refused unless ``dataset.allow_outside_paths``):
+  an image dataset
   (sizes and modes as :mod:`pfedlora.data.images`); otherwise ``text_column`` (default ``text``):
   a text dataset tokenized as :mod:`pfedlora.data.text`;
 * ``client_column`` (with ``partition.kind: given``): the client of each row; clients are its
@@ -177,8 +179,10 @@ def rows_dataset(name: str, train: Rows, test: Rows | None, options: Any, *, see
     ys = [np.array([index[str(v).strip()] for v in rows.values[options.label_column]], dtype=np.int64)
           for rows in (train, test)]
     if image_column is not None:
-        items = [[(f"{rows.where}: {image_column}[{i}]", _image_source(v, rows.base)) for i, v in
-                  enumerate(rows.values[image_column])] for rows in (train, test)]
+        outside = bool(getattr(options, "allow_outside_paths", False))
+        items = [[(f"{rows.where}: {image_column}[{i}]",
+                   _image_source(v, rows.base, outside, f"{rows.where}: {image_column}[{i}]"))
+                  for i, v in enumerate(rows.values[image_column])] for rows in (train, test)]
         channels = channels_of(items[0] + items[1])
         native = None if options.image_size is not None else native_size(items[0])
         xs = [decode_images(it, channels=channels, image_size=options.image_size, fit=options.image_fit,
@@ -199,13 +203,33 @@ def rows_dataset(name: str, train: Rows, test: Rows | None, options: Any, *, see
     return dataset
 
 
-def _image_source(value: Any, base: Path | None) -> Any:
+def _image_source(value: Any, base: Path | None, allow_outside: bool = False, where: str = "image") -> Any:
     if isinstance(value, dict):  # Hugging Face's undecoded Image: {"bytes": ..., "path": ...}
-        return value.get("bytes") or value.get("path")
+        if value.get("bytes"):
+            return value["bytes"]
+        value = value.get("path")
     if isinstance(value, str):
+        return _image_path(value, base, allow_outside, where)
+    return value  # a Pillow image or encoded bytes
+
+
+def _image_path(value: str, base: Path | None, allow_outside: bool, where: str) -> Path:
+    """An image path from the data, resolved under the dataset's folder ``base``. A table or dataset
+    comes from elsewhere (a download, a colleague): its paths must not make a run read, and put into
+    the training set, any file the user can read (``../../.ssh/id_rsa``, ``/etc/shadow``, ``~/x``,
+    a symlink out). ``dataset.allow_outside_paths: true`` restores any path (``~`` expanded)."""
+    if allow_outside:
         path = Path(value).expanduser()
         return path if path.is_absolute() or base is None else base / path
-    return value  # a Pillow image or encoded bytes
+    if base is None:
+        raise UserError(f"{where}: image path {value!r} but the data has no folder to resolve it under (a hub "
+                        "dataset); accepted: embedded image bytes, or dataset.allow_outside_paths: true")
+    root = base.resolve()
+    path = (root / value).resolve()  # an absolute value replaces root here, and is refused below
+    if not path.is_relative_to(root):
+        raise UserError(f"{where}: image path {value!r} resolves outside the dataset folder {root}; accepted: "
+                        "paths inside it (set dataset.allow_outside_paths: true to allow others)")
+    return path
 
 
 def load_table(path: str | None, options: Any, *, seed: int, tokenizer: str, max_length: int) -> ArrayDataset:

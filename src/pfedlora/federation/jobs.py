@@ -137,6 +137,9 @@ def run_local(jobs: Sequence[RunJob], workers: int, on_event: Callable[[Progress
         _stop(pool)
         raise UserError("a run's process ended without finishing (killed by a signal or out of memory); "
                         "finished runs are kept, run the command again to continue") from exc
+    except KeyboardInterrupt:
+        _interrupt(pool, futures, lambda: _drain(events, on_event, timeout=0.2))
+        raise
     except BaseException:
         _stop(pool)
         raise
@@ -151,6 +154,38 @@ def _drain(events: Any, on_event: Callable[[ProgressEvent], None], timeout: floa
             event = events.get_nowait()
     except queue.Empty:
         pass
+
+
+def _interrupt(pool: ProcessPoolExecutor, futures: Sequence[Any], drain: Callable[[], None],
+               grace: float | None = None) -> None:
+    """Ctrl-C in the driver (the children ignore SIGINT, so the terminal's Ctrl-C to the whole process
+    group stops the runs once, from here): cancel the queued runs, ask each running one with SIGTERM to
+    stop at its round boundary and write its checkpoint, and wait for that. A second Ctrl-C (or
+    ``grace`` seconds) kills them instead; they then resume from their last periodic checkpoint."""
+    processes = [p for p in getattr(pool, "_processes", {}).values() if p.is_alive()]
+    sys.stderr.write(f"\ninterrupted: {len(processes)} running run(s) stop after their current round and write a "
+                     "checkpoint (Ctrl-C again to kill them); run the same command again to continue\n")
+    sys.stderr.flush()
+    running = [f for f in futures if not f.cancel()]  # cancels the queued ones
+    for process in processes:
+        if process.is_alive() and process.pid is not None:
+            os.kill(process.pid, signal.SIGTERM)
+    try:  # a run is stopped once its future holds RunInterrupted (its checkpoint is written by then);
+        # the children's progress events are drained meanwhile: a child blocks until its queue is flushed
+        deadline = None if grace is None else time.monotonic() + grace
+        while not all(f.done() for f in running) and any(p.is_alive() for p in processes) \
+                and (deadline is None or time.monotonic() < deadline):
+            drain()
+        end = time.monotonic() + 5  # then the idle workers exit on the pool's shutdown, or are killed
+        pool.shutdown(wait=False, cancel_futures=True)
+        while any(p.is_alive() for p in processes) and time.monotonic() < end:
+            drain()
+    except KeyboardInterrupt:
+        pass
+    for process in processes:
+        if process.is_alive():
+            process.kill()
+            process.join(timeout=10)
 
 
 def _stop(pool: ProcessPoolExecutor) -> None:
@@ -206,6 +241,9 @@ def run_ray(jobs: Sequence[RunJob], on_event: Callable[[ProgressEvent], None], *
         except (ConnectionError, RuntimeError, ValueError) as exc:
             raise UserError(f"--ray-address {address!r}: cannot connect to a Ray cluster ({str(exc).splitlines()[0]}); "
                             "give the head node's address, e.g. ray://HOST:10001 or HOST:6379") from None
+    if not shared_fs:  # the checkpoints of a task stay in its node's temporary directory
+        sys.stderr.write("ray without --ray-shared-fs: finished runs are kept, but a run that is interrupted or "
+                         "fails restarts from round 1 next time (its checkpoints stay on its node)\n")
     remote = ray.remote(num_cpus=1, max_retries=0)(_ray_task)
     cwd = os.getcwd()
     refs = {remote.remote(job.config.to_dict(), str(Path(job.run_dir).resolve()), cwd, shared_fs): index

@@ -11,9 +11,14 @@ which worker trains which client (same config, seed and ``engine.workers`` give 
 
 from __future__ import annotations
 
+import ctypes
 import io
 import multiprocessing
+import os
 import signal
+import sys
+import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -25,6 +30,9 @@ from pfedlora.metrics import flops as flop_count
 
 _TASK: Callable[[Any], Any] | None = None
 _WORKER_LIMIT: int | None = None
+_PARENT_PID: int | None = None  # the run's process, recorded before forking: workers must not outlive it
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+PARENT_POLL_S = 1.0  # where prctl is unavailable: how often a worker checks that its parent lives
 
 
 def limit_workers(limit: int | None) -> None:
@@ -42,6 +50,32 @@ def _init_worker() -> None:
     torch.set_num_threads(1)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops the run at a round boundary
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    _die_with_parent()
+
+
+def _die_with_parent() -> None:
+    """A worker ends when the run's process ends, however it ends (SIGKILL, the OOM killer): otherwise
+    it waits forever on a pipe nobody reads, holding its memory. Linux: the kernel sends SIGKILL on
+    the parent's death (prctl PR_SET_PDEATHSIG); elsewhere a daemon thread polls the parent's pid."""
+    parent = _PARENT_PID
+    if parent is None:
+        return
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            if libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) == 0:
+                if os.getppid() != parent:  # the parent died before prctl took effect
+                    os._exit(1)
+                return
+        except (OSError, AttributeError):
+            pass
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(PARENT_POLL_S)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="pfedlora-parent-watch", daemon=True).start()
 
 
 def _run(item: Any) -> tuple[bytes, dict]:
@@ -65,10 +99,11 @@ def map_forked(fn: Callable[[Any], Any], items: Sequence[Any], workers: int) -> 
     ignore) raises :class:`WorkerDied` here instead of leaving the parent waiting for its result
     forever, as ``multiprocessing.Pool`` does.
     """
-    global _TASK
+    global _TASK, _PARENT_PID
     if "fork" not in multiprocessing.get_all_start_methods():
         return [fn(item) for item in items]
     _TASK = fn
+    _PARENT_PID = os.getpid()
     results = []
     try:
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"),

@@ -42,7 +42,7 @@ from pfedlora.federation.checkpoint import load_checkpoint, restore_rng, save_ch
 from pfedlora.federation.faults import client_fate, corrupt_upload
 from pfedlora.federation.parallel import WorkerDied
 from pfedlora.federation.preflight import check_run
-from pfedlora.federation.privacy import Privacy
+from pfedlora.federation.privacy import Privacy, privacy_warnings
 from pfedlora.federation.sampling import sample_clients
 from pfedlora.federation.validation import Rejection, UpdateValidator, all_finite
 from pfedlora.federation.payload import transmit
@@ -60,10 +60,13 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def participation(config: Config, client_accuracies: list[float]) -> dict[str, Any]:
+def participation(config: Config, client_accuracies: list[float], ever_selected: set[int] | None = None) -> dict[str, Any]:
     """How many clients were ever selected, and their final mean accuracy: with partial participation
-    (e.g. 1% of 1,000 clients per round) many clients never train within the rounds run."""
-    selected = sorted(set().union(*(sample_clients(config, r) for r in range(1, config.rounds + 1))))
+    (e.g. 1% of 1,000 clients per round) many clients never train within the rounds run.
+    ``ever_selected``: the clients the run selected (a secret sample cannot be recomputed)."""
+    if ever_selected is None:
+        ever_selected = set().union(*(sample_clients(config, r) for r in range(1, config.rounds + 1)))
+    selected = sorted(ever_selected)
     accuracies = [client_accuracies[k] for k in selected if client_accuracies[k] is not None] \
         if len(client_accuracies) == config.num_clients else []
     return {"clients_ever_selected": len(selected),
@@ -285,7 +288,9 @@ def run_round(federation: Federation, store: ClientStore, server_state: State, b
     for rejection in report.rejected:
         if log is not None:
             log(f"round {round_index}: {rejection}")
-    aggregated = len(report.accepted) >= config.min_clients
+    # central DP releases every round, even an empty one: whether a round was skipped would tell
+    # who was sampled, which the accountant's Poisson subsampling assumes nobody learns
+    aggregated = len(report.accepted) >= config.min_clients or federation.privacy.central
     server_flops = 0
     if aggregated:
         if federation.privacy.enabled:
@@ -369,6 +374,12 @@ def _client_work(federation: Federation, client_id: int) -> int:
 
 
 def validator_for(config: Config) -> UpdateValidator:
+    """The server's upload checks. Under ``privacy`` only the structural ones (keys, shapes, dtypes,
+    finiteness, the algorithm's own rule): a norm rule would let one client's data decide another's
+    rejection (median rule), make the published count of aggregated clients data-dependent and log
+    every client's update norm, none of which the DP accounting covers; clipping bounds norms instead."""
+    if config.privacy.mode != "off":
+        return UpdateValidator(norm_factor=None, max_norm=None)
     return UpdateValidator(config.validation.norm_factor, config.validation.max_norm,
                            config.validation.min_for_median)
 
@@ -452,6 +463,10 @@ class _StopOnSignal:
     def __enter__(self) -> _StopOnSignal:
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
+                # an ignored SIGINT stays ignored: a --jobs child leaves Ctrl-C (which the terminal sends
+                # to every process of the group) to the driver, which stops it once, with SIGTERM
+                if sig == signal.SIGINT and signal.getsignal(sig) == signal.SIG_IGN:
+                    continue
                 self._previous[sig] = signal.signal(sig, self._handle)
         return self
 
@@ -504,6 +519,8 @@ def _execute_rounds(config: Config, out: Path, checkpoint: dict[str, Any] | None
     if checkpoint is None:
         for line in empty_split_notes(federation):
             event(line)
+    for line in privacy_warnings(config):
+        event(f"warning: {line}")
 
     store = ClientStore(federation)
     server_state, broadcast = federation.algorithm.init_server(federation.context)
@@ -512,6 +529,7 @@ def _execute_rounds(config: Config, out: Path, checkpoint: dict[str, Any] | None
     client_accuracies: list[float] = []
     # update counts since the last metrics row
     pending = {"expected": 0, "received": 0, "rejected": 0}
+    ever_selected: set[int] = set()
     costs = CostMeter(config.payload_dtype)
     first_round, elapsed_before = 1, 0.0
     if checkpoint is not None:
@@ -523,6 +541,7 @@ def _execute_rounds(config: Config, out: Path, checkpoint: dict[str, Any] | None
         history = list(checkpoint["history"])
         client_accuracies = list(checkpoint["client_accuracies"])
         pending = dict(checkpoint["pending"])
+        ever_selected = set(checkpoint.get("ever_selected", ()))
         costs.load_state_dict(checkpoint["costs"])
         first_round, elapsed_before = int(checkpoint["round"]) + 1, float(checkpoint["elapsed"])
         restore_rng(checkpoint["rng"])
@@ -545,6 +564,7 @@ def _execute_rounds(config: Config, out: Path, checkpoint: dict[str, Any] | None
                 # the signal reached the workers too (e.g. SIGTERM to the process group): this round
                 # is lost, the checkpoint of an earlier round stays as it is
                 raise RunInterrupted(round_index - 1, stop.signum, str(out)) from None
+            ever_selected.update(result.selected)
             pending["expected"] += result.expected
             pending["received"] += result.received
             pending["rejected"] += len(result.rejections)
@@ -575,6 +595,7 @@ def _execute_rounds(config: Config, out: Path, checkpoint: dict[str, Any] | None
                     "history": history,
                     "client_accuracies": client_accuracies,
                     "pending": pending,
+                    "ever_selected": sorted(ever_selected),
                     "costs": costs.state_dict(),
                     "elapsed": elapsed_before + time.perf_counter() - started,
                 })
@@ -582,7 +603,7 @@ def _execute_rounds(config: Config, out: Path, checkpoint: dict[str, Any] | None
                 raise RunInterrupted(round_index, stop.signum, str(out))
 
     summary = run_summary(config, history, client_accuracies, elapsed_before + time.perf_counter() - started)
-    summary |= counts | costs.totals() | participation(config, client_accuracies)
+    summary |= counts | costs.totals() | participation(config, client_accuracies, ever_selected)
     summary |= {f"final_{key}": value
                 for key, value in federation.algorithm.server_metrics(federation.context, server_state).items()}
     if final_diagnostics is None and federation.algorithm.evaluation_metrics is not None:

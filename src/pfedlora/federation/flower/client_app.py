@@ -137,10 +137,10 @@ def _train_secagg(msg: Message, context: Context) -> Message:
     privacy = federation.privacy
     update = (privacy.client_update(result.upload, broadcast, round_index, client_id) if privacy.enabled
               else update_of(result.upload, broadcast))
-    # legacy fit metrics hold scalars only: one key per training loss
-    losses = [float(s.mean_loss) for s in result.stats if s.num_steps]
-    metrics.update({f"train-loss-{i}": loss for i, loss in enumerate(losses)})
-    return fit_reply(msg, update, int(round(privacy.weight(result.weight))), metrics)
+    # no training loss and no loss count: secaggplus_mod masks only the update and the weight, and anything
+    # else in the reply would reach the server in plaintext, one value per client. The weight (1 under DP,
+    # else the sample count the server already learnt from the query) also travels in the clear.
+    return fit_reply(msg, update, int(round(privacy.weight(result.weight))), {})
 
 
 @app.evaluate()

@@ -284,7 +284,8 @@ def _plain_round(grid: Grid, config: Config, config_text: str, round_index: int,
         log(f"round {round_index}: {rejection}", logging.WARNING)
     uploads = report.accepted
     ids = [u.client_id for u in uploads]
-    if len(uploads) < config.min_clients:
+    # central DP releases every round (see pfedlora.federation.simulation.run_round)
+    if len(uploads) < config.min_clients and not privacy.central:
         return None, ids, up, down
     if privacy.enabled:
         return privacy.aggregate(algorithm, ctx, server_state, broadcast, uploads, round_index), ids, up, down
@@ -305,12 +306,10 @@ def _secure_round(grid: Grid, config: Config, config_text: str, round_index: int
     result = secure_round(grid, config, config_text, round_index, broadcast, node_of, weights, log)
     log(f"round {round_index}: SecAgg+ summed clients {result.contributors} in {result.seconds:.2f} s "
         f"({result.up_bytes:,} bytes up, {result.down_bytes:,} down)")
-    for client_id in result.contributors:
-        reported = result.metrics.get(client_id, {})
-        losses.extend(float(reported[f"train-loss-{i}"]) for i in range(int(reported.get("num-losses", 0))))
+    # under SecAgg+ clients report no training loss: it would reach the server in plaintext, one per client
     if result.mean_update is None or len(result.contributors) < config.min_clients:
         return None, result.contributors, result.up_bytes, result.down_bytes
-    mean = privacy.release(result.mean_update, len(result.contributors), round_index)
+    mean = privacy.release(privacy.mean_from_secure_sum(result.mean_update, len(result.contributors)), round_index)
     return (apply_mean(algorithm, ctx, server_state, broadcast, mean), result.contributors,
             result.up_bytes, result.down_bytes)
 
