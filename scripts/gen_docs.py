@@ -53,6 +53,10 @@ def algorithm_sections() -> dict[str, tuple[str, type[BaseModel]]]:
 
 def _type_text(annotation: Any) -> str:
     origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:  # e.g. ModelName: a str checked against the model registry
+        base, *meta = typing.get_args(annotation)
+        checked = any(getattr(getattr(m, "func", None), "__name__", "") == "known_model" for m in meta)
+        return "model name" if checked else _type_text(base)
     if origin is typing.Literal:
         return " \\| ".join(f"`{value}`" for value in typing.get_args(annotation))
     if origin in (typing.Union, types.UnionType):
