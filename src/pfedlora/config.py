@@ -488,10 +488,12 @@ class Config(_Section):
         if not isinstance(algorithm, str) or algorithm not in registry.names():
             algorithm = cls.model_fields["algorithm"].default  # the field validator reports it
         sections = registry.settings_sections(algorithm, given)
-        # a section of another (not always-written) algorithm is checked but not kept: it cannot
-        # change this run, so it stays out of config.yaml and run identity (one shared document
-        # can hold every algorithm's tuned settings, as configs/paper/cifar10_n10_tuned.yaml does)
-        carried = registry.settings_sections(algorithm, [])
+        # every built-in's settings (defaults unless given) stay readable as attributes, so code asking
+        # for another algorithm's settings (e.g. whether it averages uploads) works on any config;
+        # only the sections a run carries are written (to_dict)
+        for registration in registry.builtins():
+            if registration.settings is not None:
+                sections.setdefault(registration.section, registration.settings)
         unknown = [key for key in given if key not in sections]
         if unknown:
             valid = ", ".join([*(k for k in cls.model_fields if k != "sweep"), *sections, "sweep"])
@@ -510,8 +512,6 @@ class Config(_Section):
                 data[section] = model.model_validate(value)
             except ValidationError as exc:
                 raise ValueError(_describe(exc, model, prefix=section)) from None
-            if section not in carried:
-                del data[section]
         return data
 
     @field_validator("algorithm")
@@ -522,8 +522,12 @@ class Config(_Section):
         return value
 
     def algorithm_sections(self) -> dict[str, BaseModel]:
-        """The algorithm settings sections this config carries (section name -> settings)."""
-        return dict(self.__pydantic_extra__ or {})
+        """The algorithm settings sections this config carries and writes (section name -> settings):
+        those every config so far carried and the chosen algorithm's. Another algorithm's section is
+        checked and readable (``config.fedtgp``) but not written: it cannot change this run, so one
+        document can hold every algorithm's tuned settings without changing finished runs' identity."""
+        carried = registry.settings_sections(self.algorithm, [])
+        return {key: value for key, value in (self.__pydantic_extra__ or {}).items() if key in carried}
 
     @property
     def settings(self) -> BaseModel | None:
@@ -623,6 +627,8 @@ class Config(_Section):
         document = self.model_dump(mode="json", exclude=exclude)
         # algorithm sections (pydantic extras, dumped last) go after `train`, where `adapter` always was
         sections = {key: document.pop(key) for key in self.algorithm_sections()}
+        for key in self.__pydantic_extra__ or {}:
+            document.pop(key, None)  # another algorithm's settings: not part of this run
         ordered: dict[str, Any] = {}
         for key, value in document.items():
             ordered[key] = value
