@@ -7,21 +7,16 @@ Two runs (each a few minutes on a loaded 2-core machine, well under a minute idl
 * insecure, one SuperNode killed after round 1: the server aggregates the 2 replies of round 2
   (min_clients=2) exactly as the simulator would with clients {0, 1}, logs it and finishes.
 
-Every process runs in its own session and is killed by process group in a fixture finalizer, so
-nothing outlives a failing test; every wait has a deadline.
+Every process runs in its own session (process group) and is killed by group in the fixture's
+teardown, at exit, and on SIGTERM/SIGINT (tests/federation/flower_cluster.py), so nothing outlives
+a failing or killed test run; every wait has a deadline.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
-import socket
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
@@ -30,19 +25,13 @@ pytest.importorskip("flwr")
 
 from pfedlora.config import build_config  # noqa: E402
 from pfedlora.federation import simulation  # noqa: E402
-from pfedlora.federation.flower import APP_DIR  # noqa: E402
 from pfedlora.federation.flower.payload import payload_bytes  # noqa: E402
 from pfedlora.metrics.run_dir import read_metrics  # noqa: E402
 
+from flower_cluster import MODELS, Cluster  # noqa: E402  (tests/federation/flower_cluster.py)
+
 pytestmark = pytest.mark.flower
 
-REPO = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
-MODELS = ["cnn5", "cnn4", "cnn3"]  # partition k's architecture, given by its SuperNode's node config
-RUN = {
-    "num_clients": 3, "rounds": 2, "model_pool": "cnn3,cnn4,cnn5", "partition.kind": "dirichlet",
-    "train.batch_size": 32, "eval_every": 2,
-}
 RUN_DEADLINE = 900.0  # seconds for one whole Flower run (a loaded shared machine is slow)
 
 
@@ -50,99 +39,6 @@ def _sim_config(**extra) -> object:
     return build_config({"num_clients": 3, "rounds": 2, "model_pool": ["cnn3", "cnn4", "cnn5"],
                          "client_models": MODELS, "partition": {"kind": "dirichlet"},
                          "train": {"batch_size": 32}, "eval_every": 2, **extra})
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _toml_value(value) -> str:
-    return json.dumps(value) if isinstance(value, str) else repr(value).lower() if isinstance(value, bool) else repr(value)
-
-
-class Cluster:
-    """A SuperLink and SuperNodes started as subprocesses; ``close`` kills every process group."""
-
-    def __init__(self, root: Path, tls: bool) -> None:
-        self.root = root
-        self.tls = tls
-        self.procs: dict[str, subprocess.Popen] = {}
-        self.port = _free_port()
-        home = root / "flwr-home"
-        home.mkdir(parents=True)
-        self.env = dict(os.environ, FLWR_HOME=str(home), PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-                        PYTHONPATH=os.pathsep.join(filter(None, [str(REPO / "src"), os.environ.get("PYTHONPATH")])),
-                        OMP_NUM_THREADS="1")
-        connection = f'[superlink]\ndefault = "test"\n\n[superlink.test]\naddress = "127.0.0.1:{self.port}"\n'
-        if tls:
-            certs = root / "certs"
-            subprocess.run(["bash", str(REPO / "scripts" / "make_certs.sh"), str(certs)], check=True,
-                           capture_output=True, timeout=60)
-            self.ca = certs / "ca.crt"
-            connection += f'root-certificates = "{self.ca}"\n'
-            self.security = ["--ssl-ca-certfile", str(self.ca), "--ssl-certfile", str(certs / "server.pem"),
-                             "--ssl-keyfile", str(certs / "server.key")]
-            self.node_security = ["--root-certificates", str(self.ca)]
-        else:
-            connection += "insecure = true\n"
-            self.security = self.node_security = ["--insecure"]
-        (home / "config.toml").write_text(connection)
-
-    def _start(self, name: str, args: list[str]) -> None:
-        log = (self.root / f"{name}.log").open("w")
-        self.procs[name] = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=self.env,
-                                            cwd=self.root, start_new_session=True)
-
-    def start(self) -> None:
-        self._start("superlink", [str(BIN / "flower-superlink"), *self.security, "--port", str(self.port),
-                                  "--disable-runtime-dependency-installation"])
-        for k, model in enumerate(MODELS):
-            self._start(f"supernode{k}", [
-                str(BIN / "flower-supernode"), *self.node_security, "--superlink", f"127.0.0.1:{self.port}",
-                "--port", str(_free_port()), "--max-wait-time", "120",
-                "--node-config", f'partition-id={k} num-partitions={len(MODELS)} model="{model}"'])
-
-    def flwr_run(self, out: Path, **overrides) -> None:
-        run_config = {**RUN, **overrides, "out-dir": str(out)}
-        text = " ".join(f"{key}={_toml_value(value)}" for key, value in run_config.items())
-        # `flwr run` submits the run and returns; the SuperLink may still be starting, so retry
-        deadline = time.monotonic() + 120
-        while True:
-            done = subprocess.run([str(BIN / "flwr"), "run", str(APP_DIR), "test", "--run-config", text],
-                                  env=self.env, cwd=self.root, capture_output=True, text=True, timeout=120)
-            if done.returncode == 0 and "Successfully started run" in done.stdout:
-                return
-            if time.monotonic() > deadline:
-                raise AssertionError(f"flwr run failed:\n{done.stdout}\n{done.stderr}")
-            time.sleep(2)
-
-    def kill(self, name: str) -> None:
-        proc = self.procs[name]
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=30)
-
-    def close(self) -> None:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-        deadline = time.monotonic() + 10
-        for proc in self.procs.values():
-            try:
-                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                pass
-        for proc in self.procs.values():
-            try:  # the group also holds the SuperExec and ServerApp/ClientApp children
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            proc.wait(timeout=10)
-
-    def logs(self) -> str:
-        return "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in sorted(self.root.glob("*.log")))
 
 
 @pytest.fixture

@@ -146,3 +146,90 @@ def test_ctrl_c_stops_jobs_once_with_a_checkpoint_each(tmp_path):
     checkpoints = sorted(out.rglob("checkpoint.pt"))
     assert len(checkpoints) == 2, stderr
     assert all(1 <= (checkpoint_round(c.parent) or 0) < 200 for c in checkpoints)
+
+
+def _interrupt_at(monkeypatch, at_round: int) -> None:
+    """Every run_or_resume from now on stops in round ``at_round`` (after its metrics row, before its
+    checkpoint), as a failure or a kill there would: the run directory keeps the checkpoint before it."""
+    from pfedlora.federation import simulation
+
+    real = simulation.run_or_resume
+
+    def stopping(config, out_dir, *, progress=None, log=print):
+        def stop(round_index, rounds, row):
+            if round_index == at_round:
+                raise RuntimeError(f"injected failure in round {round_index}")
+            if progress is not None:
+                progress(round_index, rounds, row)
+
+        return real(config, out_dir, progress=stop, log=log)
+
+    monkeypatch.setattr(simulation, "run_or_resume", stopping)
+
+
+RESUMABLE = ["--set", "num_clients=5", "--set", "rounds=4", "--set", "train.batch_size=32", "--set", "checkpoint_every=1"]
+
+
+def test_a_ray_task_without_a_shared_filesystem_returns_its_checkpoint_and_resumes_from_the_one_it_is_sent(
+        tmp_path, monkeypatch):
+    """Issue 30: a Ray task without a shared filesystem used to return files only when its run finished,
+    and never received the driver's unfinished run, so the run restarted from round 1. The task (called
+    here in this process, as a Ray worker calls it) returns the failed run's directory with its
+    checkpoint, and resumes from the directory it is sent."""
+    import torch
+
+    from pfedlora.config import build_config
+    from pfedlora.federation.jobs import _ray_task, _unfinished_files, _write_files
+
+    config = build_config({"num_clients": 5, "rounds": 4, "train": {"batch_size": 32}, "checkpoint_every": 1})
+    threads = torch.get_num_threads()
+    try:
+        with monkeypatch.context() as patch:
+            _interrupt_at(patch, 3)
+            files, error = _ray_task(config.to_dict(), str(tmp_path / "run"), os.getcwd(), False)
+        assert isinstance(error, RuntimeError) and "injected failure in round 3" in str(error)
+        run_dir = tmp_path / "run"
+        _write_files(run_dir, files)
+        assert checkpoint_round(run_dir) == 2
+        before = _rows(run_dir / "metrics.csv", drop=())
+        sent = _unfinished_files(run_dir)
+        assert sent is not None and {"config.yaml", "checkpoint.pt", "metrics.csv"} <= set(sent)
+        files, error = _ray_task(config.to_dict(), str(run_dir), os.getcwd(), False, sent)
+    finally:
+        torch.set_num_threads(threads)
+    assert error is None and "summary.json" in files
+    _write_files(run_dir, files)
+    after = _rows(run_dir / "metrics.csv", drop=())
+    assert [int(r["round"]) for r in after] == [1, 2, 3, 4]
+    # rounds 1-2 are the checkpoint's rows, wall_s included: the run continued, it did not start over
+    assert after[:2] == [r for r in before if int(r["round"]) <= 2]
+    assert _unfinished_files(run_dir) is None  # finished: nothing to send next time
+
+
+@pytest.mark.slow
+def test_ray_without_a_shared_filesystem_resumes_an_unfinished_run_from_its_checkpoint(tmp_path, monkeypatch):
+    """Issue 30: an unfinished run under --out (checkpoint of round 2 of 4) is sent with its Ray task
+    and continues from round 3; before, the task started it again from round 1 in its temporary
+    directory. The finished run's numbers equal an uninterrupted run's."""
+    pytest.importorskip("ray", reason="Ray is not installed (pip install 'pfedlora[ray]')")
+    import ray
+
+    args = ["compare", "--algorithms", "pfedlora", "--seeds", "0", *RESUMABLE]
+    assert main([*args, "--out", str(tmp_path / "whole")]) == 0
+    out = tmp_path / "out"
+    with monkeypatch.context() as patch:
+        _interrupt_at(patch, 3)
+        with pytest.raises(RuntimeError, match="injected failure in round 3"):
+            main([*args, "--out", str(out)])
+    run_dir = out / "pfedlora" / "seed0"
+    assert checkpoint_round(run_dir) == 2
+    before = _rows(run_dir / "metrics.csv", drop=())
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)  # the test's own local Ray instance
+    try:
+        assert main([*args, "--out", str(out), "--executor", "ray"]) == 0
+    finally:
+        ray.shutdown()
+    after = _rows(run_dir / "metrics.csv", drop=())
+    assert [int(r["round"]) for r in after] == [1, 2, 3, 4]
+    assert after[:2] == [r for r in before if int(r["round"]) <= 2]  # wall_s included: not run again
+    assert _rows(run_dir / "metrics.csv") == _rows(tmp_path / "whole" / "pfedlora" / "seed0" / "metrics.csv")

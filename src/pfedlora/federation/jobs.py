@@ -201,9 +201,13 @@ def _stop(pool: ProcessPoolExecutor) -> None:
 
 # --------------------------------------------------------------------------- Ray
 
-def _ray_task(config_dict: dict, run_dir: str, driver_cwd: str, shared_fs: bool) -> dict[str, bytes] | None:
-    """A Ray task: one run. With a shared filesystem it writes ``run_dir`` itself; otherwise it runs
-    in a temporary directory and returns the run directory's files for the driver to write."""
+def _ray_task(config_dict: dict, run_dir: str, driver_cwd: str, shared_fs: bool,
+              files: dict[str, bytes] | None = None) -> tuple[dict[str, bytes], BaseException | None] | None:
+    """A Ray task: one run. With a shared filesystem it writes ``run_dir`` itself. Otherwise it runs
+    in a temporary directory, seeded with ``files`` (an unfinished run's directory the driver sent:
+    the run resumes from its checkpoint), and returns the run directory's files, checkpoint included,
+    with the exception that stopped the run (None when it finished): a failed or interrupted run's
+    checkpoint comes back to the driver too."""
     import torch
 
     from pfedlora.config import build_config
@@ -217,8 +221,47 @@ def _ray_task(config_dict: dict, run_dir: str, driver_cwd: str, shared_fs: bool)
         return None
     with tempfile.TemporaryDirectory(prefix="pfedlora-ray-") as scratch:
         out = Path(scratch) / "run"
-        run_job(RunJob(config, out, ""))
-        return {str(path.relative_to(out)): path.read_bytes() for path in sorted(out.rglob("*")) if path.is_file()}
+        if files:
+            _write_files(out, files)
+        error: BaseException | None = None
+        try:
+            run_job(RunJob(config, out, ""))
+        except BaseException as exc:  # noqa: BLE001 - shipped back with the checkpoint, raised by the driver
+            error = _portable(exc, run_dir)
+        return _read_files(out), error
+
+
+def _portable(exc: BaseException, run_dir: str) -> BaseException:
+    """``exc`` as the driver can unpickle and report it (the run directory named as the driver's)."""
+    import pickle
+
+    from pfedlora.errors import RunInterrupted
+
+    if isinstance(exc, RunInterrupted):
+        return UserError(f"interrupted after round {exc.round_index}; its checkpoint is in {run_dir}: "
+                         "run the same command again to continue")
+    try:
+        pickle.loads(pickle.dumps(exc))
+    except Exception:  # noqa: BLE001 - an exception whose class cannot be rebuilt from its args
+        return RuntimeError(f"{type(exc).__name__}: {exc}")
+    return exc
+
+
+def _read_files(run_dir: Path) -> dict[str, bytes]:
+    """Every file of a run directory, by its path relative to it."""
+    if not run_dir.is_dir():
+        return {}
+    return {str(path.relative_to(run_dir)): path.read_bytes() for path in sorted(run_dir.rglob("*")) if path.is_file()}
+
+
+def _unfinished_files(run_dir: Path) -> dict[str, bytes] | None:
+    """The files of an unfinished run with a checkpoint (config.yaml, checkpoint.pt, metrics.csv,
+    events.log, ...), to send with its task so it resumes there; None when there is nothing to resume."""
+    from pfedlora.federation.checkpoint import CHECKPOINT_NAME
+
+    if (run_dir / CHECKPOINT_NAME).is_file() and not (run_dir / "summary.json").is_file():
+        return _read_files(run_dir)
+    return None
 
 
 def run_ray(jobs: Sequence[RunJob], on_event: Callable[[ProgressEvent], None], *, address: str | None = None,
@@ -241,21 +284,29 @@ def run_ray(jobs: Sequence[RunJob], on_event: Callable[[ProgressEvent], None], *
         except (ConnectionError, RuntimeError, ValueError) as exc:
             raise UserError(f"--ray-address {address!r}: cannot connect to a Ray cluster ({str(exc).splitlines()[0]}); "
                             "give the head node's address, e.g. ray://HOST:10001 or HOST:6379") from None
-    if not shared_fs:  # the checkpoints of a task stay in its node's temporary directory
-        sys.stderr.write("ray without --ray-shared-fs: finished runs are kept, but a run that is interrupted or "
-                         "fails restarts from round 1 next time (its checkpoints stay on its node)\n")
+    if not shared_fs:  # each task's run directory travels with it, to the node and back
+        sys.stderr.write("ray without --ray-shared-fs: each run's directory travels with its task; a run that fails "
+                         "or is interrupted resumes from the checkpoint its task returned, but one whose task is "
+                         "killed outright (a lost node, Ctrl-C) resumes from the last checkpoint returned before "
+                         "(round 1 if none)\n")
     remote = ray.remote(num_cpus=1, max_retries=0)(_ray_task)
     cwd = os.getcwd()
-    refs = {remote.remote(job.config.to_dict(), str(Path(job.run_dir).resolve()), cwd, shared_fs): index
-            for index, job in enumerate(jobs)}
+    refs = {}
+    for index, job in enumerate(jobs):
+        files = None if shared_fs else _unfinished_files(Path(job.run_dir))
+        refs[remote.remote(job.config.to_dict(), str(Path(job.run_dir).resolve()), cwd, shared_fs, files)] = index
     try:
         pending = list(refs)
         while pending:
             done, pending = ray.wait(pending, num_returns=1)
             index = refs[done[0]]
-            files = ray.get(done[0])
-            if files is not None:
-                _write_files(jobs[index].run_dir, files)
+            returned = ray.get(done[0])
+            if returned is not None:
+                files, error = returned
+                if files:
+                    _write_files(jobs[index].run_dir, files)
+                if error is not None:
+                    raise error
             on_event((index, -1, jobs[index].config.rounds, {}))
     except BaseException:
         for ref in refs:
