@@ -105,3 +105,10 @@ def test_rounds_times_clients_per_round_is_bounded():
     with pytest.raises(UserError, match=r"rounds=20000000 x 10 clients per round exceeds 1e\+08 .*rounds up to 10000000"):
         build_config({}, ["rounds=20000000"])
     assert build_config({}, ["rounds=20000000", "fraction=0.01", "num_clients=100"]).rounds == 20_000_000
+
+
+def test_sizes_that_memory_grows_with_are_bounded():
+    for override, message in (("adapter.rank=5000", "adapter.rank: Input should be less than or equal to 1024"),
+                              ("fedgen.hidden_dim=100000", "fedgen.hidden_dim: Input should be less than or equal to 8192")):
+        with pytest.raises(UserError, match=message):
+            build_config({}, [override])

@@ -85,8 +85,8 @@ class FedGenSettings(AlgorithmSettings):
         default=1.0, ge=0,
         description="α: weight of the generated-representation cross-entropy on the client's header; 0 switches "
                     "transfer off.")
-    noise_dim: int = Field(default=64, ge=1, description="Generator noise dimension (the authors' CIFAR generator: 64).")
-    hidden_dim: int = Field(default=512, ge=1,
+    noise_dim: int = Field(default=64, ge=1, le=4096, description="Generator noise dimension (the authors' CIFAR generator: 64).")
+    hidden_dim: int = Field(default=512, ge=1, le=8192,
                             description="Generator hidden width (the authors' CIFAR generator and HtFLlib: 512).")
     generator_lr: float = Field(default=0.005, gt=0, description="Server Adam learning rate, fresh each round (HtFLlib).")
     server_steps: int = Field(default=100, ge=1, description="Generator training steps per round (HtFLlib: 100).")

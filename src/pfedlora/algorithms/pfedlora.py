@@ -102,7 +102,8 @@ class PFedLoRASettings(AlgorithmSettings):
                                                            description="reduced (hidden widths cut to rank) or "
                                                                        "factorized (each weight a rank-`rank` "
                                                                        "product B.A).")
-    rank: int = Field(default=16, ge=1, description="Adapter rank.")
+    # bounded: the adapter's memory and work grow with it (a typo like 16000 is refused up front)
+    rank: int = Field(default=16, ge=1, le=1024, description="Adapter rank (at most 1,024).")
     placement: Literal["branch", "head", "lora"] = Field(default="branch",
                                                          description="branch: (1-mu) F_k(x) + mu A(x) (see "
                                                                      "combine); head: LoRA delta on the header, W + "
