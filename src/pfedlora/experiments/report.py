@@ -84,6 +84,8 @@ def write_report(run_dirs: Sequence[str | Path], out: str | Path, title: str = "
                 continue
             _draw(ax, group, curve)
         ax.set_xscale("log")
+        # a curve spanning less than a decade gets labelled minor ticks, which overlap: label decades only
+        ax.xaxis.set_minor_formatter(plt.NullFormatter())
         ax.set(xlabel=f"cumulative {unit}", ylabel="mean client accuracy (%)",
                title=PLOTS[f"accuracy_vs_{kind}.png"])
         _finish(fig, ax, out / f"accuracy_vs_{kind}.png", band=band)
