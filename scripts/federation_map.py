@@ -1,0 +1,236 @@
+"""Tables, heatmaps and the bytes figure of docs/results/when-federation-helps.md (issue #29).
+
+Reads only the committed run summaries (``metrics.csv`` of every ``<setting>/<algorithm>/seed<k>``
+that scripts/federation_map.sh wrote under docs/results/map), so the page regenerates without
+running anything:
+    python scripts/federation_map.py               # tables into the page, figures into docs/results/map
+    python scripts/federation_map.py --choose-lr   # after `federation_map.sh lr`: each algorithm's lr
+                                                   #   per data size, written to lr-check/chosen-n<N>.txt
+Gains are paired by seed: for each seed, the algorithm's final mean client accuracy minus
+Standalone's in the same setting (same partition, same models); the table gives their mean and,
+with two or more seeds, their standard deviation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import re
+import statistics
+from pathlib import Path
+
+from pfedlora.experiments.report import ALGORITHM_ORDER, algorithm_colour
+
+MAP = Path("docs/results/map")
+PAGE = Path("docs/results/when-federation-helps.md")
+SETTINGS = {"path2": "pathological, 2 classes per client", "dir0.1": "Dirichlet α = 0.1",
+            "dir0.5": "Dirichlet α = 0.5"}
+PER_CLIENT = (50, 250)
+NAMES = {"pfedlora": "pFedLoRA", "standalone": "Standalone", "lg_fedavg": "LG-FedAvg", "fd": "FD",
+         "fedproto": "FedProto", "fml": "FML", "fedkd": "FedKD", "fedgh": "FedGH", "fedavg": "FedAvg",
+         "fedmrl": "FedMRL", "fedgen": "FedGen", "fedtgp": "FedTGP", "fedl2g": "FedL2G"}
+# the existing 10-client pathological results (docs/results/cifar10.md) as further columns: they
+# match the map's partition but not its clients (10, not 20) or rounds (20 and 50, not 30)
+EXTRA_COLUMNS = {
+    "500†": [Path("docs/results/cifar10/n10-tuned"), Path("docs/results/cifar10/n10-tuned-pfedlora-active")],
+    "5,000‡": [Path("docs/results/cifar10/n10-long")],
+}
+
+
+def history(run: Path) -> list[dict[str, float]]:
+    with open(run / "metrics.csv", newline="") as f:
+        return [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(f)]
+
+
+def final_by_seed(directories: list[Path]) -> dict[str, dict[int, float]]:
+    """algorithm -> seed -> final mean client accuracy, over the finished runs in ``directories``."""
+    found: dict[str, dict[int, float]] = {}
+    for directory in directories:
+        for summary in sorted(directory.glob("*/seed*/summary.json")):
+            run = summary.parent
+            rows = history(run)
+            if rows:
+                found.setdefault(run.parent.name, {})[int(run.name.removeprefix("seed"))] = rows[-1]["mean_acc"]
+    return found
+
+
+def gains(finals: dict[str, dict[int, float]]) -> dict[str, list[float]]:
+    """algorithm -> per-seed gains over Standalone (seeds both have)."""
+    base = finals.get("standalone", {})
+    return {alg: [acc[s] - base[s] for s in sorted(acc) if s in base]
+            for alg, acc in finals.items() if alg != "standalone"}
+
+
+def ordered(algorithms) -> list[str]:
+    return sorted(algorithms, key=lambda a: ALGORITHM_ORDER.index(a) if a in ALGORITHM_ORDER else 99)
+
+
+def cell(values: list[float]) -> str:
+    if not values:
+        return "–"
+    mean = statistics.mean(values)
+    if len(values) == 1:
+        return f"{mean:+.2f} (1 seed)"
+    return f"{mean:+.2f} ± {statistics.stdev(values):.2f}"
+
+
+def columns(setting: str) -> dict[str, dict[str, dict[int, float]]]:
+    cols = {str(n): final_by_seed([MAP / f"{setting}-n{n}"]) for n in PER_CLIENT}
+    if setting == "path2":
+        cols.update({label: final_by_seed(dirs) for label, dirs in EXTRA_COLUMNS.items()})
+    return cols
+
+
+def table(setting: str) -> str:
+    cols = columns(setting)
+    algorithms = ordered({a for finals in cols.values() for a in finals} - {"standalone"})
+    head = "| algorithm | " + " | ".join(f"{c} images/client" for c in cols) + " |"
+    lines = [head, "|---" * (len(cols) + 1) + "|"]
+    stand = []
+    for finals in cols.values():
+        accs = list(finals.get("standalone", {}).values())
+        stand.append(f"{statistics.mean(accs):.2f}% ({len(accs)} seeds)" if accs else "–")
+    lines.append("| Standalone (accuracy) | " + " | ".join(stand) + " |")
+    per_col = {c: gains(f) for c, f in cols.items()}
+    for alg in algorithms:
+        lines.append(f"| {NAMES.get(alg, alg)} | " + " | ".join(cell(per_col[c].get(alg, [])) for c in cols) + " |")
+    return "\n".join(lines)
+
+
+def heatmaps(out: Path) -> None:
+    import matplotlib.pyplot as plt
+    import numpy as np
+    from matplotlib.colors import TwoSlopeNorm
+
+    data = {s: columns(s) for s in SETTINGS}
+    algorithms = ordered({a for cols in data.values() for f in cols.values() for a in f} - {"standalone"})
+    means = {s: {c: {a: statistics.mean(v) for a, v in gains(f).items() if v} for c, f in cols.items()}
+             for s, cols in data.items()}
+    limit = max([abs(v) for s in means.values() for c in s.values() for v in c.values()] or [1.0])
+    norm = TwoSlopeNorm(vcenter=0.0, vmin=-limit, vmax=limit)  # one scale for every panel, white at 0
+    widths = [len(data[s]) for s in SETTINGS]
+    fig, axes = plt.subplots(1, len(SETTINGS), figsize=(4.0 + 1.6 * sum(widths), 0.42 * len(algorithms) + 2.2),
+                             gridspec_kw={"width_ratios": widths}, sharey=True)
+    image = None
+    for ax, setting in zip(axes, SETTINGS):
+        cols = list(data[setting])
+        grid = np.full((len(algorithms), len(cols)), np.nan)
+        for j, c in enumerate(cols):
+            for i, a in enumerate(algorithms):
+                grid[i, j] = means[setting][c].get(a, np.nan)
+        image = ax.imshow(grid, cmap="RdBu", norm=norm, aspect="auto")
+        for (i, j), value in np.ndenumerate(grid):
+            if not np.isnan(value):
+                spread = gains(data[setting][cols[j]]).get(algorithms[i], [])
+                text = f"{value:+.1f}" + (f"\n±{statistics.stdev(spread):.1f}" if len(spread) > 1 else "")
+                ax.text(j, i, text, ha="center", va="center", fontsize=7.5,
+                        color="white" if abs(value) > 0.6 * limit else "black")
+        ax.set_xticks(range(len(cols)), cols)
+        ax.set_xlabel("training images per client")
+        ax.set_title(SETTINGS[setting], fontsize=10)
+        ax.set_yticks(range(len(algorithms)), [NAMES.get(a, a) for a in algorithms])
+    fig.colorbar(image, ax=list(axes), label="final accuracy minus Standalone's (points)", shrink=0.9)
+    fig.suptitle("Gain over training alone: CIFAR-10, 20 clients, CNN-1..5, 30 rounds (†, ‡: 10 clients, see text)",
+                 fontsize=10)
+    fig.savefig(out / "gain_heatmaps.png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+
+def bytes_figure(out: Path, per_client: int = 50) -> None:
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(SETTINGS), figsize=(15, 4.4), sharey=True)
+    for ax, setting in zip(axes, SETTINGS):
+        directory = MAP / f"{setting}-n{per_client}"
+        for alg in ordered({p.parent.parent.name for p in directory.glob("*/seed*/summary.json")}):
+            runs = [history(p.parent) for p in sorted(directory.glob(f"{alg}/seed*/summary.json"))]
+            colour = algorithm_colour(alg)
+            rounds = sorted(set.intersection(*({int(r["round"]) for r in h} for h in runs)))
+            at = [{int(r["round"]): r for r in h} for h in runs]
+            ys = [[h[k]["mean_acc"] for h in at] for k in rounds]
+            mean = [statistics.mean(y) for y in ys]
+            label = f"{NAMES.get(alg, alg)} ({len(runs)} seed{'s' if len(runs) > 1 else ''})"
+            if alg == "standalone":  # sends nothing: its final accuracy as a line across
+                ax.axhline(mean[-1], color=colour, linestyle="--", linewidth=1.3, label=label + ", final")
+                continue
+            xs = [statistics.mean(h[k]["cum_up_bytes"] + h[k]["cum_down_bytes"] for h in at) / 20 for k in rounds]
+            ax.plot(xs, mean, color=colour, marker=".", linewidth=2.0 if alg == "pfedlora" else 1.3, label=label)
+            if len(runs) > 1:
+                ax.fill_between(xs, [min(y) for y in ys], [max(y) for y in ys], color=colour, alpha=0.15, linewidth=0)
+        ax.set_xscale("log")
+        ax.set(xlabel="bytes sent and received per client (cumulative, B)", title=SETTINGS[setting])
+        ax.grid(True, alpha=0.3)
+    axes[0].set_ylabel("mean client test accuracy (%)")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.0, 0.92), frameon=False, fontsize="small",
+               title="band: lowest to highest seed", title_fontsize="small")
+    fig.suptitle(f"Accuracy against communication, {per_client} training images per client (one point every 3 rounds)",
+                 fontsize=10)
+    fig.tight_layout()
+    fig.savefig(out / f"accuracy_vs_bytes_n{per_client}.png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+
+def choose_lr(per_client: int) -> str:
+    """Each algorithm's better final validation accuracy of its tuned lr and 0.05; a table."""
+    tuned = MAP / "lr-check" / f"n{per_client}-tuned"
+    other = MAP / "lr-check" / f"n{per_client}-lr0.05"
+    lines = [f"| algorithm | tuned lr | val. acc. (tuned) | val. acc. (lr 0.05) | chosen | last 9 rounds (chosen) |",
+             "|---|---|---|---|---|---|"]
+    chosen = []
+    for alg in ordered({p.parent.parent.name for p in tuned.glob("*/seed0/summary.json")}):
+        a, b = history(tuned / alg / "seed0"), history(other / alg / "seed0")
+        lr = re.search(r"^  lr: (\S+)", (tuned / alg / "seed0" / "config.yaml").read_text(), re.M).group(1)
+        better, best = (b, "0.05") if b[-1]["mean_acc"] > a[-1]["mean_acc"] else (a, lr)
+        chosen.append(f"{alg}:train.lr={best}")
+        drift = better[-1]["mean_acc"] - better[-4]["mean_acc"]  # rounds 21 -> 30 (evaluated every 3)
+        lines.append(f"| {NAMES.get(alg, alg)} | {lr} | {a[-1]['mean_acc']:.2f} | {b[-1]['mean_acc']:.2f} | {best} "
+                     f"| {drift:+.2f} |")
+    (MAP / "lr-check" / f"chosen-n{per_client}.txt").write_text("\n".join(chosen) + "\n")
+    return "\n".join(lines)
+
+
+def fedavg_table() -> str:
+    lines = ["| setting | images/client | Standalone (CNN-1..5, seed 0) | " +
+             " | ".join(f"FedAvg, all CNN-{k}" for k in range(1, 6)) + " |", "|---" * 8 + "|"]
+    for setting in SETTINGS:
+        for n in PER_CLIENT:
+            stand = final_by_seed([MAP / f"{setting}-n{n}"]).get("standalone", {}).get(0)
+            cells = []
+            for k in range(1, 6):
+                run = next(iter((MAP / "fedavg" / f"{setting}-n{n}").glob(f"model_pool-_cnn{k}/fedavg/seed0/summary.json")),
+                           None)
+                cells.append(f"{history(run.parent)[-1]['mean_acc']:.2f}" if run else "–")
+            lines.append(f"| {SETTINGS[setting]} | {n} | {f'{stand:.2f}' if stand is not None else '–'} | "
+                         + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def replace_block(text: str, name: str, body: str) -> str:
+    start, end = f"<!-- {name}: start -->", f"<!-- {name}: end -->"
+    pattern = re.compile(re.escape(start) + ".*?" + re.escape(end), re.S)
+    if not pattern.search(text):
+        raise SystemExit(f"{PAGE}: no {start} ... {end} block to fill")
+    return pattern.sub(lambda _: f"{start}\n{body}\n{end}", text)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--choose-lr", action="store_true", help="write lr-check/chosen-n<N>.txt and print the table")
+    args = parser.parse_args()
+    if args.choose_lr:
+        for n in PER_CLIENT:
+            print(f"\n{n} images per client (Dirichlet 0.1, validation split, seed 0)\n\n{choose_lr(n)}")
+        return
+    heatmaps(MAP)
+    bytes_figure(MAP)
+    text = PAGE.read_text()
+    for setting in SETTINGS:
+        text = replace_block(text, f"table {setting}", table(setting))
+    text = replace_block(text, "fedavg", fedavg_table())
+    PAGE.write_text(text)
+    print(f"wrote {PAGE}, {MAP}/gain_heatmaps.png, {MAP}/accuracy_vs_bytes_n50.png")
+
+
+if __name__ == "__main__":
+    main()
