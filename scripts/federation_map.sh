@@ -18,8 +18,6 @@ ALGORITHMS=standalone,pfedlora,lg_fedavg,fd,fedproto,fml,fedkd,fedgh,fedtgp,fedm
 # the learning rates chosen on the CIFAR-10 validation split (docs/results/cifar10.md); the others 0.01
 TUNED_LR=(--set-for standalone:train.lr=0.02 --set-for lg_fedavg:train.lr=0.02 --set-for fml:train.lr=0.02
           --set-for fedl2g:train.lr=0.02 --set-for pfedlora:train.lr=0.02)
-# FedGen's generative weight: filled in when its validation tuning (issue #26) finished
-FEDGEN=(--set fedgen.generative_weight=${FEDGEN_WEIGHT:-1})
 
 declare -A PARTITION=(
   [path2]="partition.kind=pathological partition.classes_per_client=2"
@@ -47,11 +45,11 @@ case ${1:-} in
     for n in "${PER_CLIENT[@]}"; do
       # shellcheck disable=SC2046
       timed "lr-check n$n tuned" $PFEDLORA compare --config "$CONFIG" --algorithms "$ALGORITHMS" --seeds 0 \
-        $(sets_for dir0.1 "$n") --set dataset.validation_fraction=0.2 "${FEDGEN[@]}" "${TUNED_LR[@]}" \
+        $(sets_for dir0.1 "$n") --set dataset.validation_fraction=0.2 "${TUNED_LR[@]}" \
         --jobs "$JOBS" --out "$OUT/lr-check/n$n-tuned"
       # shellcheck disable=SC2046
       timed "lr-check n$n lr=0.05" $PFEDLORA compare --config "$CONFIG" --algorithms "$ALGORITHMS" --seeds 0 \
-        $(sets_for dir0.1 "$n") --set dataset.validation_fraction=0.2 "${FEDGEN[@]}" --set train.lr=0.05 \
+        $(sets_for dir0.1 "$n") --set dataset.validation_fraction=0.2 --set train.lr=0.05 \
         --jobs "$JOBS" --out "$OUT/lr-check/n$n-lr0.05"
     done ;;
   map)
@@ -65,7 +63,7 @@ case ${1:-} in
           if [ -f "$lr_file" ]; then mapfile -t lr_sets < <(sed 's/^/--set-for\n/' "$lr_file"); fi
           # shellcheck disable=SC2046
           timed "$setting n$n seeds $seeds" $PFEDLORA compare --config "$CONFIG" --algorithms "$ALGORITHMS" \
-            --seeds "$seeds" $(sets_for "$setting" "$n") "${FEDGEN[@]}" "${lr_sets[@]}" \
+            --seeds "$seeds" $(sets_for "$setting" "$n") "${lr_sets[@]}" \
             --jobs "$JOBS" --out "$OUT/$setting-n$n"
         done
       done

@@ -84,7 +84,7 @@ for algorithm in "${ALGORITHMS[@]}"; do
       lr_check fedtgp fedtgp.lam=30
       lr_check fedmrl fedmrl.sub_feature_dim=300
       lr_check fedl2g fedl2g.server_lr=1000
-      lr_check fedgen fedgen.generative_weight=FEDGEN_CHOSEN ;;
+      lr_check fedgen fedgen.generative_weight=30 ;;
     *) echo "unknown algorithm $algorithm" >&2; exit 2 ;;
   esac
 done
