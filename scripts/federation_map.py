@@ -89,7 +89,7 @@ def table(setting: str) -> str:
     stand = []
     for finals in cols.values():
         accs = list(finals.get("standalone", {}).values())
-        stand.append(f"{statistics.mean(accs):.2f}% ({len(accs)} seeds)" if accs else "–")
+        stand.append(f"{statistics.mean(accs):.2f}% ({len(accs)} seed{'s' if len(accs) > 1 else ''})" if accs else "–")
     lines.append("| Standalone (accuracy) | " + " | ".join(stand) + " |")
     per_col = {c: gains(f) for c, f in cols.items()}
     for alg in algorithms:
@@ -226,6 +226,25 @@ def activity_table() -> str:
     return "\n".join(lines)
 
 
+def time_table() -> str:
+    """Each group's runs and their wall times (a run's own clock, from metrics.csv), and the logged
+    wall time and load of every command of scripts/federation_map.sh."""
+    lines = ["| runs | count | median wall time per run | total |", "|---|---|---|---|"]
+    groups = [(f"{SETTINGS[s]}, {n} images/client", MAP / f"{s}-n{n}") for s in SETTINGS for n in PER_CLIENT]
+    groups += [(f"lr check, {n} images/client", MAP / "lr-check") for n in PER_CLIENT]
+    groups += [("FedAvg reference", MAP / "fedavg")]
+    for label, directory in groups:
+        pattern = f"n{label.split(', ')[1].split()[0]}-*/*/seed*/summary.json" if label.startswith("lr") else "**/summary.json"
+        walls = [history(p.parent)[-1]["wall_s"] for p in sorted(directory.glob(pattern))]
+        if walls:
+            lines.append(f"| {label} | {len(walls)} | {statistics.median(walls):.0f} s | {sum(walls) / 60:.0f} min |")
+    log = MAP / "wall_times.txt"
+    if log.exists():
+        lines += ["", "Each command as logged (`wall_times.txt`; a command that reused finished runs takes seconds):", "",
+                  "```", log.read_text().strip(), "```"]
+    return "\n".join(lines)
+
+
 def replace_block(text: str, name: str, body: str) -> str:
     start, end = f"<!-- {name}: start -->", f"<!-- {name}: end -->"
     pattern = re.compile(re.escape(start) + ".*?" + re.escape(end), re.S)
@@ -252,6 +271,7 @@ def main() -> None:
         text = replace_block(text, f"table {setting}", table(setting))
     text = replace_block(text, "fedavg", fedavg_table())
     text = replace_block(text, "activity", activity_table())
+    text = replace_block(text, "time", time_table())
     PAGE.write_text(text)
     print(f"wrote {PAGE}, {MAP}/gain_heatmaps.png, {MAP}/accuracy_vs_bytes_n50.png")
 
