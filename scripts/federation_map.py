@@ -212,6 +212,23 @@ def fedavg_table() -> str:
     return "\n".join(lines)
 
 
+def summary_table() -> str:
+    """Per algorithm over the six map cells (20 clients): mean gain, cells above 0, worst and best cell."""
+    cells: dict[str, list[float]] = {}
+    for setting in SETTINGS:
+        for n in PER_CLIENT:
+            for alg, values in gains(final_by_seed([MAP / f"{setting}-n{n}"])).items():
+                if values:
+                    cells.setdefault(alg, []).append(statistics.mean(values))
+    rows = sorted(cells.items(), key=lambda item: -statistics.mean(item[1]))
+    lines = ["| algorithm | mean gain over the 6 cells | cells with a gain > 0 | worst cell | best cell |",
+             "|---|---|---|---|---|"]
+    for alg, values in rows:
+        lines.append(f"| {NAMES.get(alg, alg)} | {statistics.mean(values):+.2f} | {sum(v > 0 for v in values)} of "
+                     f"{len(values)} | {min(values):+.2f} | {max(values):+.2f} |")
+    return "\n".join(lines)
+
+
 def activity_table() -> str:
     """pFedLoRA's adapter activity at the last round, mean over seeds, per setting."""
     lines = ["| setting | images/client | adapter_share (%) | adapter_flips (%) | seeds |", "|---|---|---|---|---|"]
@@ -271,6 +288,7 @@ def main() -> None:
         text = replace_block(text, f"table {setting}", table(setting))
     text = replace_block(text, "fedavg", fedavg_table())
     text = replace_block(text, "activity", activity_table())
+    text = replace_block(text, "summary", summary_table())
     text = replace_block(text, "time", time_table())
     PAGE.write_text(text)
     print(f"wrote {PAGE}, {MAP}/gain_heatmaps.png, {MAP}/accuracy_vs_bytes_n50.png")

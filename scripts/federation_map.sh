@@ -25,7 +25,7 @@ declare -A PARTITION=(
   [dir0.5]="partition.kind=dirichlet partition.alpha=0.5"
 )
 SETTINGS=(path2 dir0.1 dir0.5)
-PER_CLIENT=(50 250)
+PER_CLIENT=(${PER_CLIENT_OVERRIDE:-50 250})  # PER_CLIENT_OVERRIDE=50: the 50-image columns only
 
 sets_for() {  # setting per_client -> --set arguments
   local args=()
