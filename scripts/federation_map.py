@@ -247,11 +247,11 @@ def time_table() -> str:
     """Each group's runs and their wall times (a run's own clock, from metrics.csv), and the logged
     wall time and load of every command of scripts/federation_map.sh."""
     lines = ["| runs | count | median wall time per run | total |", "|---|---|---|---|"]
-    groups = [(f"{SETTINGS[s]}, {n} images/client", MAP / f"{s}-n{n}") for s in SETTINGS for n in PER_CLIENT]
-    groups += [(f"lr check, {n} images/client", MAP / "lr-check") for n in PER_CLIENT]
-    groups += [("FedAvg reference", MAP / "fedavg")]
-    for label, directory in groups:
-        pattern = f"n{label.split(', ')[1].split()[0]}-*/*/seed*/summary.json" if label.startswith("lr") else "**/summary.json"
+    groups = [(f"{SETTINGS[s]}, {n} images/client", MAP / f"{s}-n{n}", "*/seed*/summary.json")
+              for s in SETTINGS for n in PER_CLIENT]
+    groups += [(f"lr check, {n} images/client", MAP / "lr-check", f"n{n}-*/*/seed*/summary.json") for n in PER_CLIENT]
+    groups += [("FedAvg reference", MAP / "fedavg", "**/summary.json")]
+    for label, directory, pattern in groups:
         walls = [history(p.parent)[-1]["wall_s"] for p in sorted(directory.glob(pattern))]
         if walls:
             lines.append(f"| {label} | {len(walls)} | {statistics.median(walls):.0f} s | {sum(walls) / 60:.0f} min |")
