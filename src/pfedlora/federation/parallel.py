@@ -48,6 +48,7 @@ def worker_limit() -> int | None:
 
 def _init_worker() -> None:
     torch.set_num_threads(1)
+    flop_count.stop_disk_writes()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops the run at a round boundary
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     _die_with_parent()

@@ -1,6 +1,6 @@
 """Measured FLOPs: training steps, evaluation forwards and server-side work.
 
-Counts come from :class:`torch.utils.flop_counter.FlopCounterMode`, which counts the matrix
+Counts come from :class:`OpCounter`, torch's ``FlopCounterMode`` formulas, which count the matrix
 products and convolutions torch actually executes (2 FLOPs per multiply-accumulate, forward and
 backward separately; elementwise ops, pooling and the loss are not counted). Counting one step
 costs a little, so a count is cached per key and multiplied by the number of steps. The key must
@@ -31,7 +31,8 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils import flop_counter as _torch_flops
+from torch.utils._python_dispatch import TorchDispatchMode
 
 # key -> FLOPs of one forward+backward (training) or one forward (evaluation)
 _STEP_CACHE: dict[tuple, int] = {}
@@ -39,20 +40,24 @@ _FORWARD_CACHE: dict[tuple, int] = {}
 
 # ---- counts kept on disk between processes
 #
-# Counting runs the step under torch's FlopCounterMode, a Python dispatch mode, and the first one a
-# process enters imports torch._dynamo: 1.5-3 s of CPU on this project's machine, paid in round 1 of
-# every run by the process and by each worker. The counts depend only on the key (structure, shapes,
-# the loss's code) and on the code that counts, so they are kept in one small JSON file per torch
+# Counting runs the step under a Python dispatch mode (every operator goes through Python), so a
+# counted step costs several plain ones, in round 1 of every run and in each worker. The counts
+# depend only on the key (structure, shapes, the loss's code) and on the code that counts, so they
+# are kept in one small JSON file per torch
 # version and pfedlora source tree (any edit of a .py file of pfedlora starts a new file) under
 # $PFEDLORA_CACHE (default ~/.cache/pfedlora); PFEDLORA_FLOP_CACHE=0 turns it off. A key missing
 # there is counted as before and added (written atomically; concurrent writers may drop each other's
-# additions, which are then counted again).
-_DISK: dict[str, dict[tuple, int]] | None = None
+# additions, which are then counted again). The file holds a digest of each key, not the key: the
+# keys (module and loss signatures) are large nested tuples, and a file of ~2,000 of them took 0.6 s
+# to parse back into tuples in round 1 and ~100 MB in every process that forked from it.
+_DISK: dict[str, dict[str, int]] | None = None
 _DISK_ENABLED = os.environ.get("PFEDLORA_FLOP_CACHE", "1") != "0"
+_DISK_WRITER = True  # False in forked workers: their counts reach the file through the parent (one writer)
 
 
-def _tuples(value: Any) -> Any:
-    return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
+def _digest(key: tuple) -> str:
+    # repr of nested tuples of str/int/float/bool/None is the same in every process (no hash seed)
+    return hashlib.blake2b(repr(key).encode(), digest_size=16).hexdigest()
 
 
 def _disk_path() -> Path:
@@ -65,7 +70,7 @@ def _disk_path() -> Path:
     return base / f"flops-{digest.hexdigest()[:16]}.json"
 
 
-def _disk() -> dict[str, dict[tuple, int]]:
+def _disk() -> dict[str, dict[str, int]]:
     global _DISK
     if _DISK is None:
         _DISK = {"step": {}, "forward": {}}
@@ -73,26 +78,41 @@ def _disk() -> dict[str, dict[tuple, int]]:
             try:
                 stored = json.loads(_disk_path().read_text())
                 for kind in _DISK:
-                    _DISK[kind] = {_tuples(key): int(value) for key, value in stored.get(kind, [])}
-            except (OSError, ValueError, TypeError):
+                    _DISK[kind] = {str(digest): int(value) for digest, value in stored.get(kind, {}).items()}
+            except (OSError, ValueError, TypeError, AttributeError):
                 pass  # no file yet, or unreadable: count
     return _DISK
 
 
-def _disk_add(kind: str, key: tuple, flops: int) -> None:
-    if not _DISK_ENABLED:
+def _disk_get(kind: str, key: tuple) -> int | None:
+    return _disk()[kind].get(_digest(key)) if _DISK_ENABLED else None
+
+
+def stop_disk_writes() -> None:
+    """Called in a forked worker: counts it makes go back to the parent (:func:`counted_since`), which
+    writes them, so two workers never overwrite each other's additions to the file."""
+    global _DISK_WRITER
+    _DISK_WRITER = False
+
+
+def _disk_add(kind: str, entries: dict[tuple, int]) -> None:
+    if not _DISK_ENABLED or not _DISK_WRITER or not entries:
         return
     disk = _disk()
-    disk[kind][key] = int(flops)
+    new = {_digest(key): int(flops) for key, flops in entries.items()}
+    if all(disk[kind].get(digest) == flops for digest, flops in new.items()):
+        return
+    disk[kind].update(new)
     try:
         path = _disk_path()
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
-        partial.write_text(json.dumps({k: [[list(key), value] for key, value in entries.items()]
-                                       for k, entries in disk.items()}))
+        partial.write_text(json.dumps(disk))
         os.replace(partial, path)
-    except (OSError, TypeError, ValueError):
-        pass  # a read-only home or an unserialisable key: the count stays in memory
+    except OSError:
+        pass  # a read-only home: the count stays in memory
+
+
 # (static key, per-sample shapes) -> {batch size: FLOPs} of counted steps
 _BY_BATCH: dict[tuple, dict[int, int]] = {}
 
@@ -179,7 +199,7 @@ def cached_step_flops(key: tuple) -> int | None:
     smaller batch of every client needs no count of its own."""
     if key in _STEP_CACHE:
         return _STEP_CACHE[key]
-    stored = _disk()["step"].get(key)
+    stored = _disk_get("step", key)
     if stored is not None:
         store_step_flops(key, stored, counted=False)
         return stored
@@ -195,7 +215,7 @@ def store_step_flops(key: tuple, flops: int, *, counted: bool = True) -> None:
     """Keep a step's count (``counted``: measured in this process, so it is also written to disk)."""
     _STEP_CACHE[key] = int(flops)
     if counted:
-        _disk_add("step", key, flops)
+        _disk_add("step", {key: flops})
     split = _per_sample(key)
     if split is not None:
         _BY_BATCH.setdefault(split[0], {})[split[1]] = int(flops)
@@ -216,13 +236,53 @@ def merge_counted(counted: tuple[dict, dict]) -> None:
     """Take in another process's counts (from :func:`counted_since`)."""
     steps, forwards = counted
     for key, value in steps.items():
-        store_step_flops(key, value, counted=False)  # the worker wrote it to disk
+        store_step_flops(key, value, counted=False)
     _FORWARD_CACHE.update(forwards)
+    _disk_add("step", steps)  # the worker does not write the file; the parent does, once per merge
+    _disk_add("forward", forwards)
 
 
-def counting() -> FlopCounterMode:
-    """A silent FLOP counter (matrix products and convolutions)."""
-    return FlopCounterMode(display=False)
+class OpCounter(TorchDispatchMode):
+    """Counts the FLOPs of the operators run inside it, as ``torch.utils.flop_counter.FlopCounterMode``
+    counts them (the same formulas, the same decomposition of operators without one), in total only.
+
+    Why not FlopCounterMode itself: torch wraps every dispatch mode's handler so that the first call
+    imports ``torch._dynamo`` (to keep compilation out of it), 1.3-1.6 s of CPU on this project's
+    machine, paid in round 1 by every run and every forked worker that counts anything (server
+    aggregation counts every round). This mode opts out of that wrapping (it is never compiled).
+    ``custom_mapping``: extra formulas by operator, over shapes, as FlopCounterMode takes them.
+    """
+
+    @classmethod
+    def _should_skip_dynamo(cls) -> bool:
+        return False
+
+    def __init__(self, custom_mapping: dict[Any, Callable[..., int]] | None = None) -> None:
+        super().__init__()
+        self.registry = {**_torch_flops.flop_registry,
+                         **{op: _torch_flops.shape_wrapper(fn) for op, fn in (custom_mapping or {}).items()}}
+        self.total = 0
+
+    def get_total_flops(self) -> int:
+        return self.total
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[override]
+        kwargs = kwargs or {}
+        packet = func._overloadpacket
+        if packet not in self.registry and func is not torch.ops.prim.device.default:
+            with self:  # an operator without a formula: count what it decomposes into, if it does
+                decomposed = func.decompose(*args, **kwargs)
+                if decomposed is not NotImplemented:
+                    return decomposed
+        out = func(*args, **kwargs)
+        if packet in self.registry:
+            self.total += int(self.registry[packet](*args, **kwargs, out_val=out))
+        return out
+
+
+def counting() -> OpCounter:
+    """A FLOP counter (matrix products and convolutions)."""
+    return OpCounter()
 
 
 def forward_flops(fn: Callable[[torch.Tensor], Any], x: torch.Tensor) -> int:
@@ -231,8 +291,10 @@ def forward_flops(fn: Callable[[torch.Tensor], Any], x: torch.Tensor) -> int:
     is_module = isinstance(fn, nn.Module)
     signature = module_signature(fn) if is_module else callable_signature(fn)
     key = (signature, tuple(x.shape), str(x.dtype), x.device.type)
-    if key not in _FORWARD_CACHE and key in _disk()["forward"]:
-        _FORWARD_CACHE[key] = _disk()["forward"][key]
+    if key not in _FORWARD_CACHE:
+        stored = _disk_get("forward", key)
+        if stored is not None:
+            _FORWARD_CACHE[key] = stored
     if key not in _FORWARD_CACHE:
         was_training = fn.training if is_module else False
         if is_module:
@@ -244,7 +306,7 @@ def forward_flops(fn: Callable[[torch.Tensor], Any], x: torch.Tensor) -> int:
             if is_module:
                 fn.train(was_training)
         _FORWARD_CACHE[key] = int(counter.get_total_flops())
-        _disk_add("forward", key, _FORWARD_CACHE[key])
+        _disk_add("forward", {key: _FORWARD_CACHE[key]})
     return _FORWARD_CACHE[key]
 
 
@@ -298,7 +360,7 @@ ELEMENTWISE_FLOPS: dict[Any, Callable[..., int]] = {
 def count_server_flops(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[Any, int]:
     """``(fn(*args, **kwargs), FLOPs)``: matrix products, convolutions, SVDs' matmuls and
     elementwise arithmetic executed by ``fn`` (the server's aggregation)."""
-    with FlopCounterMode(display=False, custom_mapping=ELEMENTWISE_FLOPS) as counter:
+    with OpCounter(ELEMENTWISE_FLOPS) as counter:
         result = fn(*args, **kwargs)
     return result, int(counter.get_total_flops())
 
