@@ -17,6 +17,8 @@ aggregation: what a round of another library times; evaluation is left out). Fig
 * ``tree_pss_mb``: the peak, sampled every 0.1 s, of the proportional set size summed over the run's
   process and all its descendants (``/proc/<pid>/smaps_rollup``, as ``smem`` sums it): shared pages
   (forked workers' copy-on-write dataset, the page cache of memory-mapped files) count once in total.
+  Sampled in a second run of ``--pss-rounds`` rounds, not in the timed one: the sampling itself
+  costs the CPU the workers need.
 
 With ``--ref PATH`` (another checkout, e.g. a ``git worktree`` of main) every algorithm runs on both
 checkouts alternately, the order flipping each time, so a change of the machine's load hits both;
@@ -113,11 +115,13 @@ def sample():
         done.wait(0.1)
 
 sampler = threading.Thread(target=sample, daemon=True)
-sampler.start()
+if args["sample_pss"]:
+    sampler.start()
 started = time.perf_counter()
 summary = simulation.run(config, args["out"], overwrite=True, log=lambda line: None)
 done.set()
-sampler.join()
+if args["sample_pss"]:
+    sampler.join()
 print(json.dumps({"rounds_s": [b - a for a, b in marks], "cpu_s": cpu, "startup_s": marks[0][0] - started,
                   "tree_pss_mb": peak[0] / 1024, "final_accuracy": summary.get("final_accuracy")}))
 """
@@ -131,8 +135,9 @@ def commit_of(checkout: Path) -> str:
     return (result.stdout.strip() or "?") + ("+dirty" if dirty else "")
 
 
-def run_once(checkout: Path, config: str, algorithm: str, rounds: int, overrides: list[str], out: Path) -> dict:
-    payload = {"config": config, "out": str(out),
+def _child(checkout: Path, config: str, algorithm: str, rounds: int, overrides: list[str], out: Path,
+           sample_pss: bool) -> dict:
+    payload = {"config": config, "out": str(out), "sample_pss": sample_pss,
                "overrides": [f"algorithm={algorithm}", f"rounds={rounds}", f"eval_every={rounds}",
                              "checkpoint_every=0", *overrides]}
     env = dict(os.environ, PYTHONPATH=str(checkout / "src"))
@@ -140,13 +145,23 @@ def run_once(checkout: Path, config: str, algorithm: str, rounds: int, overrides
                             capture_output=True, text=True)
     if result.returncode != 0:
         raise SystemExit(f"{checkout} {algorithm} failed:\n{result.stderr[-3000:]}")
-    measured = json.loads(result.stdout.strip().splitlines()[-1])
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def run_once(checkout: Path, config: str, algorithm: str, rounds: int, overrides: list[str], out: Path,
+             pss_rounds: int) -> dict:
+    # timed without the memory sampler: reading smaps_rollup of a ~1 GB process tree ten times a second
+    # costs CPU the two cores' workers need (rounds ~15% slower on this machine); PSS gets its own run
+    measured = _child(checkout, config, algorithm, rounds, overrides, out, sample_pss=False)
+    if pss_rounds:
+        measured["tree_pss_mb"] = _child(checkout, config, algorithm, pss_rounds, overrides, out,
+                                         sample_pss=True)["tree_pss_mb"]
     later = measured["rounds_s"][1:]
     return {"s_per_round": round(statistics.median(later), 3) if later else None,
             "cpu_s_per_round": round(statistics.median(measured["cpu_s"][1:]), 3) if later else None,
             "first_round_cpu_s": round(measured["cpu_s"][0], 3),
             "first_round_s": round(measured["rounds_s"][0], 3), "startup_s": round(measured["startup_s"], 3),
-            "tree_pss_mb": round(measured["tree_pss_mb"], 1), "final_accuracy": measured["final_accuracy"],
+            "tree_pss_mb": round(measured["tree_pss_mb"], 1) if pss_rounds else None, "final_accuracy": measured["final_accuracy"],
             "rounds_s": [round(s, 3) for s in measured["rounds_s"]]}
 
 
@@ -156,6 +171,8 @@ def main() -> None:
     parser.add_argument("--algorithms", default=ALGORITHMS)
     parser.add_argument("--rounds", type=int, default=6, help="rounds per run (the median is of rounds 2..N)")
     parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--pss-rounds", type=int, default=3,
+                        help="rounds of the separate run that samples the tree's PSS (0: none)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--ref", type=Path, default=None, help="a second checkout, timed interleaved")
     args = parser.parse_args()
@@ -169,7 +186,7 @@ def main() -> None:
                 load = [round(x, 2) for x in os.getloadavg()]
                 for name, path in (reversed(checkouts) if flip else checkouts):
                     figures[name] = run_once(path, args.config, algorithm, args.rounds, args.overrides,
-                                             Path(scratch) / f"{name}-{algorithm}")
+                                             Path(scratch) / f"{name}-{algorithm}", args.pss_rounds)
                 flip = not flip
                 line = {"algorithm": algorithm, "repeat": repeat, "commit": commits["this"], **figures["this"]}
                 if "ref" in figures:
