@@ -31,7 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import metadata
-from typing import Any
+from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
@@ -61,6 +61,24 @@ class AlgorithmSettings(BaseModel):
     """Base of every algorithm's settings: unknown keys are refused, assignments validated."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    # keys whose default changed after runs were written without them: the value such a written
+    # config meant (see :func:`with_former_defaults`). A new key keeps the earlier behaviour as its
+    # default; where a default later changes, the former one is recorded here.
+    former_defaults: ClassVar[dict[str, Any]] = {}
+
+
+def with_former_defaults(document: dict[str, Any]) -> dict[str, Any]:
+    """A written run config (``config.yaml`` of a finished run) with the keys it lacks filled in from
+    each section's ``former_defaults``: read with today's defaults instead, a run written before a
+    default changed would pass for a run made under the new one."""
+    filled = dict(document)
+    for registration in builtins():
+        former = getattr(registration.settings, "former_defaults", None)
+        section = filled.get(registration.section) if registration.section else None
+        if former and isinstance(section, dict):
+            filled[registration.section] = {**former, **section}
+    return filled
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from pfedlora.cli import main
+from pfedlora.config import build_config
 from pfedlora.errors import UserError
 from pfedlora.experiments.compare import RunRecord, resolve_algorithms, summarize_comparison
 
@@ -157,3 +158,30 @@ def test_the_evaluation_metrics_an_algorithm_reports_become_columns(tmp_path):
     header, pfedlora_row, standalone_row = (tmp_path / "c.csv").read_text().splitlines()
     assert header.endswith(",target_accuracy,adapter_share,adapter_flips")
     assert pfedlora_row.endswith(",1.0,2.0") and standalone_row.endswith(",,")
+
+
+def test_reuse_reads_a_missing_changed_default_as_its_former_value_and_ignores_other_sections(tmp_path):
+    import yaml
+
+    from pfedlora.experiments.compare import _finished_with
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "summary.json").write_text("{}")
+    document = {"algorithm": "fd", "num_clients": 2, "partition": {"kind": "iid"}}
+    written = build_config(document).to_dict()
+    assert written["fd"]["class_stats"] == "last_epoch"  # today's default
+    # an FD run written before class_stats existed made the pass after training (its former default)
+    del written["fd"]["class_stats"]
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(written, sort_keys=False))
+    assert not _finished_with(run_dir, build_config(document))
+    assert _finished_with(run_dir, build_config({**document, "fd": {"class_stats": "after_training"}}))
+    # another algorithm's run does not depend on the fd section at all
+    other = build_config({**document, "algorithm": "standalone"}).to_dict()
+    other["fd"]["class_stats"] = "after_training"
+    other["fedproto"]["lam"] = 123.0
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(other, sort_keys=False))
+    assert _finished_with(run_dir, build_config({**document, "algorithm": "standalone"}))
+    other["train"]["lr"] = 0.5
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(other, sort_keys=False))
+    assert not _finished_with(run_dir, build_config({**document, "algorithm": "standalone"}))

@@ -40,6 +40,7 @@ from pfedlora.experiments.records import RunRecord, human, load_run
 from pfedlora.federation.preflight import runnable_config
 from pfedlora.metrics.costs import time_to_target
 from pfedlora.metrics.run_dir import write_atomic
+from pfedlora.registry import section_owners, with_former_defaults
 
 PROPOSED = "pfedlora"
 Runner = Callable[[Config, Path, str], dict]
@@ -200,13 +201,25 @@ def _finished_with(run_dir: Path, config: Config) -> bool:
         return False
     if saved == config.to_dict():
         return True
+    # other algorithms' sections (older configs write several) cannot change this run: a changed
+    # default in one of them must not make every other algorithm's finished run look different
+    current = _own_sections(config.to_dict(), config.algorithm)
+    if _own_sections(saved, config.algorithm) == current:
+        return True
     # a run written before a key existed: its config read with today's defaults. Every key added
     # since keeps the earlier behaviour as its default (the project's rule for new settings), so
-    # such a run is the run this config would make now.
+    # such a run is the run this config would make now; where a default changed later, the
+    # missing key reads as its former default.
     try:
-        return build_config(saved).to_dict() == config.to_dict()
+        return _own_sections(build_config(with_former_defaults(saved)).to_dict(), config.algorithm) == current
     except UserError:
         return False
+
+
+def _own_sections(document: dict[str, Any], algorithm: str) -> dict[str, Any]:
+    """``document`` without the settings sections of algorithms other than ``algorithm``."""
+    others = {section for section, owner in section_owners().items() if owner != algorithm}
+    return {key: value for key, value in document.items() if key not in others}
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
