@@ -5,6 +5,8 @@ import torch.nn.functional as F
 
 from pfedlora.algorithms import fd
 from pfedlora.algorithms.base import Upload
+from pfedlora.algorithms.local_models import load_local
+from pfedlora.metrics.flops import evaluation_flops
 
 
 def test_upload_is_per_class_mean_logits_with_counts_for_the_classes_held(make_context, make_data):
@@ -108,12 +110,16 @@ def test_distillation_term_pulls_toward_the_target_logits_of_labels_with_a_targe
 def _last_epoch_and_pass(make_context, make_data, lr: float, epochs: int):
     """FD's upload with class_stats last_epoch and after_training, from the same start and batches."""
     data = make_data(n=70, classes=(2, 7, 9))  # 70 = 4 batches of 16 and a partial one of 6
-    uploads = []
+    uploads, flops = [], []
     for rule in ("last_epoch", "after_training"):
         ctx = make_context(train={"batch_size": 16, "lr": lr, "local_epochs": epochs}, fd={"class_stats": rule})
         _, broadcast = fd.init_server(ctx)
         result = fd.client_update(ctx, 0, fd.init_client(ctx, 0), broadcast, data, torch.Generator().manual_seed(0))
         uploads.append(result.upload)
+        flops.append(sum(s.flops for s in result.stats))
+    # the pass after training is work: its forward FLOPs are counted with the client's training
+    model = load_local(ctx, 0, fd.init_client(ctx, 0))
+    assert flops[1] - flops[0] == evaluation_flops(model, data.train_x, ctx.config.train.eval_batch_size) > 0
     return uploads
 
 

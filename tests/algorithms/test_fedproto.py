@@ -5,6 +5,8 @@ import torch.nn.functional as F
 
 from pfedlora.algorithms import fedproto
 from pfedlora.algorithms.base import Upload
+from pfedlora.algorithms.local_models import load_local
+from pfedlora.metrics.flops import evaluation_flops
 
 
 def _upload(value, counts):
@@ -72,8 +74,13 @@ def test_last_epoch_prototypes_equal_a_separate_pass_when_the_model_does_not_mov
         for rule in ("last_epoch", "after_training"):
             ctx = make_context(train={"batch_size": 16, "lr": lr, "local_epochs": 2}, fedproto={"class_stats": rule})
             _, broadcast = fedproto.init_server(ctx)
-            uploads[lr, rule] = fedproto.client_update(ctx, 0, fedproto.init_client(ctx, 0), broadcast, data,
-                                                       torch.Generator().manual_seed(0)).upload
+            result = fedproto.client_update(ctx, 0, fedproto.init_client(ctx, 0), broadcast, data,
+                                            torch.Generator().manual_seed(0))
+            uploads[lr, rule], uploads[lr, rule, "flops"] = result.upload, sum(s.flops for s in result.stats)
+        # the pass after training is work: its forward FLOPs are counted with the client's training
+        model = load_local(ctx, 0, fedproto.init_client(ctx, 0))
+        extra = evaluation_flops(model.represent, data.train_x, ctx.config.train.eval_batch_size)
+        assert uploads[lr, "after_training", "flops"] - uploads[lr, "last_epoch", "flops"] == extra > 0
     recorded, separate = uploads[1e-30, "last_epoch"], uploads[1e-30, "after_training"]
     assert torch.equal(recorded[fedproto.COUNTS], separate[fedproto.COUNTS])
     assert torch.allclose(recorded[fedproto.PROTOTYPES], separate[fedproto.PROTOTYPES], rtol=0, atol=1e-5)
