@@ -37,6 +37,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from pfedlora.config import build_config  # noqa: E402
 from pfedlora.federation.simulation import ClientStore, Federation, evaluate_clients, resolve_device, run_round  # noqa: E402
 from pfedlora.metrics import flops as flop_count  # noqa: E402
+from proc_tree import tree_cpu_s  # noqa: E402
 
 CIFAR = ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
 CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
@@ -94,9 +95,9 @@ def augmentation_seconds(federation: Federation, rounds: int) -> float:
 
 
 def cpu_seconds() -> float:
-    """CPU time (user + system) of this process and its finished children (the forked workers)."""
-    t = os.times()
-    return t.user + t.system + t.children_user + t.children_system
+    """CPU time (user + system) of this process and its forked workers, finished or not (a round
+    does not wait for its workers' exit)."""
+    return tree_cpu_s()
 
 
 def peak_rss_mb() -> tuple[float, float]:

@@ -45,49 +45,8 @@ CHILD = r"""
 import json, os, sys, threading, time
 from pathlib import Path
 
-def tree_pss_kb(root):
-    pids, seen, total = [root], set(), 0
-    while pids:
-        pid = pids.pop()
-        if pid in seen:
-            continue
-        seen.add(pid)
-        try:
-            with open(f"/proc/{pid}/smaps_rollup") as handle:
-                for line in handle:
-                    if line.startswith("Pss:"):
-                        total += int(line.split()[1])
-                        break
-            for task in os.listdir(f"/proc/{pid}/task"):
-                with open(f"/proc/{pid}/task/{task}/children") as handle:
-                    pids.extend(int(p) for p in handle.read().split())
-        except (FileNotFoundError, ProcessLookupError, PermissionError):
-            continue  # a worker that just ended
-    return total
-
-def tree_cpu_s():
-    # CPU seconds of this process, its reaped children and its live descendants (user + system)
-    import resource
-    own, reaped = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    total = own.ru_utime + own.ru_stime + reaped.ru_utime + reaped.ru_stime
-    tick = os.sysconf("SC_CLK_TCK")
-    pids, seen = [os.getpid()], set()
-    while pids:
-        pid = pids.pop()
-        if pid in seen:
-            continue
-        seen.add(pid)
-        try:
-            if pid != os.getpid():
-                with open(f"/proc/{pid}/stat") as handle:
-                    fields = handle.read().rsplit(")", 1)[1].split()
-                total += (int(fields[11]) + int(fields[12]) + int(fields[13]) + int(fields[14])) / tick
-            for task in os.listdir(f"/proc/{pid}/task"):
-                with open(f"/proc/{pid}/task/{task}/children") as handle:
-                    pids.extend(int(p) for p in handle.read().split())
-        except (FileNotFoundError, ProcessLookupError, PermissionError):
-            continue
-    return total
+sys.path.insert(0, "benchmarks")  # the measuring helpers of this checkout (cwd), whichever src is measured
+from proc_tree import tree_cpu_s, tree_pss_kb
 
 args = json.loads(sys.argv[1])
 from pfedlora.config import load_config
