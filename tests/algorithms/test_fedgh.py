@@ -48,3 +48,16 @@ def test_client_replaces_its_header_with_the_global_one(make_context, make_data)
     result = fedgh.client_update(ctx, 1, fedgh.init_client(ctx, 1), broadcast, make_data(),
                                  torch.Generator().manual_seed(0))
     assert torch.equal(result.state["local_model.head.weight"], broadcast["weight"])
+
+
+def test_the_pass_after_training_is_counted_with_the_clients_flops(make_context, make_data, monkeypatch):
+    # the per-class representations come from a forward pass over the training data after training:
+    # work the client does, so it is in the client's FLOPs (a marker count shows it is added)
+    from pfedlora.metrics import flops
+
+    monkeypatch.setattr(flops, "evaluation_flops", lambda fn, x, batch_size, normalize=None: 10 ** 15)
+    ctx = make_context()
+    _, broadcast = fedgh.init_server(ctx)
+    result = fedgh.client_update(ctx, 0, fedgh.init_client(ctx, 0), broadcast, make_data(),
+                                 torch.Generator().manual_seed(0))
+    assert 10 ** 15 < sum(s.flops for s in result.stats) < 10 ** 15 + 10 ** 12

@@ -138,7 +138,7 @@ def test_server_training_is_counted_as_server_flops(make_context):
 
 
 def _client_upload(make_context, make_data):
-    ctx = make_context(algorithm="fedtgp")
+    ctx = make_context(fedtgp={"server_epochs": 1})
     _, broadcast = fedtgp.init_server(ctx)
     result = fedtgp.client_update(ctx, 0, fedtgp.init_client(ctx, 0), broadcast, make_data(classes=(1, 4, 7)),
                                   torch.Generator().manual_seed(0))
@@ -210,3 +210,16 @@ def test_cli_runs_two_rounds_on_the_bundled_digits(tmp_path):
                  "--set", "dataset.max_train_samples=300", "--set", "dataset.max_test_samples=90",
                  "--out", str(out)]) == 0
     assert (out / "summary.json").exists()
+
+
+def test_the_pass_after_training_is_counted_with_the_clients_flops(make_context, make_data, monkeypatch):
+    # the prototypes come from a forward pass over the training data after training: work the client
+    # does, so it is in the client's FLOPs (a marker count shows it is added)
+    from pfedlora.metrics import flops
+
+    monkeypatch.setattr(flops, "evaluation_flops", lambda fn, x, batch_size, normalize=None: 10 ** 15)
+    ctx = make_context(fedtgp={"server_epochs": 1})
+    _, broadcast = fedtgp.init_server(ctx)
+    result = fedtgp.client_update(ctx, 0, fedtgp.init_client(ctx, 0), broadcast, make_data(),
+                                  torch.Generator().manual_seed(0))
+    assert 10 ** 15 < sum(s.flops for s in result.stats) < 10 ** 15 + 10 ** 12

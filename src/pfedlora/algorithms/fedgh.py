@@ -42,6 +42,7 @@ from pfedlora.algorithms.base import (
 from pfedlora.algorithms.class_stats import class_means
 from pfedlora.algorithms.local_models import LOCAL, head_state, init_local_state, load_local
 from pfedlora.algorithms.training import train_epochs
+from pfedlora.metrics import flops as flop_count
 from pfedlora.models.cnn import REPRESENTATION_DIM
 from pfedlora.registry import AlgorithmSettings, register
 
@@ -108,6 +109,7 @@ def client_update(ctx: FederationContext, client_id: int, state: State, broadcas
                          train=cfg.train, generator=generator, name="local_model")
     model.eval()
     means, counts = class_means(model.represent, data.train_x, data.train_y, ctx.num_classes, cfg.train.eval_batch_size)
+    stats.flops += flop_count.evaluation_flops(model.represent, data.train_x, cfg.train.eval_batch_size)  # that pass too
     return ClientResult(state=prefixed(LOCAL, model.state_dict()) | {TRAINED: torch.ones(())},
                         upload={REPRESENTATIONS: means, COUNTS: counts}, weight=float(data.num_train), stats=[stats])
 

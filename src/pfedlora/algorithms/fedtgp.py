@@ -66,6 +66,7 @@ from pfedlora.algorithms.class_stats import class_means, class_rows_problem
 from pfedlora.algorithms.local_models import LOCAL, init_local_state, load_local
 from pfedlora.algorithms.training import cross_entropy_loss, train_epochs
 from pfedlora.config import Config
+from pfedlora.metrics import flops as flop_count
 from pfedlora.models.cnn import REPRESENTATION_DIM
 from pfedlora.registry import AlgorithmSettings, register
 
@@ -162,6 +163,7 @@ def client_update(ctx: FederationContext, client_id: int, state: State, broadcas
     model.eval()
     prototypes, counts = class_means(model.represent, data.train_x, data.train_y, ctx.num_classes,
                                      cfg.train.eval_batch_size)
+    stats.flops += flop_count.evaluation_flops(model.represent, data.train_x, cfg.train.eval_batch_size)  # that pass too
     return ClientResult(state=prefixed(LOCAL, model.state_dict()), upload={PROTOTYPES: prototypes, COUNTS: counts},
                         weight=float(data.num_train), stats=[stats])
 
