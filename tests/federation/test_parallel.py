@@ -47,3 +47,23 @@ def test_folders_of_dead_runs_are_swept_once(memory_root):
     (stale / "left.pt").write_bytes(b"x" * 100)
     parallel.map_forked(_result, range(2), 2)
     assert not stale.exists() and alive.exists() and other.exists()
+
+
+def _faults_of_training_steps(_: int) -> int:
+    import resource
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(800, 2000), torch.nn.ReLU(), torch.nn.Linear(2000, 500))
+    x = torch.randn(64, 800)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(30):  # activations and gradients allocated and freed every step (~12 MB)
+        model.zero_grad(set_to_none=True)
+        model(x).square().mean().backward()
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+
+def test_a_worker_reuses_freed_memory_instead_of_faulting_it_in_again(memory_root, monkeypatch):
+    (kept,) = parallel.map_forked(_faults_of_training_steps, [0], 2)
+    monkeypatch.setattr(parallel, "_keep_freed_memory", lambda: None)  # glibc's defaults
+    (returned,) = parallel.map_forked(_faults_of_training_steps, [0], 2)
+    assert kept < 0.5 * returned

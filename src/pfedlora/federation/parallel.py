@@ -52,9 +52,36 @@ def worker_limit() -> int | None:
 def _init_worker() -> None:
     torch.set_num_threads(1)
     flop_count.stop_disk_writes()
+    _keep_freed_memory()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops the run at a round boundary
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     _die_with_parent()
+
+
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
+
+
+def _keep_freed_memory() -> None:
+    """Let a worker's allocator reuse freed memory instead of returning it to the kernel.
+
+    Every training step allocates and frees the same large tensors (activations, gradients: ~10 MB a
+    CNN-1 step). glibc serves blocks above its mmap threshold with fresh pages from the kernel, and
+    trims its heap when the top is free, so steps fault those pages in and zero them again (34,500
+    page faults in a round of Standalone's ten clients). Serving blocks up to 32 MB (glibc's maximum
+    threshold) from a heap that is never trimmed keeps them mapped: CPU per round of the two workers
+    7-10% lower (benchmarks/README.md), tree PSS within 10 MB, since a worker lives for one round and
+    what it keeps goes back when it exits. In the run's own long-lived process the setting measured
+    no faster and is not set. Numbers do not change (torch aligns every block the same way either
+    way). Elsewhere than glibc this does nothing.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(None)
+        libc.mallopt(_M_MMAP_THRESHOLD, 32 * 1024 * 1024)
+        libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1)
+    except (OSError, AttributeError):
+        pass
 
 
 def _die_with_parent() -> None:
