@@ -11,7 +11,8 @@ from collections.abc import Callable, Iterable
 
 import torch
 
-from pfedlora.algorithms.base import Upload
+from pfedlora.algorithms.base import TrainStats, Upload
+from pfedlora.metrics import flops as flop_count
 
 
 @torch.inference_mode()
@@ -125,3 +126,17 @@ def class_rows_problem(rows: torch.Tensor, counts: torch.Tensor, rows_name: str,
     if bool(rows[counts == 0].ne(0).any()):
         return f"{rows_name} has a non-zero row for a class with count 0"
     return None
+
+
+def client_class_means(recorder: ClassSums | None, features: Callable[[torch.Tensor], torch.Tensor],
+                       x: torch.Tensor, y: torch.Tensor, num_classes: int, batch_size: int,
+                       stats: TrainStats) -> tuple[torch.Tensor, torch.Tensor]:
+    """A client's per-class means of ``features``: what ``recorder`` summed during the last local
+    epoch, or (no recorder, or nothing recorded) one pass over ``x`` with the trained model, whose
+    forward FLOPs are added to ``stats`` (it is the client's work too)."""
+    recorded = recorder.means() if recorder is not None else None
+    if recorded is not None:
+        return recorded
+    stats.flops += flop_count.evaluation_flops(features, x, batch_size)
+    return class_means(features, x, y, num_classes, batch_size)
+

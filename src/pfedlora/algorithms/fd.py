@@ -55,11 +55,10 @@ from pfedlora.algorithms.base import (
     UploadSpec,
     prefixed,
 )
-from pfedlora.algorithms.class_stats import ClassSums, average_class_means, class_means
+from pfedlora.algorithms.class_stats import ClassSums, average_class_means, client_class_means
 from pfedlora.algorithms.distillation import distillation_kl
 from pfedlora.algorithms.local_models import LOCAL, init_local_state, load_local
 from pfedlora.algorithms.training import train_epochs
-from pfedlora.metrics import flops as flop_count
 from pfedlora.registry import AlgorithmSettings, register
 
 
@@ -157,11 +156,8 @@ def client_update(ctx: FederationContext, client_id: int, state: State, broadcas
                          train=cfg.train, generator=generator, loss_fn=loss_fn, name="local_model",
                          on_epoch=recorder.epoch_started if recorder is not None else None)
     model.eval()
-    recorded = recorder.means() if recorder is not None else None
-    if recorded is None:  # after_training, or nothing recorded (local_epochs 0): one pass with the trained model
-        recorded = class_means(model, data.train_x, data.train_y, ctx.num_classes, cfg.train.eval_batch_size)
-        stats.flops += flop_count.evaluation_flops(model, data.train_x, cfg.train.eval_batch_size)  # work too
-    logits, counts = recorded
+    logits, counts = client_class_means(recorder, model, data.train_x, data.train_y, ctx.num_classes,
+                                         cfg.train.eval_batch_size, stats)
     # remembered so the next round's target can leave this client's own logits out
     own = {OWN_LOGITS: logits.clone(), OWN_ROUND: (broadcast[ROUND] + 1).to(torch.int32)}
     return ClientResult(state=prefixed(LOCAL, model.state_dict()) | own, upload={LOGITS: logits, COUNTS: counts},

@@ -6,8 +6,8 @@ Generalized Global Header." ACM Multimedia 2023.
 A selected client replaces its local header with the global header, trains its whole local model
 (CE), and uploads the mean 500-d representation of each class it holds with its class counts.
 Those means (``fedgh.class_stats``): ``after_training`` (default, the paper's rule: the trained
-feature extractor's representations, one forward pass over the training data after training, about
-a quarter of a round's work) or ``last_epoch`` (the cheaper rule: each sample's representation as
+feature extractor's representations, one forward pass over the training data after training: a
+round ~1.25x slower) or ``last_epoch`` (the cheaper rule: each sample's representation as
 its mini-batch's forward pass of the last local epoch computed it; training is unchanged, only the
 upload differs; its accuracy effect is in docs/results/cifar10.md). The server treats every (client, class)
 mean representation as a labelled sample and trains the global header on them with SGD
@@ -44,10 +44,9 @@ from pfedlora.algorithms.base import (
     load_into,
     prefixed,
 )
-from pfedlora.algorithms.class_stats import ClassSums, class_means
+from pfedlora.algorithms.class_stats import ClassSums, client_class_means
 from pfedlora.algorithms.local_models import LOCAL, head_state, init_local_state, load_local
 from pfedlora.algorithms.training import cross_entropy_loss, train_epochs
-from pfedlora.metrics import flops as flop_count
 from pfedlora.models.cnn import REPRESENTATION_DIM
 from pfedlora.registry import AlgorithmSettings, register
 
@@ -69,7 +68,7 @@ class FedGHSettings(AlgorithmSettings):
         default="after_training",
         description="The uploaded per-class representations: from a pass over the training data after training "
                     "(after_training, the paper's rule; default) or recorded during the last local epoch (last_epoch: "
-                    "no extra pass, a round about 1.3x faster; the upload differs).")
+                    "no extra pass, a round about 1.25x faster; the upload differs).")
     # evaluate with the client's own trained header (the FedGH authors' convention) or with the
     # global header loaded first (as other libraries do)
     evaluation: Literal["local_header", "global_header"] = Field(default="local_header",
@@ -134,11 +133,8 @@ def client_update(ctx: FederationContext, client_id: int, state: State, broadcas
                          loss_fn=_recording_cross_entropy(recorder) if recorder is not None else cross_entropy_loss,
                          on_epoch=recorder.epoch_started if recorder is not None else None)
     model.eval()
-    recorded = recorder.means() if recorder is not None else None
-    if recorded is None:  # after_training, or nothing recorded (local_epochs 0): one pass with the trained model
-        recorded = class_means(model.represent, data.train_x, data.train_y, ctx.num_classes, cfg.train.eval_batch_size)
-        stats.flops += flop_count.evaluation_flops(model.represent, data.train_x, cfg.train.eval_batch_size)  # work too
-    means, counts = recorded
+    means, counts = client_class_means(recorder, model.represent, data.train_x, data.train_y, ctx.num_classes,
+                                        cfg.train.eval_batch_size, stats)
     return ClientResult(state=prefixed(LOCAL, model.state_dict()) | {TRAINED: torch.ones(())},
                         upload={REPRESENTATIONS: means, COUNTS: counts}, weight=float(data.num_train), stats=[stats])
 

@@ -47,10 +47,9 @@ from pfedlora.algorithms.base import (
     Upload,
     prefixed,
 )
-from pfedlora.algorithms.class_stats import ClassSums, average_class_means, class_means
+from pfedlora.algorithms.class_stats import ClassSums, average_class_means, client_class_means
 from pfedlora.algorithms.local_models import LOCAL, init_local_state, load_local
 from pfedlora.algorithms.training import train_epochs
-from pfedlora.metrics import flops as flop_count
 from pfedlora.models.cnn import REPRESENTATION_DIM
 from pfedlora.registry import AlgorithmSettings, register
 
@@ -123,11 +122,8 @@ def client_update(ctx: FederationContext, client_id: int, state: State, broadcas
                          train=cfg.train, generator=generator, loss_fn=loss_fn, name="local_model",
                          on_epoch=recorder.epoch_started if recorder is not None else None)
     model.eval()
-    recorded = recorder.means() if recorder is not None else None
-    if recorded is None:  # after_training, or nothing recorded (local_epochs 0): one pass with the trained model
-        recorded = class_means(model.represent, data.train_x, data.train_y, ctx.num_classes, cfg.train.eval_batch_size)
-        stats.flops += flop_count.evaluation_flops(model.represent, data.train_x, cfg.train.eval_batch_size)  # work too
-    prototypes, counts = recorded
+    prototypes, counts = client_class_means(recorder, model.represent, data.train_x, data.train_y, ctx.num_classes,
+                                             cfg.train.eval_batch_size, stats)
     return ClientResult(state=prefixed(LOCAL, model.state_dict()), upload={PROTOTYPES: prototypes, COUNTS: counts},
                         weight=float(data.num_train), stats=[stats])
 

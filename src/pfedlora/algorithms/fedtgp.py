@@ -62,11 +62,10 @@ from pfedlora.algorithms.base import (
     prefixed,
     unprefixed,
 )
-from pfedlora.algorithms.class_stats import class_means, class_rows_problem
+from pfedlora.algorithms.class_stats import class_rows_problem, client_class_means
 from pfedlora.algorithms.local_models import LOCAL, init_local_state, load_local
 from pfedlora.algorithms.training import cross_entropy_loss, train_epochs
 from pfedlora.config import Config
-from pfedlora.metrics import flops as flop_count
 from pfedlora.models.cnn import REPRESENTATION_DIM
 from pfedlora.registry import AlgorithmSettings, register
 
@@ -161,9 +160,8 @@ def client_update(ctx: FederationContext, client_id: int, state: State, broadcas
                          epochs=cfg.train.local_epochs, train=cfg.train, generator=generator, loss_fn=loss_fn,
                          name="local_model")
     model.eval()
-    prototypes, counts = class_means(model.represent, data.train_x, data.train_y, ctx.num_classes,
-                                     cfg.train.eval_batch_size)
-    stats.flops += flop_count.evaluation_flops(model.represent, data.train_x, cfg.train.eval_batch_size)  # that pass too
+    prototypes, counts = client_class_means(None, model.represent, data.train_x, data.train_y, ctx.num_classes,
+                                            cfg.train.eval_batch_size, stats)
     return ClientResult(state=prefixed(LOCAL, model.state_dict()), upload={PROTOTYPES: prototypes, COUNTS: counts},
                         weight=float(data.num_train), stats=[stats])
 
