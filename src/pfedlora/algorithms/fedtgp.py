@@ -5,8 +5,11 @@ Contrastive Learning for Data and Model Heterogeneity in Federated Learning." AA
 Rules read from the authors' code (HtFLlib ``clienttgp.py`` / ``servertgp.py``).
 
 Uploaded: each selected client's per-class prototypes (the mean 500-d representation ``represent(x)``
-of each class it holds, one pass over its training data after training) and its class counts,
-``[C, 500]`` + ``[C]``, as in FedProto. Broadcast: the global prototypes ``[C, 500]`` and a flag
+of each class it holds) and its class counts, ``[C, 500]`` + ``[C]``, as in FedProto. The prototypes
+(``fedtgp.class_stats``): ``after_training`` (default, the authors' rule: one pass over the training
+data with the trained model) or ``last_epoch`` (the cheaper rule: each sample's representation as its
+mini-batch's forward pass of the last local epoch computed it; training is unchanged, only the upload
+differs; its measured accuracy effect is in docs/results/cifar10.md). Broadcast: the global prototypes ``[C, 500]`` and a flag
 (``trained``, 0 until the server has trained them once).
 
 Client: ``CE + fedtgp.lam · MSE(rep, global_proto(y))`` (mean squared error over the 500 dimensions,
@@ -35,11 +38,12 @@ Deviations: the squared distance is clamped at 1e-12 before the square root (the
 ``‖p‖² − 2p·g + ‖g‖²`` can go slightly negative by rounding, and the square root's gradient is
 infinite at 0; both give NaN there). Evaluation uses each client's own model and classifier
 (``head``), not the authors' nearest-global-prototype rule, so every baseline is evaluated the same
-way (as our FedProto). The prototype upload is computed with the trained model after training, as
-the authors' code does.
+way (as our FedProto).
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 from pydantic import Field
 import torch
@@ -62,7 +66,7 @@ from pfedlora.algorithms.base import (
     prefixed,
     unprefixed,
 )
-from pfedlora.algorithms.class_stats import class_rows_problem, client_class_means
+from pfedlora.algorithms.class_stats import ClassSums, class_rows_problem, client_class_means
 from pfedlora.algorithms.local_models import LOCAL, init_local_state, load_local
 from pfedlora.algorithms.training import cross_entropy_loss, train_epochs
 from pfedlora.config import Config
@@ -89,6 +93,11 @@ class FedTGPSettings(AlgorithmSettings):
     server_batch_size: int | None = Field(
         default=None, ge=1,
         description="Uploaded prototypes per server step; default: the clients' train.batch_size (the authors' code).")
+    class_stats: Literal["after_training", "last_epoch"] = Field(
+        default="after_training",
+        description="The uploaded prototypes: from a pass over the training data after training (after_training, "
+                    "the authors' rule; default) or recorded during the last local epoch (last_epoch: no extra "
+                    "pass; the upload differs, training does not).")
 
 PROTOTYPES = "prototypes"
 COUNTS = "class_counts"
@@ -139,12 +148,16 @@ def init_server(ctx: FederationContext) -> tuple[State, Payload]:
     return state, broadcast
 
 
-def prototype_loss(prototypes: torch.Tensor, lam: float):
-    """CE on the model's own classifier plus λ · MSE(rep, global prototype of the label)."""
+def prototype_loss(prototypes: torch.Tensor | None, lam: float, recorder: ClassSums | None = None):
+    """CE on the model's own classifier plus λ · MSE(rep, global prototype of the label) (plain CE
+    when ``prototypes`` is None), the representation recorded per class when ``recorder`` is given."""
 
     def loss_fn(module: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         rep = module.represent(x)
-        return F.cross_entropy(module.head(rep), y) + lam * F.mse_loss(rep, prototypes[y])
+        if recorder is not None:
+            recorder.record(rep, y)
+        loss = F.cross_entropy(module.head(rep), y)
+        return loss if prototypes is None else loss + lam * F.mse_loss(rep, prototypes[y])
 
     return loss_fn
 
@@ -155,12 +168,17 @@ def client_update(ctx: FederationContext, client_id: int, state: State, broadcas
     lam = _settings(ctx).lam
     model = load_local(ctx, client_id, state)
     regularised = lam > 0 and float(broadcast[TRAINED]) > 0
-    loss_fn = prototype_loss(broadcast[PROTOTYPES], lam) if regularised else cross_entropy_loss
+    recorder = (ClassSums(ctx.num_classes, cfg.train.local_epochs - 1)
+                if _settings(ctx).class_stats == "last_epoch" else None)
+    if regularised or recorder is not None:
+        loss_fn = prototype_loss(broadcast[PROTOTYPES] if regularised else None, lam, recorder)
+    else:
+        loss_fn = cross_entropy_loss
     stats = train_epochs(model, model.parameters(), data.train_x, data.train_y, augment=data.augment,
                          epochs=cfg.train.local_epochs, train=cfg.train, generator=generator, loss_fn=loss_fn,
-                         name="local_model")
+                         name="local_model", on_epoch=recorder.epoch_started if recorder is not None else None)
     model.eval()
-    prototypes, counts = client_class_means(None, model.represent, data.train_x, data.train_y, ctx.num_classes,
+    prototypes, counts = client_class_means(recorder, model.represent, data.train_x, data.train_y, ctx.num_classes,
                                             cfg.train.eval_batch_size, stats)
     return ClientResult(state=prefixed(LOCAL, model.state_dict()), upload={PROTOTYPES: prototypes, COUNTS: counts},
                         weight=float(data.num_train), stats=[stats])
