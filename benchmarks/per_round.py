@@ -160,6 +160,8 @@ def main() -> None:
                              "speedup": round(ref["s_per_round"] / line["s_per_round"], 3)
                              if line["s_per_round"] else None}
                 line |= {"load_before": load, "load_after": [round(x, 2) for x in os.getloadavg()]}
+                if args.overrides:  # what the run was, beside its figures
+                    line["set"] = args.overrides
                 print(json.dumps(line), flush=True)
 
 

@@ -16,6 +16,7 @@ from pfedlora.config import build_config
 from pfedlora.errors import UserError
 from pfedlora.federation.simulation import ClientStore, Federation, run_round
 from pfedlora.federation.validation import UpdateValidator
+from pfedlora.metrics import flops as flop_count
 
 # as tests/algorithms/test_federated_terms.py; the quiz set stays in the training data so only the
 # guidance can make a difference
@@ -129,6 +130,20 @@ def test_the_quiz_set_is_held_out_and_the_meta_study_leaves_the_model_alone(make
     ctx, _, state, _, warm = _client(make_context, make_data, warm_up_rounds=1)
     assert [s.module for s in warm.stats] == ["meta_study"] and _same(warm.state, state)
     assert warm.upload[fedl2g.GRADS].any()
+
+
+def test_the_meta_steps_flops_are_counted_once_per_structure_and_shape(make_context, make_data, monkeypatch):
+    monkeypatch.setattr(flop_count, "_DISK_ENABLED", False)
+    flop_count.clear_caches()
+    _, _, _, _, counted = _client(make_context, make_data, quiz_size=10)
+    entered = []
+    original = flop_count.counting
+    monkeypatch.setattr(flop_count, "counting", lambda: entered.append(1) or original())
+    _, _, _, _, cached = _client(make_context, make_data, quiz_size=10)
+    assert not entered and cached.stats[1].flops == counted.stats[1].flops > 0  # the count, not a recount
+    assert _same(cached.upload, counted.upload)
+    _, _, _, _, other = _client(make_context, make_data, quiz_size=12)  # another quiz shape: counted anew
+    assert entered and other.stats[1].flops > counted.stats[1].flops
 
 
 @pytest.mark.parametrize("target, width", [("features", 500), ("logits", 10)])
