@@ -13,6 +13,7 @@ import torch
 
 from pfedlora.algorithms.base import TrainStats, Upload
 from pfedlora.metrics import flops as flop_count
+from pfedlora.metrics.accuracy import pass_slices
 
 
 @torch.inference_mode()
@@ -26,9 +27,10 @@ def class_means(
     """Per-class means of ``features(x)`` and per-class counts, in one pass over ``x``."""
     sums: torch.Tensor | None = None
     counts = torch.zeros(num_classes, dtype=torch.float64, device=y.device)
-    for start in range(0, int(y.shape[0]), batch_size):
-        values = features(x[start : start + batch_size]).to(torch.float64)
-        labels = y[start : start + batch_size]
+    # index_add_ adds the rows one by one in order, so the sums do not depend on the chunking
+    for rows in pass_slices(int(y.shape[0]), batch_size, x):
+        values = features(x[rows]).to(torch.float64)
+        labels = y[rows]
         if sums is None:
             sums = torch.zeros(num_classes, values.shape[1], dtype=torch.float64, device=values.device)
         sums.index_add_(0, labels, values)
