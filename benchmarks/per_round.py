@@ -3,6 +3,7 @@
     python benchmarks/per_round.py [--config configs/bench/peer_round.yaml]
                                    [--algorithms standalone,lg_fedavg,fd,fedproto,fml,fedkd,fedgh]
                                    [--rounds 6] [--repeats 1] [--set KEY=VALUE ...] [--ref PATH]
+                                   [--evaluate]
 
 Every (algorithm, checkout) runs ``pfedlora``'s simulator in a fresh process whose ``PYTHONPATH`` is
 that checkout's ``src``. A round is one call of ``simulation.run_round`` (client training and
@@ -12,6 +13,8 @@ aggregation: what a round of another library times; evaluation is left out). Fig
 * ``cpu_s_per_round``: median of rounds 2..N of the CPU seconds (user + system) the run's process tree
   spent in the round; a loaded machine stretches the wall seconds far more than this;
 * ``first_round_s``: round 1 (it pays for whatever the code does lazily: worker start-up, FLOP counting);
+* ``eval_s`` (with ``--evaluate``: every round is evaluated, outside the round's time): median of
+  evaluations 2..N of every client's personalized model on its test split;
 * ``startup_s``: from the call of ``simulation.run`` to the start of round 1 (dataset load, federation
   build, anything a checkout does up front), so moving work out of round 1 into start-up shows;
 * ``tree_pss_mb``: the peak, sampled every 0.1 s, of the proportional set size summed over the run's
@@ -66,6 +69,15 @@ def timed_round(*a, **k):
     return result
 
 simulation.run_round = timed_round
+evaluations, original_evaluate = [], simulation.evaluate_clients
+
+def timed_evaluation(*a, **k):
+    began = time.perf_counter()
+    result = original_evaluate(*a, **k)
+    evaluations.append(time.perf_counter() - began)
+    return result
+
+simulation.evaluate_clients = timed_evaluation
 peak, done = [0], threading.Event()
 
 def sample():
@@ -82,7 +94,8 @@ done.set()
 if args["sample_pss"]:
     sampler.join()
 print(json.dumps({"rounds_s": [b - a for a, b in marks], "cpu_s": cpu, "startup_s": marks[0][0] - started,
-                  "tree_pss_mb": peak[0] / 1024, "final_accuracy": summary.get("final_accuracy")}))
+                  "tree_pss_mb": peak[0] / 1024, "final_accuracy": summary.get("final_accuracy"),
+                  "evaluations_s": evaluations}))
 """
 
 
@@ -95,9 +108,9 @@ def commit_of(checkout: Path) -> str:
 
 
 def _child(checkout: Path, config: str, algorithm: str, rounds: int, overrides: list[str], out: Path,
-           sample_pss: bool) -> dict:
+           sample_pss: bool, evaluate: bool = False) -> dict:
     payload = {"config": config, "out": str(out), "sample_pss": sample_pss,
-               "overrides": [f"algorithm={algorithm}", f"rounds={rounds}", f"eval_every={rounds}",
+               "overrides": [f"algorithm={algorithm}", f"rounds={rounds}", f"eval_every={1 if evaluate else rounds}",
                              "checkpoint_every=0", *overrides]}
     env = dict(os.environ, PYTHONPATH=str(checkout / "src"))
     result = subprocess.run([sys.executable, "-c", CHILD, json.dumps(payload)], cwd=ROOT, env=env,
@@ -108,10 +121,10 @@ def _child(checkout: Path, config: str, algorithm: str, rounds: int, overrides: 
 
 
 def run_once(checkout: Path, config: str, algorithm: str, rounds: int, overrides: list[str], out: Path,
-             pss_rounds: int) -> dict:
+             pss_rounds: int, evaluate: bool = False) -> dict:
     # timed without the memory sampler: reading smaps_rollup of a ~1 GB process tree ten times a second
     # costs CPU the two cores' workers need (rounds ~15% slower on this machine); PSS gets its own run
-    measured = _child(checkout, config, algorithm, rounds, overrides, out, sample_pss=False)
+    measured = _child(checkout, config, algorithm, rounds, overrides, out, sample_pss=False, evaluate=evaluate)
     if pss_rounds:
         measured["tree_pss_mb"] = _child(checkout, config, algorithm, pss_rounds, overrides, out,
                                          sample_pss=True)["tree_pss_mb"]
@@ -121,7 +134,9 @@ def run_once(checkout: Path, config: str, algorithm: str, rounds: int, overrides
             "first_round_cpu_s": round(measured["cpu_s"][0], 3),
             "first_round_s": round(measured["rounds_s"][0], 3), "startup_s": round(measured["startup_s"], 3),
             "tree_pss_mb": round(measured["tree_pss_mb"], 1) if pss_rounds else None, "final_accuracy": measured["final_accuracy"],
-            "rounds_s": [round(s, 3) for s in measured["rounds_s"]]}
+            "rounds_s": [round(s, 3) for s in measured["rounds_s"]]} | (
+        {"eval_s": round(statistics.median(measured["evaluations_s"][1:]), 3) if len(measured["evaluations_s"]) > 1
+         else None, "evaluations_s": [round(s, 3) for s in measured["evaluations_s"]]} if evaluate else {})
 
 
 def main() -> None:
@@ -134,6 +149,8 @@ def main() -> None:
                         help="rounds of the separate run that samples the tree's PSS (0: none)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--ref", type=Path, default=None, help="a second checkout, timed interleaved")
+    parser.add_argument("--evaluate", action="store_true",
+                        help="evaluate every round and time it too (eval_s: median of evaluations 2..N)")
     args = parser.parse_args()
     checkouts = [("this", ROOT)] + ([("ref", args.ref.resolve())] if args.ref else [])
     commits = {name: commit_of(path) for name, path in checkouts}
@@ -145,7 +162,7 @@ def main() -> None:
                 load = [round(x, 2) for x in os.getloadavg()]
                 for name, path in (reversed(checkouts) if flip else checkouts):
                     figures[name] = run_once(path, args.config, algorithm, args.rounds, args.overrides,
-                                             Path(scratch) / f"{name}-{algorithm}", args.pss_rounds)
+                                             Path(scratch) / f"{name}-{algorithm}", args.pss_rounds, args.evaluate)
                 flip = not flip
                 line = {"algorithm": algorithm, "repeat": repeat, "commit": commits["this"], **figures["this"]}
                 if "ref" in figures:
@@ -159,6 +176,10 @@ def main() -> None:
                              "ref_rounds_s": ref["rounds_s"],
                              "speedup": round(ref["s_per_round"] / line["s_per_round"], 3)
                              if line["s_per_round"] else None}
+                    if args.evaluate:
+                        line |= {"ref_eval_s": ref["eval_s"], "ref_evaluations_s": ref["evaluations_s"],
+                                 "eval_speedup": round(ref["eval_s"] / line["eval_s"], 3)
+                                 if line["eval_s"] and ref["eval_s"] else None}
                 line |= {"load_before": load, "load_after": [round(x, 2) for x in os.getloadavg()]}
                 if args.overrides:  # what the run was, beside its figures
                     line["set"] = args.overrides

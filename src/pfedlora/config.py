@@ -270,14 +270,16 @@ class PrivacyConfig(_Section):
 class EngineConfig(_Section):
     """Execution choices of the in-process simulator; results are the same within float tolerance."""
 
-    # processes training the round's clients in parallel (forked, one torch thread each); 1: in-process.
+    # processes training, then evaluating, the round's clients in parallel (forked, one torch thread
+    # each); 1: in-process.
     # "auto" (one per core) by default: 1.4-1.6x faster per round than 1 on 2 cores, idle or with one
     # core busy (benchmarks/README.md, "Defaults"); the numbers do not depend on it
     workers: int | Literal["auto"] = Field(default="auto",
-                                           description="Processes training a round's clients in parallel (forked, "
-                                                       "one torch thread each); auto: one per core; 1: in-process. "
+                                           description="Processes training and evaluating a round's clients in "
+                                                       "parallel (forked, one torch thread each); auto: one per "
+                                                       "core; 1: in-process. "
                                                        "The numbers do not depend on it.")
-    # torch intra-op threads of the run's own process (in-process training, evaluation). 1 by default:
+    # torch intra-op threads of the run's own process (in-process training and evaluation). 1 by default:
     # with workers one thread per process is the fastest setting here, and 2 threads in one process run
     # 2.6-3.5x slower when another process holds a core (benchmarks/README.md, "Defaults"); it also
     # makes the numbers independent of engine.workers and of `--jobs`. "auto": torch's default (one per core)

@@ -1,6 +1,8 @@
 """Engine speed options change how, never what: workers, the disk client store, frozen-output reuse,
 and augmentation through the simulator."""
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -94,6 +96,32 @@ def test_workers_take_the_largest_clients_first():
     # same model (clients 0, 2 are cnn1): work is proportional to the data size; cnn1 costs more per sample than cnn5
     assert work[0] * sizes[2] == work[2] * sizes[0]
     assert work[0] / sizes[0] > work[1] / sizes[1]
+
+
+def test_clients_are_evaluated_in_the_workers_on_cpu_and_in_process_on_an_accelerator(monkeypatch):
+    import os
+    from types import SimpleNamespace
+
+    from pfedlora.federation import simulation
+
+    federation = Federation.build(build_config({**TINY, "engine": {"workers": 2}}))
+    where = {}
+    original = federation.algorithm.personalized_model
+
+    def recorded(ctx, client_id, state, broadcast):
+        where[client_id] = os.getpid()
+        return original(ctx, client_id, state, broadcast)
+
+    # the evaluation runs in forked workers: what they record stays there, so they return it instead
+    monkeypatch.setattr(simulation, "accuracy", lambda model, *a, **k: float(where[max(where)]))
+    federation.algorithm = dataclasses.replace(federation.algorithm, personalized_model=recorded)
+    store = ClientStore(federation)
+    _, broadcast = federation.algorithm.init_server(federation.context)
+    pids = evaluate_clients(federation, store, broadcast)
+    assert os.getpid() not in pids  # (how the clients fall to the two workers is up to the scheduler)
+    accelerator = SimpleNamespace(context=SimpleNamespace(device=torch.device("meta")), config=federation.config)
+    assert set(simulation.map_clients(accelerator, lambda k: os.getpid(), [0, 1, 2], work=lambda k: k).values()) \
+        == {os.getpid()}
 
 
 def _die_on_two(item):

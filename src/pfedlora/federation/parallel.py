@@ -1,4 +1,5 @@
-"""Process parallelism for the simulator: a round's clients trained in forked worker processes.
+"""Process parallelism for the simulator: a round's clients trained, then evaluated, in forked
+worker processes.
 
 Small CNNs on small batches use one CPU core poorly (per-op overhead dominates, intra-op threads
 barely help), so one single-threaded process per core, each training whole clients, uses the

@@ -21,7 +21,8 @@ import tempfile
 import threading
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,7 +49,7 @@ from pfedlora.federation.validation import Rejection, UpdateValidator, all_finit
 from pfedlora.federation.payload import transmit
 from pfedlora.metrics.accuracy import accuracy, diagnostics_summary, mean_metrics, run_summary, summarize
 from pfedlora.metrics.costs import CostMeter, time_to_target
-from pfedlora.metrics.flops import count_server_flops, forward_flops
+from pfedlora.metrics.flops import count_server_flops, evaluation_flops, forward_flops
 from pfedlora.metrics.run_dir import MetricsWriter, prepare_run_dir, write_json, write_yaml
 
 
@@ -332,8 +333,22 @@ def train_clients(federation: Federation, store: ClientStore, broadcast: Payload
                   client_ids: list[int]) -> dict[int, ClientResult]:
     """The updates of ``client_ids``: in this process, or with ``engine.workers`` > 1 in forked
     worker processes (see :mod:`pfedlora.federation.parallel`)."""
+    return map_clients(federation, lambda client_id: update_client(federation, store, broadcast, round_index,
+                                                                  client_id),
+                       client_ids, work=lambda client_id: _client_work(federation, client_id))
+
+
+def map_clients(federation: Federation, fn: Callable[[int], Any], client_ids: list[int],
+                work: Callable[[int], int]) -> dict[int, Any]:
+    """``{k: fn(k)}`` for ``client_ids``: in this process, or with ``engine.workers`` > 1 in forked worker
+    processes (one torch thread each), the clients with the most ``work`` first; on an accelerator always
+    in this process."""
     from pfedlora.federation.parallel import map_forked, worker_limit
 
+    if federation.context.device.type != "cpu":
+        # a forked child cannot use the CUDA context its parent made, and one accelerator is not
+        # shared better by processes: on a GPU the clients run one after another in this process
+        return {k: fn(k) for k in client_ids}
     configured = federation.config.engine.resolved_workers()
     workers = min(configured, len(client_ids), worker_limit() or len(client_ids))
     if workers == 1 and configured > 1:
@@ -342,35 +357,35 @@ def train_clients(federation: Federation, store: ClientStore, broadcast: Payload
         previous = torch.get_num_threads()
         torch.set_num_threads(1)
         try:
-            return {k: update_client(federation, store, broadcast, round_index, k) for k in client_ids}
+            return {k: fn(k) for k in client_ids}
         finally:
             torch.set_num_threads(previous)
     if workers > 1:
         # longest first: a free worker takes the next client, so the round ends with short ones
         # and no worker idles long while another finishes a big client (results do not depend on it)
-        order = sorted(client_ids, key=lambda k: _client_work(federation, k), reverse=True)
-        return dict(zip(order, map_forked(
-            lambda client_id: update_client(federation, store, broadcast, round_index, client_id),
-            order, workers)))
-    return {k: update_client(federation, store, broadcast, round_index, k) for k in client_ids}
+        order = sorted(client_ids, key=work, reverse=True)
+        return dict(zip(order, map_forked(fn, order, workers)))
+    return {k: fn(k) for k in client_ids}
 
 
 _PER_SAMPLE_FLOPS: dict[tuple, int] = {}
 
 
-def _client_work(federation: Federation, client_id: int) -> int:
-    """A client's training work, up to a common factor: its samples x its model's forward FLOPs per sample."""
+def _client_work(federation: Federation, client_id: int, split: str = "train") -> int:
+    """A client's work on one of its splits (``train`` or ``test``), up to a common factor: the split's
+    samples x its model's forward FLOPs per sample."""
     ctx, data = federation.context, federation.clients[client_id]
-    if data.num_train == 0:
+    x = data.train_x if split == "train" else data.test_x
+    if int(x.shape[0]) == 0:
         return 0
-    sample = data.train_x[:1]
+    sample = x[:1]
     key = (ctx.client_arch(client_id), tuple(sample.shape), str(sample.dtype), ctx.in_channels, ctx.num_classes)
     if key not in _PER_SAMPLE_FLOPS:
         try:
             _PER_SAMPLE_FLOPS[key] = forward_flops(ctx.new_model(key[0], seed=0), sample)
         except (ValueError, RuntimeError):  # inputs the pool's models do not take: order by samples alone
             _PER_SAMPLE_FLOPS[key] = 1
-    return data.num_train * _PER_SAMPLE_FLOPS[key]
+    return int(x.shape[0]) * _PER_SAMPLE_FLOPS[key]
 
 
 def validator_for(config: Config) -> UpdateValidator:
@@ -389,21 +404,32 @@ def evaluate_clients(federation: Federation, store: ClientStore, broadcast: Payl
                      diagnostics: dict[str, float] | None = None) -> list[float | None]:
     """Every client's personalized model on its own test split (accuracy in percent; None: no test split).
 
+    The clients are evaluated as they are trained: with ``engine.workers`` > 1 in forked workers.
     ``diagnostics``, when given, receives the mean over the clients with a test split of each key of
     the algorithm's ``evaluation_metrics`` (nothing when the algorithm has none; not counted in ``meter``)."""
     algorithm, ctx = federation.algorithm, federation.context
     batch = federation.config.train.eval_batch_size
-    accuracies, per_client = [], []
-    for client_id, data in enumerate(federation.clients):
+    wants_metrics = diagnostics is not None and algorithm.evaluation_metrics is not None
+
+    def evaluate(client_id: int) -> tuple[float | None, int, dict[str, float] | None]:
+        data = federation.clients[client_id]
         state = store.get(client_id)
         model = algorithm.personalized_model(ctx, client_id, state, broadcast)
-        accuracies.append(accuracy(model, data.test_x, data.test_y, batch, normalize=data.normalize))
-        if meter is not None:
-            meter.add_evaluation(model, data.test_x, batch, normalize=data.normalize)
-        if diagnostics is not None and algorithm.evaluation_metrics is not None and int(data.test_y.shape[0]):
-            per_client.append(algorithm.evaluation_metrics(ctx, client_id, state, broadcast, data))
+        result = accuracy(model, data.test_x, data.test_y, batch, normalize=data.normalize)
+        flops = evaluation_flops(model, data.test_x, batch, data.normalize) if meter is not None else 0
+        metrics = (algorithm.evaluation_metrics(ctx, client_id, state, broadcast, data)
+                   if wants_metrics and int(data.test_y.shape[0]) else None)
+        return result, flops, metrics
+
+    clients = list(range(len(federation.clients)))
+    evaluated = map_clients(federation, evaluate, clients,
+                            work=lambda client_id: _client_work(federation, client_id, "test"))
+    accuracies = [evaluated[k][0] for k in clients]
+    if meter is not None:
+        for k in clients:
+            meter.add_evaluation_flops(evaluated[k][1])
     if diagnostics is not None:
-        diagnostics.update(mean_metrics(per_client))
+        diagnostics.update(mean_metrics([evaluated[k][2] for k in clients if evaluated[k][2] is not None]))
     return accuracies
 
 
@@ -481,6 +507,18 @@ class _StopOnSignal:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
 
+    @contextmanager
+    def workers_stopped(self, last_saved_round: int, out: Path) -> Iterator[None]:
+        """A worker that dies after the stop signal (it reached the workers too, e.g. SIGTERM to the
+        process group) ends the run as interrupted: the round under way is lost, the checkpoint of an
+        earlier round stays as it is. Without a signal, the worker's death is an error."""
+        try:
+            yield
+        except WorkerDied:
+            if self.signum is None:
+                raise
+            raise RunInterrupted(last_saved_round, self.signum, str(out)) from None
+
 
 def _execute(config: Config, out: Path, checkpoint: dict[str, Any] | None, *,
              progress: Callable[[int, int, dict], None] | None, log: Callable[[str], None]) -> dict[str, Any]:
@@ -555,15 +593,9 @@ def _execute_rounds(config: Config, out: Path, checkpoint: dict[str, Any] | None
 
     with _StopOnSignal() as stop:
         for round_index in range(first_round, config.rounds + 1):
-            try:
+            with stop.workers_stopped(round_index - 1, out):
                 server_state, broadcast, result = run_round(federation, store, server_state, broadcast, round_index,
                                                             validator=validator, log=event)
-            except WorkerDied:
-                if stop.signum is None:
-                    raise
-                # the signal reached the workers too (e.g. SIGTERM to the process group): this round
-                # is lost, the checkpoint of an earlier round stays as it is
-                raise RunInterrupted(round_index - 1, stop.signum, str(out)) from None
             ever_selected.update(result.selected)
             pending["expected"] += result.expected
             pending["received"] += result.received
@@ -571,7 +603,9 @@ def _execute_rounds(config: Config, out: Path, checkpoint: dict[str, Any] | None
             costs.add_round(result)
             if round_index % config.eval_every == 0 or round_index == config.rounds:
                 diagnostics = final_diagnostics = {}
-                client_accuracies = evaluate_clients(federation, store, broadcast, meter=costs, diagnostics=diagnostics)
+                with stop.workers_stopped(round_index - 1, out):  # evaluation forks workers too
+                    client_accuracies = evaluate_clients(federation, store, broadcast, meter=costs,
+                                                         diagnostics=diagnostics)
                 # the metrics row: one per evaluated round (update counts and costs since the previous row)
                 row = {"round": round_index, **summarize(client_accuracies), "train_loss": result.train_loss,
                        **pending, "wall_s": elapsed_before + time.perf_counter() - started, **costs.row(),

@@ -21,13 +21,9 @@ Definitions (also in the README):
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
-import torch
-from torch import nn
-
-from pfedlora.metrics.flops import evaluation_flops
 
 COST_FIELDS = ("up_bytes", "down_bytes", "train_flops", "eval_flops", "server_flops")
 
@@ -56,9 +52,9 @@ class CostMeter:
         self.client_rounds += len(result.selected)
         self.rounds += 1
 
-    def add_evaluation(self, model: nn.Module, x: torch.Tensor, batch_size: int,
-                       normalize: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
-        self._add("eval_flops", evaluation_flops(model, x, batch_size, normalize))
+    def add_evaluation_flops(self, flops: int) -> None:
+        """The FLOPs of evaluating one client (``flops.evaluation_flops``, counted where it ran)."""
+        self._add("eval_flops", flops)
 
     def row(self) -> dict[str, int]:
         """Costs since the previous row, then cumulative; resets the since-previous counters."""
