@@ -47,6 +47,7 @@ augmented. Evaluation uses each client's own model, as for every other algorithm
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import Literal
 
 from pydantic import Field
@@ -228,15 +229,11 @@ def client_update(ctx: FederationContext, client_id: int, state: State, broadcas
                str(study_x.dtype), study_x.device.type, tuple(guidance.shape), settings.target, float(settings.lam),
                cfg.train.batch_size)
         flops = flop_count.cached_step_flops(key)
+        with flop_count.counting() if flops is None else nullcontext() as counter:
+            grads, _ = meta_gradient(ctx, model, guidance, study_x, data.train_y[study], quiz_x, data.train_y[quiz])
         if flops is None:
-            with flop_count.counting() as counter:
-                grads, quiz_loss = meta_gradient(ctx, model, guidance, study_x, data.train_y[study], quiz_x,
-                                                 data.train_y[quiz])
             flops = int(counter.get_total_flops())
             flop_count.store_step_flops(key, flops)
-        else:
-            grads, quiz_loss = meta_gradient(ctx, model, guidance, study_x, data.train_y[study], quiz_x,
-                                             data.train_y[quiz])
         counts = torch.bincount(data.train_y[study], minlength=ctx.num_classes).to(torch.float32)
         grads = grads * (counts > 0).unsqueeze(1).to(grads.dtype)
         stats.append(TrainStats(module="meta_study", num_samples=int(study.shape[0] + quiz.shape[0]), flops=flops))

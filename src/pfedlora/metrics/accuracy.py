@@ -14,8 +14,9 @@ if TYPE_CHECKING:
 
 
 # Rows per forward of an inference pass over a client's data on CPU (evaluation, the class
-# statistics of FD, FedProto, FedGH and FedTGP). One forward of a CNN over 500 rows takes up to 1.6x
-# as long as two of 250 (the batch's activations fall out of the cache; benchmarks/README.md).
+# statistics of FD, FedProto, FedGH and FedTGP). In the run's own process one forward of CNN-2..5
+# over 500 rows took 66-72 ms against 39-46 ms in parts of at most 256 (benchmarks/README.md; in the
+# workers, which keep freed memory, the difference was not measurable).
 # A row's output does not depend on the rows beside it once a forward holds a few dozen rows (bit
 # for bit for CNN-1..5 from 37 rows up; 1-7 rows take other kernels and differ in the last bits:
 # tests/metrics/test_accuracy.py), so a configured batch above this is cut into near-equal parts of
