@@ -240,11 +240,12 @@ class PrivacyConfig(_Section):
     accountant: Literal["rdp", "pld"] = Field(default="rdp",
                                               description="dp-accounting's Renyi-DP (rdp) or "
                                                           "privacy-loss-distribution (pld, tighter) accountant.")
-    # where the DP noise and (central mode) the client sampling come from: "secure" (the OS's CSPRNG, fresh
-    # every draw; runs differ) or "seeded_insecure" (derived from `seed`, so anyone who knows the config
+    # where the DP noise and (central mode) the client sampling come from: "secure" (a ChaCha20 keystream
+    # under a fresh OS key every draw; runs differ) or "seeded_insecure" (derived from `seed`, so anyone who knows the config
     # can regenerate it and remove it: NOT private; for tests and debugging only)
     noise_source: Literal["secure", "seeded_insecure"] = Field(
-        default="secure", description="secure: DP noise and client sampling from the OS's CSPRNG (runs differ); "
+        default="secure", description="secure: DP noise and client sampling from a ChaCha20 keystream under a fresh "
+                                      "OS key (runs differ); "
                                       "seeded_insecure: derived from the public seed, NOT private (tests only).")
 
     @field_validator("mode", mode="before")

@@ -31,9 +31,10 @@ one DpEvent API, no torch dependency (Opacus would pin its own torch).
 
 Secrecy of the randomness: the config, seed included, is public (it is in config.yaml, in exported
 files and in every Flower message). So the noise and the central-mode sampling are drawn from the
-operating system's CSPRNG (``secrets``), fresh for every draw, as Opacus's ``secure_mode`` does;
-a Gaussian draw is the sum of four draws of half the std, which blunts the floating-point
-attacks on the low bits of one sample (Mironov, CCS 2012; Opacus does the same). Only with
+operating system's CSPRNG, fresh for every draw: the noise from a ChaCha20 keystream under a fresh
+256-bit key (:mod:`pfedlora.federation.secure_noise`; torch's generator would keep only 32 bits of
+any seed), each Gaussian the sum of four draws of half the std, which blunts the floating-point
+attacks on the low bits of one sample (Mironov, CCS 2012; Opacus's ``secure_mode`` does the same). Only with
 ``privacy.noise_source: seeded_insecure`` do they come from (seed, round[, client]), for tests and
 debugging: then anyone holding the config can regenerate the noise and subtract it.
 """
@@ -43,7 +44,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import secrets
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
@@ -59,8 +59,8 @@ from pfedlora.federation.sampling import (  # noqa: F401
     poisson_sampled,
     sample_clients,
     sampling_rate,
-    secret_seed,
 )
+from pfedlora.federation.secure_noise import secure_gaussian
 
 if TYPE_CHECKING:
     from pfedlora.config import Config
@@ -337,17 +337,15 @@ def clip_update(update: dict[str, torch.Tensor], clip_norm: float) -> dict[str, 
 
 
 def gaussian_like(update: dict[str, torch.Tensor], std: float, seed: int | None) -> dict[str, torch.Tensor]:
-    """Float64 N(0, std²) noise shaped like ``update``, in payload order from one generator.
+    """Float64 N(0, std²) noise shaped like ``update``, in payload order.
 
-    ``seed`` None (``noise_source: secure``): the generator is seeded with 128 secret bits per call
-    and every value is the sum of four draws at std/2 (as Opacus's secure_mode), so no low-bit
-    pattern of a single float draw survives. An int: a plain seeded draw (``seeded_insecure``)."""
-    generator = torch.Generator()
+    ``seed`` None (``noise_source: secure``): from a ChaCha20 keystream under a fresh 256-bit key
+    from the OS, every value the sum of four draws at std/2 (:mod:`pfedlora.federation.secure_noise`);
+    no seed exists that reproduces it. An int: a plain draw from torch's generator seeded with it
+    (``seeded_insecure``: reproducible by anyone holding the config, not private)."""
     if seed is None:
-        generator.manual_seed(secrets.randbits(64))  # torch's CPU generator takes at most 64 bits
-        return {name: (sum(torch.randn(tensor.shape, generator=generator, dtype=torch.float64) for _ in range(4))
-                       * (std / 2.0)).to(tensor.device)
-                for name, tensor in update.items()}
+        return {name: secure_gaussian(tensor.shape, std).to(tensor.device) for name, tensor in update.items()}
+    generator = torch.Generator()
     generator.manual_seed(seed)
     return {name: torch.randn(tensor.shape, generator=generator, dtype=torch.float64).to(tensor.device) * std
             for name, tensor in update.items()}

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import secrets
-
 import numpy as np
 
 from pfedlora.algorithms.base import derive_seed
 from pfedlora.config import Config
+from pfedlora.federation.secure_noise import secure_uniform
 
 
 def sample_clients(config: Config, round_index: int) -> list[int]:
@@ -36,15 +35,13 @@ def poisson_sampled(config: Config) -> bool:
     return config.privacy.mode == "central" and sampling_rate(config) < 1.0
 
 
-def secret_seed() -> int:
-    """128 bits from the operating system's CSPRNG (``secrets``): nothing in the config predicts it."""
-    return secrets.randbits(128)
-
-
 def poisson_sample(config: Config, round_index: int) -> list[int]:
     """Central DP: every client independently with probability m/N, from a secret source (seeded from
     (seed, round) only with ``noise_source: seeded_insecure``). The accountant's subsampling
-    amplification needs exactly this: a sample nobody outside the server can predict."""
-    source = secret_seed() if config.privacy.noise_source == "secure" else derive_seed(config.seed, "round", round_index)
-    draws = np.random.default_rng(source).random(config.num_clients)
+    amplification needs exactly this: a sample nobody outside the server can predict, so the secure
+    draws come from a ChaCha20 keystream under a fresh OS key, not from a seeded generator."""
+    if config.privacy.noise_source == "secure":
+        draws = secure_uniform(config.num_clients)
+    else:
+        draws = np.random.default_rng(derive_seed(config.seed, "round", round_index)).random(config.num_clients)
     return [int(k) for k in np.flatnonzero(draws < sampling_rate(config))]
