@@ -144,26 +144,21 @@ class PersonalizedClassifier(nn.Module):
         return self.model(x)
 
     def preprocess(self, inputs: Any) -> torch.Tensor:
-        """Raw inputs as the model's input tensor.
+        """Raw inputs as the model's input tensor, at the scale the model was trained on.
 
         Images: file paths, encoded bytes, Pillow images, uint8 arrays of one image each, or a list
-        mixing them; or one uint8 array [N, H, W(, C)] / [N, C, H, W] -> mode conversion, resize/pad and normalisation as in training. client_npz
-        data: float arrays as stored in its files. Text: strings (tokenized as in training) or
-        token ids. A float tensor already shaped [N, *input_shape] is taken as preprocessed.
+        mixing them; or one uint8 array [N, H, W(, C)] / [N, C, H, W]; or a float array in the training
+        data's own units (``preprocessing["input"]``: e.g. 0..255 pixel values for CIFAR and image
+        folders, 0..16 for scikit-learn's digits). 8-bit pixels are mapped to the training units
+        (``input.pixel_scale``), then resized and normalised as in training. Models trained on
+        client_npz float arrays take float arrays as stored in those files; image files are refused
+        there (their mapping to the stored units is unknown). Text: strings (tokenized as in
+        training) or token ids. Anything else stops with one line (:class:`~pfedlora.errors.UserError`);
+        preprocessed tensors go to the module itself (``model(x)``).
         """
         kind = self.preprocessing.get("kind")
-        if torch.is_tensor(inputs) and inputs.is_floating_point() and tuple(inputs.shape[1:]) == self.input_shape:
-            return inputs
-        if kind == "image":
-            from pfedlora.data.images import preprocess_images
-
-            return preprocess_images(inputs, self.preprocessing)
-        if kind == "tensor":
-            from pfedlora.data.client_data import fit_tensor_images
-
-            x = torch.as_tensor(np.asarray(inputs, dtype=np.float32))
-            x = x[:, None] if x.dim() == 3 else x
-            return fit_tensor_images(x, int(self.preprocessing["image_size"]), self.preprocessing["fit"])
+        if kind in ("image", "tensor"):
+            return _preprocess_images(inputs, self.preprocessing, self.input_shape)
         if kind in ("text", "token_ids"):
             length = int(self.preprocessing["max_length"])
             if isinstance(inputs, str) or (isinstance(inputs, (list, tuple)) and inputs and isinstance(inputs[0], str)):
@@ -243,3 +238,144 @@ def load_personalized(path: str | Path) -> PersonalizedClassifier:
         raise UserError(f"{weights_path}: weights do not fit the model in {document_path.name} "
                         f"({str(exc).splitlines()[0][:200]})") from None
     return PersonalizedClassifier(skeleton, document).eval()
+
+
+# --------------------------------------------------------------------------- raw images -> model input
+
+# exports written before preprocessing stated its input: every image loader then stored uint8 pixels
+# (digits' 0..16 floats were the exception, and predicted wrongly from 8-bit images)
+_UINT8_INPUT = {"dtype": "uint8", "range": [0, 255], "pixel_scale": 1.0, "resize": "pillow-bilinear"}
+
+
+def input_spec(preprocessing: dict[str, Any]) -> dict[str, Any]:
+    """What raw image input a model expects: ``dtype`` and ``range`` of the training data's units,
+    ``pixel_scale`` (training units per 8-bit pixel value; None: image files are not accepted) and
+    ``resize`` (``pillow-bilinear`` on 8-bit pixels, ``torch-bilinear`` on floats, as in training)."""
+    return dict(preprocessing.get("input") or _UINT8_INPUT)
+
+
+def _describe(spec: dict[str, Any]) -> str:
+    low, high = spec.get("range") or (None, None)
+    units = f"{spec['dtype']} values in {low:g}..{high:g}" if low is not None else f"{spec['dtype']} values"
+    if spec.get("pixel_scale") is None:
+        return f"{units} (as stored in its training files; image files are not accepted)"
+    return f"{units} (8-bit images are scaled by {spec['pixel_scale']:.6g})"
+
+
+def _is_float_array(item: Any) -> bool:
+    if torch.is_tensor(item):
+        return item.is_floating_point()
+    return isinstance(item, np.ndarray) and np.issubdtype(item.dtype, np.floating)
+
+
+def _is_array(item: Any) -> bool:
+    return torch.is_tensor(item) or isinstance(item, np.ndarray)
+
+
+def _check_range(values: np.ndarray, spec: dict[str, Any], where: str) -> None:
+    if spec.get("range") is None or values.size == 0:
+        return
+    low, high = (float(v) for v in spec["range"])
+    found_low, found_high = float(values.min()), float(values.max())
+    if not np.isfinite(values).all():
+        raise UserError(f"{where}: float input holds NaN or infinity; expected {_describe(spec)}")
+    slack = 0.01 * (high - low) + 1e-6
+    if spec.get("pixel_scale") is not None and high > 2.0 and 0.0 < found_high <= 1.0 and found_low >= -1.0:
+        raise UserError(f"{where}: float values in {found_low:g}..{found_high:g} look like 0..1 images, but this "
+                        f"model expects {_describe(spec)}; scale them by {high:g} or pass uint8 pixels or image files")
+    if spec.get("pixel_scale") is not None and (found_low < low - slack or found_high > high + slack):
+        raise UserError(f"{where}: float values span {found_low:g}..{found_high:g}, but this model expects "
+                        f"{_describe(spec)}; preprocessed tensors go to the module itself: model(x)")
+
+
+def _float_batch(array: Any, channels: int, where: str) -> torch.Tensor:
+    """A float array of images as [N, C, H, W]: [N, H, W] or [N, H, W, C] batches, or one [H, W] image."""
+    x = torch.as_tensor(np.asarray(array.detach().cpu() if torch.is_tensor(array) else array, dtype=np.float32))
+    if x.dim() == 2:
+        x = x[None, None]
+    elif x.dim() == 3:
+        x = x[:, None] if channels == 1 or x.shape[-1] not in (1, 3, 4) else x.permute(2, 0, 1)[None]
+    elif x.dim() == 4 and x.shape[1] != channels and x.shape[-1] == channels:
+        x = x.permute(0, 3, 1, 2)
+    if x.dim() != 4 or x.shape[1] != channels:
+        raise UserError(f"{where}: float images must be [N, {channels}, H, W], [N, H, W, {channels}]"
+                        f"{' or [N, H, W]' if channels == 1 else ''}, got shape {list(np.shape(array))}")
+    return x.contiguous()
+
+
+def _to_size(x: torch.Tensor, preprocessing: dict[str, Any]) -> torch.Tensor:
+    from pfedlora.data.client_data import fit_tensor_images
+
+    if x.shape[-1] != x.shape[-2] and preprocessing.get("fit") != "resize":
+        raise UserError(f"images are {x.shape[-1]}x{x.shape[-2]}; this model pads (image_fit pad), which needs "
+                        "square images")
+    return fit_tensor_images(x, int(preprocessing["image_size"]), preprocessing.get("fit") or "resize")
+
+
+def _normalise(x: torch.Tensor, preprocessing: dict[str, Any]) -> torch.Tensor:
+    if preprocessing.get("mean") is None:
+        return x  # client_npz arrays: used as stored
+    mean = torch.tensor(preprocessing["mean"], dtype=torch.float32).view(1, -1, 1, 1)
+    std = torch.tensor(preprocessing["std"], dtype=torch.float32).view(1, -1, 1, 1)
+    return x.to(torch.float32).sub(mean).div(std)
+
+
+def _pixels_in_units(items: list[tuple[str, Any]], preprocessing: dict[str, Any], spec: dict[str, Any]) -> list[torch.Tensor]:
+    """8-bit images (files, bytes, Pillow images, uint8 arrays of one image) as float [1, C, H, W] in the
+    training units, at their own size (models trained on float units are resized in floats, as in training)."""
+    from pfedlora.data.images import _array_images, _convert, _open
+
+    channels = int(preprocessing["channels"])
+    out = []
+    for where, item in items:
+        image = _array_images(item, where, single=True)[0] if _is_array(item) else _open(item, where)
+        pixels = np.asarray(_convert(image, channels), dtype=np.float32)
+        pixels = pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
+        out.append(torch.from_numpy(pixels * np.float32(spec["pixel_scale"]))[None])
+    return out
+
+
+def _preprocess_images(inputs: Any, preprocessing: dict[str, Any], input_shape: tuple[int, ...]) -> torch.Tensor:
+    """Raw images as model input [N, *input_shape], by the training data's units (:func:`input_spec`)."""
+    spec = input_spec(preprocessing)
+    channels = int(preprocessing["channels"])
+    if _is_array(inputs) and not _is_float_array(inputs):
+        values = np.asarray(inputs.detach().cpu() if torch.is_tensor(inputs) else inputs)
+        if values.dtype != np.uint8 and values.size and (values.min() < 0 or values.max() > 255):
+            raise UserError(f"inputs: integer images must be 8-bit pixels in 0..255, got {values.min()}..{values.max()}")
+    if _is_float_array(inputs) or (isinstance(inputs, (list, tuple)) and inputs and all(map(_is_float_array, inputs))):
+        # float arrays: the training data's own units
+        parts = [inputs] if _is_array(inputs) else list(inputs)
+        batches = [_float_batch(part, channels, f"inputs[{i}]" if not _is_array(inputs) else "inputs")
+                   for i, part in enumerate(parts)]
+        for i, batch in enumerate(batches):
+            _check_range(batch.numpy(), spec, "inputs")
+        if spec["resize"] == "pillow-bilinear" and any(b.shape[-2:] != input_shape[-2:] for b in batches):
+            # trained on 8-bit pixels resized by Pillow: resize these the same way
+            from pfedlora.data.images import preprocess_images
+
+            pixels = [b.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy() for b in batches]
+            return preprocess_images([image for batch in pixels for image in batch], preprocessing)
+        return _normalise(torch.cat([_to_size(b, preprocessing) for b in batches]) if batches
+                          else torch.zeros((0, *input_shape)), preprocessing)
+    if spec.get("pixel_scale") is None:
+        raise UserError(f"this model was trained on float arrays ({_describe(spec)}); pass float arrays "
+                        "[N, C, H, W] in those units")
+    if spec["resize"] == "pillow-bilinear":
+        from pfedlora.data.images import preprocess_images
+
+        return preprocess_images(inputs, preprocessing)  # exactly the loaders' decoding of 8-bit images
+    if _is_array(inputs):
+        from pfedlora.data.images import _array_images
+
+        items = [(f"inputs[{i}]", np.asarray(image)) for i, image in enumerate(_array_images(inputs, "inputs"))]
+    else:
+        listed = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
+        items = [(str(item) if isinstance(item, (str, Path)) else f"inputs[{i}]", item) for i, item in enumerate(listed)]
+        for where, item in items:
+            if _is_float_array(item):
+                raise UserError(f"{where}: a list mixes float arrays with images; pass float arrays on their own")
+    tensors = _pixels_in_units(items, preprocessing, spec)
+    if not tensors:
+        return torch.zeros((0, *input_shape))
+    return _normalise(torch.cat([_to_size(t, preprocessing) for t in tensors]), preprocessing)

@@ -101,5 +101,6 @@ def uint8_dataset(name: str, train_x: np.ndarray, train_y: np.ndarray, test_x: n
         std=list(std),
         # raw input: uint8 pixels, channel-first, brought to the dataset's size by ``fit``
         preprocessing={"kind": "image", "channels": int(train_x.shape[1]), "image_size": int(train_x.shape[-1]),
-                       "fit": fit, "mean": list(mean), "std": list(std)},
+                       "fit": fit, "mean": list(mean), "std": list(std),
+                       "input": {"dtype": "uint8", "range": [0, 255], "pixel_scale": 1.0, "resize": "pillow-bilinear"}},
     )

@@ -220,8 +220,12 @@ def load_client_npz(path: str | None, options: Any, *, max_length: int) -> Array
         name="client_npz", train_x=train_x, train_y=torch.from_numpy(train_y), test_x=test_x,
         test_y=torch.from_numpy(test_y), num_classes=num_classes, class_names=class_names, clients=clients,
         # inputs are used as stored (already normalised by whoever wrote the files)
+        # their range is recorded so that predict can say what it expects; image files have no known
+        # mapping to these units, so predict refuses them (pixel_scale null)
         preprocessing={"kind": "tensor", "channels": int(train_x.shape[1]), "image_size": int(train_x.shape[-1]),
-                       "fit": options.image_fit, "source_size": int(first.shape[-1])})
+                       "fit": options.image_fit, "source_size": int(first.shape[-1]),
+                       "input": {"dtype": "float32", "pixel_scale": None, "resize": "torch-bilinear",
+                                 "range": [float(train_x.min()), float(train_x.max())] if train_x.numel() else None}})
 
 
 def _npz_settings(root: Path) -> dict[str, int]:

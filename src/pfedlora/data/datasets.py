@@ -183,9 +183,12 @@ def _load_digits(seed: int) -> ArrayDataset:
     mean = train_x.mean(dim=(0, 2, 3))
     std = train_x.std(dim=(0, 2, 3), unbiased=False)
     std = torch.where(std > 0, std, torch.ones_like(std))
-    # raw input: sklearn's 8x8 digits (values 0..16), bilinearly resized to 32x32
+    # raw input: sklearn's 8x8 digits (float values 0..16), bilinearly resized to 32x32 as floats; an
+    # 8-bit image (0..255) is brought to those units first (pfedlora.export maps inputs by "input")
     preprocessing = {"kind": "image", "channels": 1, "image_size": _IMG_SIZE, "fit": "resize",
-                     "mean": mean.tolist(), "std": std.tolist()}
+                     "mean": mean.tolist(), "std": std.tolist(),
+                     "input": {"dtype": "float32", "range": [0.0, 16.0], "pixel_scale": 16.0 / 255.0,
+                               "resize": "torch-bilinear"}}
     return ArrayDataset(
         name="digits",
         train_x=_apply_norm(train_x, mean, std),
