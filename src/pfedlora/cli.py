@@ -163,7 +163,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     table = compare(document, args.overrides, algorithms, seeds, out, target_accuracy=args.target,
                     target_fraction=args.target_fraction, runner=_run_with_progress,
                     skip_incompatible=args.algorithms.strip() == "all", algorithm_overrides=algorithm_overrides,
-                    execution=execution)
+                    execution=execution, reference=args.reference)
     print(comparison_markdown(table))
     print(f"results: {out / 'comparison.md'}, {out / 'comparison.csv'}, {out / 'report.md'}")
     return 0
@@ -174,7 +174,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     from pfedlora.config import QUICKSTART, load_document
     from pfedlora.experiments.compare import resolve_algorithms, resolve_seeds
-    from pfedlora.experiments.sweep import sweep, sweep_table
+    from pfedlora.experiments.sweep import aggregate_markdown, sweep, sweep_table
 
     document = load_document(args.config) if args.config else copy.deepcopy(QUICKSTART)
     execution = _execution(args)
@@ -187,8 +187,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else _default_out("sweep")
     print(f"pfedlora sweep -> {out}")
 
-    result = sweep(document, overrides, out, grid_overrides=args.grid, runner=_run_with_progress, execution=execution)
+    result = sweep(document, overrides, out, grid_overrides=args.grid, runner=_run_with_progress, execution=execution,
+                   reference=args.reference)
     print(sweep_table(result["rows"], result["settings"]))
+    print("\n".join(aggregate_markdown(result["aggregates"], result["reference"])))
     paths = result["paths"]
     print(f"results: {paths['markdown']}, {paths['csv']}, {paths['report']}, {', '.join(map(str, paths['plots']))}")
     return 0
@@ -236,6 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      "(each algorithm's tuned value of a shared key; repeatable)")
     compare_parser.add_argument("--out", metavar="DIR", help="output directory (default: runs/<time>-compare); finished runs in it are reused, interrupted ones continue from their checkpoint")
     compare_parser.add_argument("--target", type=float, metavar="ACC", help="target mean accuracy in percent (default: config target_accuracy, else --target-fraction)")
+    compare_parser.add_argument("--reference", metavar="ALGORITHM",
+                                help="the algorithm every other one is paired with, seed by seed (default: standalone where it runs, else the first)")
     compare_parser.add_argument("--target-fraction", type=float, default=0.9, metavar="F",
                                 help="target = F x the best baseline's final accuracy (default: 0.9)")
     _add_execution_args(compare_parser)
@@ -247,6 +251,8 @@ def build_parser() -> argparse.ArgumentParser:
                               help="add or replace a grid key, e.g. --grid adapter.rank=[4,8,16] (repeatable)")
     sweep_parser.add_argument("--algorithms", metavar="A,B|all", help="algorithms (default: the config's sweep.algorithms, else pfedlora)")
     sweep_parser.add_argument("--seeds", metavar="S,S", help="seeds (default: the config's sweep.seeds, else 0)")
+    sweep_parser.add_argument("--reference", metavar="ALGORITHM",
+                              help="the algorithm every other one is paired with, seed by seed, at each point and over the grid (default: standalone where it runs, else the first)")
     sweep_parser.add_argument("--out", metavar="DIR", help="output directory (default: runs/<time>-sweep); finished runs in it are reused, interrupted ones continue from their checkpoint")
     _add_execution_args(sweep_parser)
     sweep_parser.set_defaults(handler=cmd_sweep)

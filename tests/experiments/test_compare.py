@@ -185,3 +185,55 @@ def test_reuse_reads_a_missing_changed_default_as_its_former_value_and_ignores_o
     other["train"]["lr"] = 0.5
     (run_dir / "config.yaml").write_text(yaml.safe_dump(other, sort_keys=False))
     assert not _finished_with(run_dir, build_config({**document, "algorithm": "standalone"}))
+
+
+def test_paired_differences_against_the_reference_by_hand(tmp_path):
+    from pfedlora.experiments.compare import comparison_markdown, write_comparison_csv
+
+    # final accuracies per seed: standalone 50, 52, 54; fedproto 51, 55, 54 -> differences 1, 3, 0
+    records = [_record("fedproto", s, [40, acc], flops_per_round=1, bytes_per_round=2) for s, acc in enumerate((51, 55, 54))]
+    records += [_record("standalone", s, [30, acc], flops_per_round=1, bytes_per_round=0) for s, acc in enumerate((50, 52, 54))]
+    table = summarize_comparison(records)
+    assert table["reference"] == "standalone"  # where it ran, whatever the order
+    rows = {row["algorithm"]: row for row in table["rows"]}
+    mean = 4 / 3
+    half = 4.302652729749464 * math.sqrt(((1 - mean) ** 2 + (3 - mean) ** 2 + mean ** 2) / 2) / math.sqrt(3)
+    ours = rows["fedproto"]
+    assert ours["final_diff_mean"] == pytest.approx(mean) and ours["final_diff_n"] == 3
+    assert (ours["final_diff_ci_low"], ours["final_diff_ci_high"]) == pytest.approx((mean - half, mean + half))
+    assert ours["final_diff_excludes_zero"] is False and ours["final_diff_bootstrap_low"] is None
+    assert ours["best_diff_mean"] == pytest.approx(mean)
+    assert rows["standalone"]["final_diff_mean"] is None  # the reference is not paired with itself
+    # a reference that sends nothing: no "comm ×" against its zero bytes
+    assert table["best_baseline"] == "fedproto" and rows["fedproto"]["comm_reduction_x"] == 1.0
+    markdown = comparison_markdown(table)
+    assert "## Paired differences against standalone" in markdown
+    assert "| fedproto | +1.33 [-2.46, +5.13] (n=3) | indistinguishable from standalone with 3 seeds |" in markdown
+    write_comparison_csv(table, tmp_path / "c.csv")
+    with open(tmp_path / "c.csv", newline="") as handle:
+        csv_rows = {row["algorithm"]: row for row in csv.DictReader(handle)}
+    assert float(csv_rows["fedproto"]["final_diff_ci_low"]) == pytest.approx(mean - half)
+    assert csv_rows["fedproto"]["reference"] == "standalone" and csv_rows["standalone"]["final_diff_mean"] == ""
+
+    explicit = summarize_comparison(records, reference="fedproto")
+    standalone = {row["algorithm"]: row for row in explicit["rows"]}["standalone"]
+    assert standalone["final_diff_mean"] == pytest.approx(-mean)
+    # Standalone the best baseline: the others' "comm ×" would be 0 bytes / their bytes, so there is none
+    ahead = [_record("standalone", s, [30, 90], flops_per_round=1, bytes_per_round=0) for s in range(3)]
+    behind = {row["algorithm"]: row for row in summarize_comparison(records[:3] + ahead)["rows"]}
+    assert behind["standalone"]["is_best_baseline"] and behind["fedproto"]["comm_reduction_x"] is None
+    with pytest.raises(UserError, match="--reference 'fml' is not among the compared algorithms"):
+        summarize_comparison(records, reference="fml")
+
+
+def test_no_ratio_against_a_zero_cost():
+    from pfedlora.experiments.compare import _ratio
+
+    assert _ratio(0.0, 40_000.0) is None and _ratio(0.0, 0.0) is None
+    assert _ratio(40_000.0, 20_000.0) == 2.0 and math.isinf(_ratio(40_000.0, 0.0))
+
+
+def test_compare_checks_the_reference_before_running(tmp_path):
+    assert main(["compare", "--algorithms", "standalone", "--seeds", "0", "--reference", "fd",
+                 "--out", str(tmp_path / "x")]) == 2
+    assert not (tmp_path / "x" / "standalone").exists()

@@ -143,3 +143,22 @@ def test_table_shows_selected_clients_accuracy_only_under_partial_participation(
     assert "clients ever selected" not in sweep_table([row], settings)
     table = sweep_table([{**row, "selected_clients_final_acc": 61.5}], settings)
     assert "clients ever selected" in table and "| 61.50 |" in table
+
+
+def test_grid_aggregates_pair_each_point_and_follow_rliable_by_hand():
+    from pfedlora.experiments.sweep import aggregate_markdown, grid_aggregates
+
+    def row(point, algorithm, finals):
+        return {"point": point, "algorithm": algorithm, "final_by_seed": dict(enumerate(finals))}
+
+    rows = [row("a", "standalone", [50] * 5), row("a", "fedproto", [50, 50, 50, 50, 60]),
+            row("b", "standalone", [70] * 5), row("b", "fedproto", [71] * 5),
+            row("c", "fedproto", [1.0])]  # no standalone at c: not paired
+    aggregates = grid_aggregates(rows, "standalone")
+    agg = aggregates["fedproto"]
+    assert agg.settings == 2 and agg.mean_gain == pytest.approx(1.5)
+    assert (agg.mean_gain_low, agg.mean_gain_high) == pytest.approx((0.5, 3.5))  # see test_stats
+    assert agg.probability_of_improvement == pytest.approx(0.8)
+    table = "\n".join(aggregate_markdown(aggregates, "standalone"))
+    assert "| fedproto | 2 | 10 | +1.50 [+0.50, +3.50] | 0.80 [" in table
+    assert grid_aggregates(rows[:2], "standalone") == {}  # one point: nothing to aggregate

@@ -19,7 +19,13 @@ Definitions (also in the README):
   rounds / FLOPs (training + server) / bytes (up + down) to target: means over the seeds that
   reach it;
 * reduction factor (×) of an algorithm = the best baseline's cost / the algorithm's cost, so a
-  factor above 1 means the algorithm is cheaper (the paper's 11.81× and 7.41×).
+  factor above 1 means the algorithm is cheaper (the paper's 11.81× and 7.41×); none where the best
+  baseline's cost is 0 (a ratio against nothing says nothing);
+* paired difference against the reference (``--reference``, default ``standalone`` where it ran,
+  else the first algorithm): per seed, the algorithm's final (best) accuracy − the reference's on the
+  same seed, and rounds to target − the reference's on the seeds both reach it; mean, 95% Student t
+  interval, percentile bootstrap interval from 5 seeds up, n (:mod:`pfedlora.experiments.stats`).
+  A difference is a gain or a loss only when its interval excludes 0.
 """
 
 from __future__ import annotations
@@ -37,9 +43,11 @@ import yaml
 from pfedlora.config import Config, build_config
 from pfedlora.errors import UserError
 from pfedlora.experiments.records import RunRecord, human, load_run
+from pfedlora.experiments.stats import BOOTSTRAP_MIN_SEEDS, PairedDifference, paired_difference
 from pfedlora.federation.preflight import runnable_config
 from pfedlora.metrics.costs import time_to_target
 from pfedlora.metrics.run_dir import write_atomic
+from pfedlora.metrics.tracking import finish_group, group_planned_runs
 from pfedlora.registry import section_owners, with_former_defaults
 
 PROPOSED = "pfedlora"
@@ -188,6 +196,7 @@ def run_all(document: dict[str, Any], overrides: Sequence[str], algorithms: Sequ
     finished with the same config; return the records in (algorithm, seed) order."""
     planned = plan_runs(document, overrides, algorithms, seeds, out, announce=announce,
                         skip_incompatible=skip_incompatible, algorithm_overrides=algorithm_overrides)
+    group_planned_runs(planned, out, "compare", announce)  # tracking: one experiment, one parent run
     execute_runs(planned, runner=runner, announce=announce, execution=execution)
     return [load_run(p.run_dir) for p in planned]
 
@@ -227,7 +236,7 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 
 
 def _ratio(baseline: float | None, value: float | None) -> float | None:
-    if baseline is None or value is None or (baseline == 0 and value == 0):
+    if baseline is None or value is None or baseline == 0:  # against a cost of 0 no ratio means anything
         return None
     return math.inf if value == 0 else baseline / value
 
@@ -254,12 +263,62 @@ def _mean_of(values: list[float | None]) -> float | None:
     return statistics.fmean(values) if values and all(v is not None for v in values) else None
 
 
+DEFAULT_REFERENCE = "standalone"
+# (row key prefix, what is differenced) of the paired differences against the reference
+PAIRED = (("final_diff", "final accuracy"), ("best_diff", "best accuracy"), ("rounds_to_target_diff", "rounds to target"))
+PAIRED_FIELDS = ("mean", "ci_low", "ci_high", "bootstrap_low", "bootstrap_high", "n", "excludes_zero")
+
+
+def choose_reference(algorithms: Sequence[str], reference: str | None = None) -> str:
+    """``reference`` if it is among ``algorithms`` (UserError otherwise); by default ``standalone``
+    where it ran, else the first algorithm."""
+    if reference is None:
+        return DEFAULT_REFERENCE if DEFAULT_REFERENCE in algorithms else algorithms[0]
+    if reference not in algorithms:
+        raise UserError(f"--reference {reference!r} is not among the compared algorithms; choose one of "
+                        f"{', '.join(algorithms)}")
+    return reference
+
+
+def paired_columns(prefix: str, difference: PairedDifference | None) -> dict[str, Any]:
+    """``{prefix}_mean``, ``_ci_low``, ``_ci_high``, ``_bootstrap_low``, ``_bootstrap_high``, ``_n``,
+    ``_excludes_zero`` of one paired difference (None throughout when there is none)."""
+    if difference is None:
+        return {f"{prefix}_{field}": None for field in PAIRED_FIELDS}
+    return {f"{prefix}_{field}": getattr(difference, field) for field in PAIRED_FIELDS}
+
+
+def _paired_rows(by_algorithm: dict[str, list[RunRecord]], rows: dict[str, dict[str, Any]], reference: str,
+                 target_accuracy: float) -> None:
+    """Each row's paired differences against ``reference`` (its own row: none)."""
+    def per_seed(runs: list[RunRecord], value) -> dict[int, float]:
+        return {r.seed: v for r in runs if (v := value(r)) is not None}
+
+    def rounds(record: RunRecord) -> float | None:
+        hit = time_to_target(record.history, target_accuracy)
+        return None if hit is None else hit["round"]
+
+    values = {"final_diff": lambda r: r.summary["final_accuracy"], "best_diff": lambda r: r.summary["best_accuracy"],
+              "rounds_to_target_diff": rounds}
+    for algorithm, runs in by_algorithm.items():
+        for prefix, _ in PAIRED:
+            difference = None
+            if algorithm != reference:
+                ours, theirs = per_seed(runs, values[prefix]), per_seed(by_algorithm[reference], values[prefix])
+                if set(ours) & set(theirs):
+                    difference = paired_difference(theirs, ours)
+            rows[algorithm] |= paired_columns(prefix, difference)
+            rows[algorithm][f"{prefix}_object"] = difference
+
+
 def summarize_comparison(records: Sequence[RunRecord], *, target_accuracy: float | None = None,
-                         target_fraction: float = 0.9) -> dict[str, Any]:
-    """The comparison table (one row per algorithm, in the order first seen) and its target."""
+                         target_fraction: float = 0.9, reference: str | None = None) -> dict[str, Any]:
+    """The comparison table (one row per algorithm, in the order first seen), its target and the
+    paired differences against ``reference`` (see :func:`choose_reference`)."""
     by_algorithm: dict[str, list[RunRecord]] = {}
     for record in records:
         by_algorithm.setdefault(record.algorithm, []).append(record)
+    paired_with = choose_reference(list(by_algorithm), reference)
     rows: dict[str, dict[str, Any]] = {}
     for algorithm, runs in by_algorithm.items():
         final_mean, final_std = _mean_std([r.summary["final_accuracy"] for r in runs])
@@ -277,9 +336,9 @@ def summarize_comparison(records: Sequence[RunRecord], *, target_accuracy: float
     baselines = [name for name in rows if name != PROPOSED]
     best_baseline = max(baselines, key=lambda name: rows[name]["final_acc_mean"]) if baselines else None
     if target_accuracy is None:
-        reference = best_baseline or max(rows, key=lambda name: rows[name]["final_acc_mean"])
-        target_accuracy = target_fraction * rows[reference]["final_acc_mean"]
-        target_rule = f"{target_fraction:g} × final accuracy of {reference}"
+        target_of = best_baseline or max(rows, key=lambda name: rows[name]["final_acc_mean"])
+        target_accuracy = target_fraction * rows[target_of]["final_acc_mean"]
+        target_rule = f"{target_fraction:g} × final accuracy of {target_of}"
     else:
         target_rule = "absolute"
 
@@ -300,10 +359,11 @@ def summarize_comparison(records: Sequence[RunRecord], *, target_accuracy: float
                              ("flops_to_target_reduction_x", "flops_to_target"),
                              ("bytes_to_target_reduction_x", "bytes_to_target")):
             row[factor] = _ratio(base[cost], row[cost]) if base else None
+    _paired_rows(by_algorithm, rows, paired_with, target_accuracy)
     diagnostics = _diagnostic_names(records)
     for row in rows.values():  # None where an algorithm does not report one
         row |= {name: row.get(name) for name in diagnostics}
-    return {"rows": list(rows.values()), "best_baseline": best_baseline,
+    return {"rows": list(rows.values()), "best_baseline": best_baseline, "reference": paired_with,
             "target_accuracy": target_accuracy, "target_rule": target_rule, "diagnostics": diagnostics}
 
 
@@ -313,7 +373,8 @@ CSV_COLUMNS = [
     "down_bytes_per_client_round", "comm_bytes_per_client_round", "server_flops_per_round",
     "target_reached", "rounds_to_target", "flops_to_target", "bytes_to_target",
     "compute_reduction_x", "comm_reduction_x", "flops_to_target_reduction_x", "bytes_to_target_reduction_x",
-    "is_best_baseline",
+    "is_best_baseline", "reference",
+    *(f"{prefix}_{field}" for prefix, _ in PAIRED for field in PAIRED_FIELDS),
 ]
 
 
@@ -325,6 +386,7 @@ def write_comparison_csv(table: dict[str, Any], path: Path) -> None:
         writer = csv.DictWriter(handle, fieldnames=[*CSV_COLUMNS, "target_accuracy", *diagnostics])
         writer.writeheader()
         for row in table["rows"]:
+            row = {**row, "reference": table["reference"]}
             writer.writerow({**{k: ("" if row[k] is None else row[k]) for k in CSV_COLUMNS},
                              "target_accuracy": table["target_accuracy"],
                              **{k: ("" if row.get(k) is None else row[k]) for k in diagnostics}})
@@ -352,7 +414,7 @@ def comparison_markdown(table: dict[str, Any], title: str = "Comparison") -> str
         "Accuracy in percent, mean ± std over seeds (the value alone for one seed). Per client per round: client training FLOPs and "
         "uploaded + downloaded bytes, divided by the number of client-rounds. To target: cumulative "
         "FLOPs (training + server) and bytes (up + down) when the mean accuracy first reaches the target, "
-        "mean over the seeds that reach it. × = best baseline's cost / the algorithm's cost.", "",
+        "mean over the seeds that reach it. × = best baseline's cost / the algorithm's cost (– where that cost is 0).", "",
         "| algorithm | final acc | best acc | Δ | compute / client / round | comm / client / round "
         "| rounds to target | FLOPs to target | bytes to target | compute × | comm × | FLOPs-to-target × "
         "| bytes-to-target × |",
@@ -383,20 +445,71 @@ def comparison_markdown(table: dict[str, Any], title: str = "Comparison") -> str
         for row in table["rows"]:
             cells = ["–" if row.get(name) is None else f"{row[name]:.2f}" for name in names]
             lines.append(f"| {row['algorithm']} | " + " | ".join(cells) + " |")
+    paired = paired_markdown(table)
+    lines += ["", *paired] if paired else []
     lines += ["", "Numbers: `comparison.csv`. Plots: [report.md](report.md).", ""]
     return "\n".join(lines)
+
+
+def difference_text(difference: PairedDifference | None) -> str:
+    """``+1.33 [-2.46, +5.13] (n=3)``; – where there is none."""
+    return "–" if difference is None else difference.text()
+
+
+def verdict_text(difference: PairedDifference | None, reference: str) -> str:
+    """``**gain**`` / ``**loss**`` where the 95% interval excludes 0, else ``indistinguishable (n seeds)``."""
+    if difference is None:
+        return "–"
+    if difference.excludes_zero:
+        return f"**{difference.verdict}**"
+    return f"indistinguishable from {reference} with {difference.n} seed{'s' if difference.n != 1 else ''}"
+
+
+def bootstrap_text(difference: PairedDifference | None) -> str:
+    if difference is None or difference.bootstrap_low is None:
+        return "–"
+    return f"[{difference.bootstrap_low:+.2f}, {difference.bootstrap_high:+.2f}]"
+
+
+def paired_markdown(table: dict[str, Any]) -> list[str]:
+    """The paired-differences table against the table's reference."""
+    reference = table.get("reference")
+    if reference is None or len(table["rows"]) < 2:  # nothing to pair
+        return []
+    lines = [f"## Paired differences against {reference}", "",
+             f"Per seed, the algorithm's value − {reference}'s on the same seed (same partitions and data): "
+             "accuracy in percentage points, rounds to target in rounds (over the seeds where both reach it). "
+             "Mean [95% Student t interval] (n seeds); bootstrap: the percentile bootstrap 95% interval of the final "
+             f"accuracy difference (from {BOOTSTRAP_MIN_SEEDS} seeds). A gain or loss only where the t interval "
+             "excludes 0.", "",
+             f"| algorithm | final acc − {reference} | verdict | bootstrap | best acc − {reference} "
+             f"| rounds to target − {reference} |",
+             "|---|---|---|---|---|---|"]
+    for row in table["rows"]:
+        if row["algorithm"] == reference:
+            continue
+        final = row.get("final_diff_object")
+        lines.append(f"| {row['algorithm']} | {difference_text(final)} | {verdict_text(final, reference)} "
+                     f"| {bootstrap_text(final)} | {difference_text(row.get('best_diff_object'))} "
+                     f"| {difference_text(row.get('rounds_to_target_diff_object'))} |")
+    return lines
 
 
 def compare(document: dict[str, Any], overrides: Sequence[str], algorithms: Sequence[str], seeds: Sequence[int],
             out: str | Path, *, target_accuracy: float | None = None, target_fraction: float = 0.9,
             runner: Runner = _default_runner, announce: Callable[[str], None] = print,
             skip_incompatible: bool = False, algorithm_overrides: dict[str, list[str]] | None = None,
-            execution: ExecutionOptions | None = None) -> dict[str, Any]:
-    """Run, tabulate and report; writes comparison.md, comparison.csv and report.md under ``out``."""
+            execution: ExecutionOptions | None = None, reference: str | None = None) -> dict[str, Any]:
+    """Run, tabulate and report; writes comparison.md, comparison.csv and report.md under ``out``.
+
+    ``reference``: the algorithm the paired differences are taken against (see :func:`choose_reference`).
+    """
     from pfedlora.experiments.report import write_report
 
     if not 0 < target_fraction <= 1:
         raise UserError(f"--target-fraction must be in (0, 1], got {target_fraction}")
+    if reference is not None:  # checked before anything runs
+        choose_reference(list(algorithms), reference)
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UserError(f"output path {str(out)!r} exists and is not a directory")
@@ -406,8 +519,10 @@ def compare(document: dict[str, Any], overrides: Sequence[str], algorithms: Sequ
                       execution=execution)
     if target_accuracy is None:  # the config's target_accuracy, if any
         target_accuracy = build_config(document, list(overrides)).target_accuracy
-    table = summarize_comparison(records, target_accuracy=target_accuracy, target_fraction=target_fraction)
+    table = summarize_comparison(records, target_accuracy=target_accuracy, target_fraction=target_fraction,
+                                 reference=reference)
     write_comparison_csv(table, out / "comparison.csv")
     write_atomic(out / "comparison.md", comparison_markdown(table))
     write_report([r.path for r in records], out, title="Comparison runs")
+    finish_group(out, [out / "comparison.csv", out / "comparison.md", *sorted(out.glob("*.png"))], announce)
     return table

@@ -11,11 +11,15 @@ and then executed together, so ``--jobs N`` keeps N runs going across the whole 
 
 * ``sweep.csv``: one row per (grid point, algorithm): the swept keys, then the comparison metrics
   (final / best accuracy mean ± std over seeds, per-client-per-round training FLOPs and bytes,
-  adapter parameters, accuracy at each round of interest);
+  adapter parameters, accuracy at each round of interest) and the paired difference in final
+  accuracy against the reference algorithm (``--reference``; see :mod:`pfedlora.experiments.compare`);
 * ``sweep_<KEY>.png`` for every swept key: final accuracy, training FLOPs / client / round and
   communication bytes / client / round against the key's values, one line per algorithm and
-  combination of the other swept keys, error bars = std over seeds;
-* ``sweep.md``: the grid, the table and the plots; ``report.md``: accuracy vs round of every run.
+  combination of the other swept keys, error bars = 95% Student t interval of the mean over seeds;
+* ``sweep.md``: the grid, the table, the aggregate over the grid's points (rliable's stratified
+  bootstrap interval of the mean gain and probability of improvement over the reference,
+  :func:`pfedlora.experiments.stats.aggregate_gain`) and the plots; ``report.md``: accuracy vs round
+  of every run.
 """
 
 from __future__ import annotations
@@ -34,24 +38,32 @@ from pfedlora.config import SweepConfig, build_config, parse_override
 from pfedlora.errors import UserError
 from pfedlora.federation.preflight import runnable_config
 from pfedlora.experiments.compare import (
-    ExecutionOptions, RunRecord, Runner, _costs, _default_runner, _mean_std, execute_runs, human, load_run,
-    mean_std_text, plan_runs,
-    summarize_comparison,
+    ExecutionOptions, RunRecord, Runner, _costs, _default_runner, _mean_std, choose_reference, difference_text,
+    execute_runs, human, load_run, mean_std_text, plan_runs, summarize_comparison, verdict_text,
 )
+from pfedlora.experiments.stats import AggregateGain, aggregate_gain, t_interval
 from pfedlora.metrics.run_dir import write_atomic
+from pfedlora.metrics.tracking import finish_group, group_planned_runs
 
 METRIC_COLUMNS = [
     "algorithm", "seeds", "final_acc_mean", "final_acc_std", "best_acc_mean", "best_acc_std",
     "train_flops_per_client_round", "train_flops_std", "up_bytes_per_client_round", "down_bytes_per_client_round",
     "comm_bytes_per_client_round", "comm_bytes_std", "server_flops_per_round", "adapter_parameters",
-    "selected_clients_final_acc",
+    "selected_clients_final_acc", "reference", "final_diff_mean", "final_diff_ci_low", "final_diff_ci_high",
+    "final_diff_bootstrap_low", "final_diff_bootstrap_high", "final_diff_n", "final_diff_excludes_zero",
 ]
-# (column, std column, axis label, is a cost) of the three panels of every sweep_<KEY>.png
+# (column, 95%-interval half-width column, axis label, is a cost) of the three panels of every sweep_<KEY>.png
 PANELS = [
-    ("final_acc_mean", "final_acc_std", "final mean client accuracy (%)", False),
-    ("train_flops_per_client_round", "train_flops_std", "training FLOPs / client / round", True),
-    ("comm_bytes_per_client_round", "comm_bytes_std", "bytes (up + down) / client / round", True),
+    ("final_acc_mean", "final_acc_ci95", "final mean client accuracy (%)", False),
+    ("train_flops_per_client_round", "train_flops_ci95", "training FLOPs / client / round", True),
+    ("comm_bytes_per_client_round", "comm_bytes_ci95", "bytes (up + down) / client / round", True),
 ]
+
+
+def _half_width(values: list[float]) -> float:
+    """Half the 95% Student t interval of the mean of ``values`` (0 for one value: no bar)."""
+    interval = t_interval(values)
+    return 0.0 if interval is None else (interval[1] - interval[0]) / 2
 
 
 def parse_grid_option(text: str) -> tuple[str, list[Any]]:
@@ -140,8 +152,9 @@ def _mean(values: list[float | None]) -> float | None:
 
 
 def _rows_for_point(point: dict[str, Any], records: list[RunRecord], rounds_of_interest: Sequence[int],
-                    point_dir: str) -> list[dict[str, Any]]:
-    table = summarize_comparison(records)
+                    point_dir: str, reference: str | None = None) -> list[dict[str, Any]]:
+    algorithms = list(dict.fromkeys(r.algorithm for r in records))
+    table = summarize_comparison(records, reference=reference if reference in algorithms else None)
     rows = []
     for summary_row in table["rows"]:
         runs = [r for r in records if r.algorithm == summary_row["algorithm"]]
@@ -150,6 +163,11 @@ def _rows_for_point(point: dict[str, Any], records: list[RunRecord], rounds_of_i
         row = {**point, **{k: summary_row[k] for k in METRIC_COLUMNS if k in summary_row},
                "train_flops_std": _mean_std([c["train_flops_per_client_round"] for c in costs])[1],
                "comm_bytes_std": _mean_std([c["comm_bytes_per_client_round"] for c in costs])[1],
+               "final_acc_ci95": _half_width([r.summary["final_accuracy"] for r in runs]),
+               "train_flops_ci95": _half_width([c["train_flops_per_client_round"] for c in costs]),
+               "comm_bytes_ci95": _half_width([c["comm_bytes_per_client_round"] for c in costs]),
+               "reference": table["reference"], "final_diff_object": summary_row["final_diff_object"],
+               "final_by_seed": {r.seed: r.summary["final_accuracy"] for r in runs},
                "adapter_parameters": adapter[0] if adapter else None,
                "selected_clients_final_acc": _mean([r.summary.get("selected_clients_final_accuracy") for r in runs]),
                "point": point_dir}
@@ -159,12 +177,50 @@ def _rows_for_point(point: dict[str, Any], records: list[RunRecord], rounds_of_i
     return rows
 
 
+def grid_aggregates(rows: list[dict[str, Any]], reference: str) -> dict[str, AggregateGain]:
+    """For every algorithm but ``reference``: its final accuracy against the reference's over the
+    grid points both ran (two points at least), rliable's aggregates (:func:`aggregate_gain`)."""
+    by_point: dict[str, dict[str, dict[int, float]]] = {}
+    for row in rows:
+        by_point.setdefault(row["point"], {})[row["algorithm"]] = row["final_by_seed"]
+    algorithms = list(dict.fromkeys(row["algorithm"] for row in rows if row["algorithm"] != reference))
+    aggregates = {}
+    for algorithm in algorithms:
+        points = [p for p, runs in by_point.items() if algorithm in runs and reference in runs
+                  and set(runs[algorithm]) & set(runs[reference])]
+        if len(points) >= 2:
+            aggregates[algorithm] = aggregate_gain({p: by_point[p][reference] for p in points},
+                                                   {p: by_point[p][algorithm] for p in points})
+    return aggregates
+
+
+def aggregate_markdown(aggregates: dict[str, AggregateGain], reference: str) -> list[str]:
+    """The over-the-grid table (empty with fewer than two points)."""
+    if not aggregates:
+        return []
+    lines = [f"Over the grid's points, final accuracy against {reference}: mean gain = the mean over points of "
+             "each point's mean paired difference, with the 95% stratified bootstrap interval (seeds resampled "
+             f"within each point); P(improvement) = P(a run of the algorithm beats a run of {reference} at the same "
+             "point), averaged over points, with its interval (rliable, Agarwal et al. 2021); pooled: the paired "
+             "t interval of every per-seed difference together.", "",
+             "| algorithm | points | pairs | mean gain [95% CI] | P(improvement) [95% CI] | pooled |",
+             "|---|---|---|---|---|---|"]
+    for algorithm, agg in aggregates.items():
+        lines.append(f"| {algorithm} | {agg.settings} | {agg.runs} | {agg.mean_gain:+.2f} [{agg.mean_gain_low:+.2f}, "
+                     f"{agg.mean_gain_high:+.2f}] | {agg.probability_of_improvement:.2f} [{agg.probability_low:.2f}, "
+                     f"{agg.probability_high:.2f}] | {agg.pooled.text()} |")
+    return lines
+
+
 def sweep(document: dict[str, Any], overrides: Sequence[str], out: str | Path, *,
           grid_overrides: Sequence[str] = (), runner: Runner = _default_runner,
-          announce: Callable[[str], None] = print, execution: ExecutionOptions | None = None) -> dict[str, Any]:
+          announce: Callable[[str], None] = print, execution: ExecutionOptions | None = None,
+          reference: str | None = None) -> dict[str, Any]:
     """Run the grid under ``out``; write sweep.csv, sweep.md, sweep_<KEY>.png and report.md.
 
-    Returns ``{"keys", "rows", "settings", "paths"}``; ``rows`` as in sweep.csv.
+    ``reference``: the algorithm the others are paired with (default: standalone where it runs,
+    else the first). Returns ``{"keys", "rows", "settings", "paths", "reference", "aggregates"}``;
+    ``rows`` as in sweep.csv.
     """
     from pfedlora import registry
     from pfedlora.experiments.report import write_report
@@ -175,6 +231,7 @@ def sweep(document: dict[str, Any], overrides: Sequence[str], out: str | Path, *
                         "or pass --grid KEY=[v1,v2]")
     everything = settings.algorithms == "all"
     algorithms = registry.names(imported=False) if everything else list(settings.algorithms)
+    reference = choose_reference(algorithms, reference)
     # the runs never see the sweep section (nor --set sweep.*): it is not part of a run's config
     run_document = {k: v for k, v in document.items() if k != "sweep"}
     run_overrides = [text for text in overrides if parse_override(text)[0].split(".")[0] != "sweep"]
@@ -195,23 +252,27 @@ def sweep(document: dict[str, Any], overrides: Sequence[str], out: str | Path, *
         planned_by_point.append(plan_runs(run_document, [*run_overrides, *_point_overrides(point)], algorithms,
                                           settings.seeds, out / name, announce=announce,
                                           skip_incompatible=everything, label_prefix=f"{label} "))
-    execute_runs([run for planned in planned_by_point for run in planned], runner=runner, announce=announce,
-                 execution=execution)
+    all_planned = [run for planned in planned_by_point for run in planned]
+    group_planned_runs(all_planned, out, "sweep", announce)  # tracking: one experiment, one parent run
+    execute_runs(all_planned, runner=runner, announce=announce, execution=execution)
 
     rows: list[dict[str, Any]] = []
     all_records: list[RunRecord] = []
     for point, name, planned in zip(points, names, planned_by_point):
         records = [load_run(run.run_dir) for run in planned]
         all_records += records
-        rows += _rows_for_point(point, records, settings.rounds_of_interest, name)
+        rows += _rows_for_point(point, records, settings.rounds_of_interest, name, reference)
 
     keys = list(settings.grid)
     paths = {"csv": out / "sweep.csv", "markdown": out / "sweep.md"}
     _write_csv(rows, keys, settings.rounds_of_interest, paths["csv"])
     plots = write_sweep_plots(rows, settings.grid, out)
     paths["report"] = write_report([r.path for r in all_records], out, title="Sweep runs")
-    write_atomic(paths["markdown"], sweep_markdown(rows, settings, plots, len(all_records)))
-    return {"keys": keys, "rows": rows, "settings": settings, "paths": {**paths, "plots": plots}}
+    aggregates = grid_aggregates(rows, reference)
+    write_atomic(paths["markdown"], sweep_markdown(rows, settings, plots, len(all_records), aggregates, reference))
+    finish_group(out, [paths["csv"], paths["markdown"], *plots], announce)
+    return {"keys": keys, "rows": rows, "settings": settings, "paths": {**paths, "plots": plots},
+            "reference": reference, "aggregates": aggregates}
 
 
 def _columns(keys: Sequence[str], rounds_of_interest: Sequence[int]) -> list[str]:
@@ -240,6 +301,8 @@ def write_sweep_plots(rows: list[dict[str, Any]], grid: dict[str, list[Any]], ou
     import matplotlib.pyplot as plt
     import matplotlib.ticker
 
+    from pfedlora.experiments.report import algorithm_colour
+
     paths = []
     for key, values in grid.items():
         others = [k for k in grid if k != key]
@@ -257,7 +320,8 @@ def write_sweep_plots(rows: list[dict[str, Any]], grid: dict[str, list[Any]], ou
                 xs = [positions[_text(r[key])] for r in line]
                 ys = [r[column] for r in line]
                 plotted += ys
-                ax.errorbar(xs, ys, yerr=[r[std_column] for r in line], marker="o", capsize=3, label=name)
+                ax.errorbar(xs, ys, yerr=[r[std_column] for r in line], marker="o", capsize=3, label=name,
+                        color=algorithm_colour(line[0]["algorithm"]))
             # log only across a decade or more: inside one decade a log axis shows no tick labels
             if is_cost and plotted and all(y > 0 for y in plotted) and max(plotted) >= 8 * min(plotted):
                 ax.set_yscale("log")
@@ -272,7 +336,7 @@ def write_sweep_plots(rows: list[dict[str, Any]], grid: dict[str, list[Any]], ou
             ax.grid(True, alpha=0.3)
         if len(lines) > 1:
             axes[0].legend(fontsize="small")
-        fig.suptitle(f"sweep over {key}")
+        fig.suptitle(f"sweep over {key} (error bars: 95% t interval of the mean over seeds)")
         fig.tight_layout()
         path = out / f"sweep_{re.sub(r'[^A-Za-z0-9._-]+', '_', key)}.png"
         fig.savefig(path, dpi=100)
@@ -288,7 +352,10 @@ def sweep_table(rows: list[dict[str, Any]], settings: SweepConfig) -> str:
     # partial participation: some clients never trained; their accuracy is shown apart
     partial = any(row.get("selected_clients_final_acc") is not None
                   and abs(row["selected_clients_final_acc"] - row["final_acc_mean"]) > 1e-9 for row in rows)
-    header = [*(f"`{k}`" for k in keys), "algorithm", "final acc", "best acc", *extra,
+    reference = rows[0].get("reference") if rows else None
+    paired = reference is not None and any(row.get("final_diff_object") is not None for row in rows)
+    header = [*(f"`{k}`" for k in keys), "algorithm", "final acc",
+              *([f"final acc − {reference} [95% CI] (n)"] if paired else []), "best acc", *extra,
               *(["final acc, clients ever selected"] if partial else []),
               "compute / client / round", "comm / client / round", "adapter params"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -299,6 +366,7 @@ def sweep_table(rows: list[dict[str, Any]], settings: SweepConfig) -> str:
         adapter = "–" if row["adapter_parameters"] is None else f"{row['adapter_parameters']:,}"
         cells = [*(_text(row[k]) for k in keys), row["algorithm"],
                  mean_std_text(row["final_acc_mean"], row["final_acc_std"], seeds),
+                 *([_paired_cell(row, reference)] if paired else []),
                  mean_std_text(row["best_acc_mean"], row["best_acc_std"], seeds), *accs,
                  *([f"{row['selected_clients_final_acc']:.2f}"] if partial else []),
                  human(row["train_flops_per_client_round"], "FLOP"), human(row["comm_bytes_per_client_round"], "B"),
@@ -307,7 +375,16 @@ def sweep_table(rows: list[dict[str, Any]], settings: SweepConfig) -> str:
     return "\n".join(lines)
 
 
-def sweep_markdown(rows: list[dict[str, Any]], settings: SweepConfig, plots: Sequence[Path], runs: int) -> str:
+def _paired_cell(row: dict[str, Any], reference: str) -> str:
+    difference = row.get("final_diff_object")
+    if difference is None:
+        return "(reference)" if row["algorithm"] == reference else "–"
+    verdict = f" {verdict_text(difference, reference)}" if difference.excludes_zero else ""
+    return difference_text(difference) + verdict
+
+
+def sweep_markdown(rows: list[dict[str, Any]], settings: SweepConfig, plots: Sequence[Path], runs: int,
+                   aggregates: dict[str, AggregateGain] | None = None, reference: str | None = None) -> str:
     keys = list(settings.grid)
     points = len(grid_points(settings.grid))
     algorithms = "all algorithms the setting admits" if settings.algorithms == "all" else ", ".join(settings.algorithms)
@@ -319,6 +396,8 @@ def sweep_markdown(rows: list[dict[str, Any]], settings: SweepConfig, plots: Seq
                    "(client training FLOPs; uploaded + downloaded bytes) divided by client-rounds. "
                    "acc @ round R: mean accuracy at the last evaluated round ≤ R."), ""]
     lines += sweep_table(rows, settings).splitlines()
+    if aggregates:
+        lines += ["", *aggregate_markdown(aggregates, reference or "")]
     lines += ["", "Numbers: `sweep.csv`. Accuracy vs round of every run: [report.md](report.md).", ""]
     for path, key in zip(plots, keys):
         lines += [f"## {key}", "", f"![sweep over {key}]({path.name})", ""]
