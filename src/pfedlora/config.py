@@ -388,6 +388,53 @@ class SweepConfig(_Section):
 
 
 # --- end sweep -----------------------------------------------------------------------------------
+# --- tracking: experiment trackers as sinks (pfedlora.metrics.tracking); not part of a run's identity ---
+
+TRACKING_SINKS = ("tensorboard", "mlflow")
+# the package each sink needs (all in the `tracking` extra)
+TRACKING_PACKAGES = {"tensorboard": "tensorboard", "mlflow": "mlflow"}
+
+
+class TrackingConfig(_Section):
+    """Where a run's metrics go besides metrics.csv: TensorBoard and MLflow (``pip install 'pfedlora[tracking]'``).
+
+    ``tracking: [tensorboard, mlflow]`` is short for ``tracking: {sinks: [tensorboard, mlflow]}``."""
+
+    sinks: list[Literal["tensorboard", "mlflow"]] = Field(
+        default_factory=list, description="Trackers every evaluated round is logged to: tensorboard (event files "
+                                          "in the run directory), mlflow; [] (default): none.")
+    mlflow_uri: str | None = Field(default=None,
+                                   description="MLflow tracking URI (sqlite:///mlflow.db, http://host:5000); null: "
+                                               "$MLFLOW_TRACKING_URI, else MLflow's default (./mlflow.db).")
+    experiment: str | None = Field(default=None,
+                                   description="MLflow experiment; null: $MLFLOW_EXPERIMENT_NAME, else pfedlora "
+                                               "(compare and sweep: their output folder's name).")
+    run_name: str | None = Field(default=None,
+                                 description="MLflow run name; null: the run directory's name (compare and sweep: "
+                                             "algorithm, seed and grid point).")
+    parent_run_id: str | None = Field(default=None,
+                                      description="MLflow run the run is nested under; compare and sweep set it to "
+                                                  "their parent run.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _list_shorthand(cls, data: Any) -> Any:
+        if isinstance(data, str):
+            data = [data]
+        return {"sinks": data} if isinstance(data, list) else data
+
+    @field_validator("sinks")
+    @classmethod
+    def _installed(cls, value: list[str]) -> list[str]:
+        import importlib.util
+
+        for sink in dict.fromkeys(value):
+            if importlib.util.find_spec(TRACKING_PACKAGES[sink]) is None:
+                raise ValueError(f"{sink} needs the {TRACKING_PACKAGES[sink]} package: pip install 'pfedlora[tracking]'")
+        return list(dict.fromkeys(value))
+
+
+# --- end tracking --------------------------------------------------------------------------------
 DEFAULT_POOL = ["cnn1", "cnn2", "cnn3", "cnn4", "cnn5"]
 # the 10-architecture pool of open question 4: CNN-1..5 and five genuinely different models
 POOL_10 = [*DEFAULT_POOL, "cnn_wide", "cnn_deep", "vgg_s", "resnet8", "mobilenet_s"]
@@ -478,6 +525,11 @@ class Config(_Section):
     sweep: SweepConfig = Field(default=SweepConfig(),
                                description="pfedlora sweep only: the grid of config values; a plain run ignores it "
                                            "and leaves it out of config.yaml.")
+    # where metrics go besides metrics.csv; like sweep, not part of a run's identity (nor of config.yaml):
+    # the run directory's tracking.json keeps it for --resume
+    tracking: TrackingConfig = Field(default=TrackingConfig(),
+                                     description="Experiment trackers (TensorBoard, MLflow) every evaluated round is "
+                                                 "logged to; not part of config.yaml (kept in tracking.json).")
 
     @model_validator(mode="before")
     @classmethod
@@ -622,7 +674,7 @@ class Config(_Section):
         # a run ignores the sweep section: leaving it out keeps config.yaml (and run reuse) independent of it.
         # privacy and flower.secagg are left out while off, so configs (and checkpoint hashes, reused
         # comparison runs) from before they existed stay the same
-        exclude: dict[str, Any] = {"sweep": True}
+        exclude: dict[str, Any] = {"sweep": True, "tracking": True}
         if self.privacy.mode == "off":
             exclude["privacy"] = True
         if not self.flower.secagg.enabled:

@@ -51,6 +51,7 @@ from pfedlora.metrics.accuracy import accuracy, diagnostics_summary, mean_metric
 from pfedlora.metrics.costs import CostMeter, time_to_target
 from pfedlora.metrics.flops import count_server_flops, evaluation_flops, forward_flops
 from pfedlora.metrics.run_dir import MetricsWriter, prepare_run_dir, write_json, write_yaml
+from pfedlora.metrics.tracking import open_trackers
 
 
 def resolve_device(name: str) -> torch.device:
@@ -585,13 +586,18 @@ def _execute_rounds(config: Config, out: Path, checkpoint: dict[str, Any] | None
         restore_rng(checkpoint["rng"])
         log(f"resuming after round {checkpoint['round']} of {config.rounds}")
     metrics.rewrite(history)  # a resumed run drops rows written after its checkpoint
+    # TensorBoard / MLflow (config.tracking); a resumed run continues its tracked run
+    trackers = open_trackers(config.tracking, config.to_dict(), out, resuming=checkpoint is not None,
+                             first_round=first_round, warn=event)
+    trackers.log_restored(metrics.path)
+    metrics.on_row = trackers.log_row  # every metrics.csv row from here on
     if progress is not None and first_round > 1:
         progress(first_round - 1, config.rounds, history[-1] if history else {})
     validator = validator_for(config)
     # the algorithm's evaluation_metrics of the last evaluated round (summary.json's final_<key>)
     final_diagnostics: dict[str, float] | None = None
 
-    with _StopOnSignal() as stop:
+    with _StopOnSignal() as stop, trackers:
         for round_index in range(first_round, config.rounds + 1):
             with stop.workers_stopped(round_index - 1, out):
                 server_state, broadcast, result = run_round(federation, store, server_state, broadcast, round_index,
@@ -649,6 +655,7 @@ def _execute_rounds(config: Config, out: Path, checkpoint: dict[str, Any] | None
         summary["time_to_target"] = time_to_target(history, config.target_accuracy)
     summary |= federation.privacy.summary(config, config.rounds)
     write_json(out / "summary.json", summary)
+    trackers.finish(config.rounds)  # summary.json as written
     return summary
 
 

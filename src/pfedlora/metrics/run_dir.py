@@ -11,6 +11,7 @@ import io
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -47,8 +48,11 @@ def prepare_run_dir(path: str | Path, overwrite: bool = False) -> Path:
     if path.is_dir() and any(path.iterdir()):
         if not overwrite:
             raise UserError(f"run directory {str(path)!r} is not empty; pass --overwrite or choose another --out")
-        for name in ("metrics.csv", "summary.json", "partition.json", "config.yaml", "checkpoint.pt", "events.log"):
+        for name in ("metrics.csv", "summary.json", "partition.json", "config.yaml", "checkpoint.pt", "events.log",
+                     "tracking.json"):
             (path / name).unlink(missing_ok=True)
+        for events in path.glob("events.out.tfevents.*"):  # TensorBoard's (pfedlora.metrics.tracking)
+            events.unlink()
     path.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -59,6 +63,9 @@ class MetricsWriter:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._fields: list[str] | None = None
+        # called with every row written (the run's trackers, pfedlora.metrics.tracking): what they log
+        # is exactly what metrics.csv holds
+        self.on_row: Callable[[dict[str, Any]], None] | None = None
 
     def rewrite(self, rows: list[dict[str, Any]]) -> None:
         """Replace the file by ``rows`` (atomically): a resumed run drops rows after its checkpoint."""
@@ -83,6 +90,8 @@ class MetricsWriter:
             if new_file:
                 writer.writeheader()
             writer.writerow({k: _fmt(v) for k, v in row.items()})
+        if self.on_row is not None:
+            self.on_row(row)
 
 
 def _fmt(value: Any) -> Any:
