@@ -32,8 +32,19 @@ def test_report_writes_valid_pngs_and_markdown(tmp_path, capsys):
         with Image.open(out / name) as image:
             image.verify()
         assert f"({name})" in markdown
-    # the run that sends nothing cannot sit on a log-bytes axis and is named instead
-    assert "Not plotted (no bytes recorded or all zero): standalone seed 0" in markdown
+    # the run that sends nothing cannot sit on a log-bytes axis: it is drawn at the axis, not left out
+    assert "Not plotted" not in markdown
+
+
+def test_a_zero_byte_algorithm_is_drawn_at_the_axis_with_a_label(tmp_path, monkeypatch):
+    saved = _figures(monkeypatch)
+    runs = [_fake_run(tmp_path / "a", "pfedlora", 100), _fake_run(tmp_path / "b", "standalone", 0)]
+    assert main(["report", *map(str, runs), "--out", str(tmp_path / "report")]) == 0
+    ax = saved["accuracy_vs_bytes.png"].axes[0]
+    labels = [text.get_text() for text in ax.get_legend().get_texts()]
+    assert "standalone seed 0 (0 B: final accuracy, dashed)" in labels
+    # the dashed line sits at its final accuracy (60%), across the axis
+    assert any(list(line.get_ydata()) == [60.0, 60.0] and line.get_linestyle() == "--" for line in ax.get_lines())
 
 
 def test_a_client_without_a_test_split_is_left_out_of_its_box(tmp_path):
@@ -105,7 +116,8 @@ def test_several_seeds_keep_the_band_legend(tmp_path, monkeypatch):
     (tmp_path / "cmp" / "pfedlora").mkdir(parents=True)
     runs = [_fake_run(tmp_path / "cmp" / "pfedlora" / f"seed{k}", "pfedlora", 100) for k in (0, 1)]
     assert main(["report", *map(str, runs), "--out", str(tmp_path / "report")]) == 0
-    assert saved["accuracy_vs_round.png"].axes[0].get_legend().get_title().get_text() == "band: lowest to highest seed"
+    assert saved["accuracy_vs_round.png"].axes[0].get_legend().get_title().get_text() == (
+        "band: 95% t interval of the mean over seeds")
 
 
 def test_one_seed_tables_show_no_zero_spread():
@@ -122,3 +134,21 @@ def test_one_seed_tables_show_no_zero_spread():
     assert "| **pfedlora** | 77.90 | 78.00 |" in one and "± 0.00" not in one
     row |= {"seeds": "0 1", "final_acc_std": 0.5}
     assert "| **pfedlora** | 77.90 ± 0.50 | 78.00 ± 0.00 |" in comparison_markdown(table)
+
+
+def test_the_band_is_the_95_percent_t_interval_of_the_mean(tmp_path):
+    from pfedlora.experiments.compare import load_run
+    from pfedlora.experiments.report import mean_band
+
+    runs = []
+    for k, shift in enumerate((0.0, 2.0, 4.0)):
+        path = tmp_path / f"seed{k}"
+        path.mkdir()
+        writer = MetricsWriter(path / "metrics.csv")
+        writer.write({"round": 1, "mean_acc": 50.0 + shift, "std_acc": 1.0})
+        (path / "summary.json").write_text(json.dumps({"algorithm": "fd", "seed": k, "final_accuracy": 50.0 + shift,
+                                                       "best_accuracy": 50.0 + shift}))
+        runs.append(load_run(path))
+    ((_, mean, low, high),) = mean_band(runs, lambda row: row["round"])
+    # mean 52, sample std 2, t(0.975, 2) = 4.3027: 52 ± 4.3027 * 2 / sqrt(3)
+    assert mean == 52.0 and abs(high - 52.0 - 4.302652729749464 * 2 / 3 ** 0.5) < 1e-9 and abs(low + high - 104) < 1e-9

@@ -3,10 +3,11 @@
 Plots (PNG, matplotlib's Agg backend): mean accuracy vs round, vs cumulative
 bytes (up + down) and vs cumulative FLOPs (training + server), and the distribution of the final
 per-client accuracies. Runs of one algorithm that differ only by seed (``<out>/<algorithm>/seed<k>``)
-are drawn as their mean with a band from the lowest to the highest seed; every algorithm keeps one
-colour in every figure (:func:`algorithm_colour`) and the legend sits outside the data. Cost axes are logarithmic because algorithms differ by orders of magnitude;
-a run whose costs are all zero (e.g. ``standalone`` sends nothing) cannot be placed on them and
-is listed under the plot instead.
+are drawn as their mean with a band of the 95% Student t interval of the mean over the seeds; every
+algorithm keeps one colour in every figure (:func:`algorithm_colour`) and the legend sits outside
+the data. Cost axes are logarithmic because algorithms differ by orders of magnitude; an algorithm
+whose cost is zero (``standalone`` sends nothing) cannot sit on a log axis, so it is drawn as a
+dashed line at its final accuracy with a marker at the axis' left edge, labelled with its 0 cost.
 """
 
 from __future__ import annotations
@@ -76,14 +77,20 @@ def write_report(run_dirs: Sequence[str | Path], out: str | Path, title: str = "
 
     for kind, unit in (("bytes", "bytes (up + down)"), ("flops", "FLOPs (training + server)")):
         fig, ax = plt.subplots(figsize=(8.5, 4.5))
+        at_zero = []
         for group in groups:
             curve = mean_band(group.records, lambda row: _cumulative(row, kind))
-            curve = [point for point in curve if point[0] > 0]
-            if not curve:
-                left_out[kind].append(group.label)
+            positive = [point for point in curve if point[0] > 0]
+            if not positive:
+                if curve and all(point[0] == 0 for point in curve):  # costs nothing: drawn at the axis
+                    at_zero.append((group, curve[-1]))
+                else:
+                    left_out[kind].append(group.label)
                 continue
-            _draw(ax, group, curve)
+            _draw(ax, group, positive)
         ax.set_xscale("log")
+        if at_zero:
+            _draw_at_zero(ax, at_zero, "0 B" if kind == "bytes" else "0 FLOP")
         # a curve spanning less than a decade gets labelled minor ticks, which overlap: label decades only
         ax.xaxis.set_minor_formatter(plt.NullFormatter())
         ax.set(xlabel=f"cumulative {unit}", ylabel="mean client accuracy (%)",
@@ -154,8 +161,27 @@ def _seed_groups(records: Sequence[RunRecord]) -> list[_Group]:
     return groups
 
 
+def _draw_at_zero(ax, at_zero: list[tuple[_Group, tuple[float, float, float, float]]], cost: str) -> None:
+    """Algorithms whose cost is 0: a dashed line at their final accuracy and a marker at the left
+    edge of the (log) axis, labelled, with their band as an error bar."""
+    if not ax.get_lines():  # nothing else drawn: give the axis a decade to show
+        ax.set_xlim(1, 10)
+    left = ax.get_xlim()[0]
+    for group, (_, mean, low, high) in at_zero:
+        colour = algorithm_colour(group.algorithm)
+        ax.axhline(mean, color=colour, linestyle="--", linewidth=1.0, alpha=0.8)
+        ax.errorbar([left], [mean], yerr=[[mean - low], [high - mean]], color=colour, marker="<", markersize=9,
+                    capsize=3, clip_on=False, zorder=5, linestyle="none",
+                    label=f"{group.label} ({cost}: final accuracy, dashed)")
+    ax.set_xlim(left=left)
+
+
 def mean_band(records: Sequence[RunRecord], x_of) -> list[tuple[float, float, float, float]]:
-    """(mean x, mean accuracy, lowest, highest) at each evaluated round all ``records`` share."""
+    """(mean x, mean accuracy, low, high) at each evaluated round all ``records`` share; low and
+    high bound the 95% Student t interval of the mean accuracy over the records (the mean itself
+    for one record)."""
+    from pfedlora.experiments.stats import t_interval
+
     by_round = [{int(row["round"]): row for row in record.history} for record in records]
     shared = sorted(set.intersection(*(set(rounds) for rounds in by_round)))
     points = []
@@ -164,7 +190,9 @@ def mean_band(records: Sequence[RunRecord], x_of) -> list[tuple[float, float, fl
         if any(x is None for x in xs):
             continue
         ys = [rounds[round_index]["mean_acc"] for rounds in by_round]
-        points.append((sum(xs) / len(xs), sum(ys) / len(ys), min(ys), max(ys)))
+        mean = sum(ys) / len(ys)
+        low, high = t_interval(ys) or (mean, mean)
+        points.append((sum(xs) / len(xs), mean, low, high))
     return points
 
 
@@ -184,13 +212,16 @@ def integer_ticks(axis) -> None:
     axis.set_major_locator(MaxNLocator(integer=True))
 
 
+BAND_TITLE = "band: 95% t interval of the mean over seeds"
+
+
 def _finish(fig, ax, path: Path, *, band: bool) -> None:
     import matplotlib.pyplot as plt
 
     ax.grid(True, alpha=0.3)
     if ax.get_legend_handles_labels()[0]:  # outside the data; says what the band means only when one is drawn
         ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False,
-                  title="band: lowest to highest seed" if band else None, title_fontsize="small")
+                  title=BAND_TITLE if band else None, title_fontsize="small")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -218,5 +249,5 @@ def _markdown(title: str, records: Sequence[RunRecord], labels: Sequence[str],
         lines += [f"## {caption}", "", f"![{caption}]({name})", ""]
         kind = "bytes" if "bytes" in name else "flops" if "flops" in name else None
         if kind and left_out[kind]:
-            lines += [f"Not plotted (no {kind} recorded or all zero): {', '.join(left_out[kind])}.", ""]
+            lines += [f"Not plotted (no {kind} recorded): {', '.join(left_out[kind])}.", ""]
     return "\n".join(lines)
