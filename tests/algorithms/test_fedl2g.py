@@ -3,6 +3,10 @@
 The federated term is the guiding loss ``fedl2g.lam``. With it at 0 and the quiz set left in the
 training data (``fedl2g.hold_out_quiz=false``: holding it out changes the data, not the guidance),
 the clients' local models are Standalone's bit for bit; with it on they differ.
+
+A client uploads the meta-gradient rows of the classes its study batch held and their indices,
+nothing else: the bytes counted (and sent on Flower) are ``studied × (d × 4 + 8)``, and the server's
+step is the one the dense ``[C, d]`` upload with class counts gave (kept here as the reference).
 """
 
 import pytest
@@ -14,6 +18,7 @@ from pfedlora.algorithms import fedl2g, get_algorithm
 from pfedlora.algorithms.base import Upload, unprefixed
 from pfedlora.config import build_config
 from pfedlora.errors import UserError
+from pfedlora.federation.payload import transmit
 from pfedlora.federation.simulation import ClientStore, Federation, run_round
 from pfedlora.federation.validation import UpdateValidator
 from pfedlora.metrics import flops as flop_count
@@ -130,6 +135,16 @@ def test_the_quiz_set_is_held_out_and_the_meta_study_leaves_the_model_alone(make
     ctx, _, state, _, warm = _client(make_context, make_data, warm_up_rounds=1)
     assert [s.module for s in warm.stats] == ["meta_study"] and _same(warm.state, state)
     assert warm.upload[fedl2g.GRADS].any()
+    # no quiz set (one training sample): nothing studied, nothing sent
+    ctx = _ctx(make_context)
+    _, broadcast = fedl2g.init_server(ctx)
+    lone = fedl2g.client_update(ctx, 0, fedl2g.init_client(ctx, 0), broadcast, make_data(n=1),
+                                torch.Generator().manual_seed(0))
+    assert {k: tuple(t.shape) for k, t in lone.upload.items()} == {fedl2g.GRADS: (0, 500), fedl2g.CLASSES: (0,)}
+    assert fedl2g.check_upload(ctx, broadcast, lone.upload) is None
+    state, _ = fedl2g.init_server(ctx)
+    _, unchanged = fedl2g.aggregate(ctx, state, [Upload(0, lone.upload, 1.0)])
+    assert torch.equal(unchanged[fedl2g.GUIDANCE], state[fedl2g.GUIDANCE])
 
 
 def test_the_meta_steps_flops_are_counted_once_per_structure_and_shape(make_context, make_data, monkeypatch):
@@ -150,10 +165,13 @@ def test_the_meta_steps_flops_are_counted_once_per_structure_and_shape(make_cont
 def test_upload_and_broadcast_have_the_declared_shapes(target, width, make_context, make_data):
     ctx, broadcast, _, _, result = _client(make_context, make_data, target=target)
     spec = fedl2g.ALGORITHM.expected_upload(ctx, broadcast)
-    declared = {k: (tuple(s.shape), s.dtype) for k, s in spec.items()}
-    assert declared == {fedl2g.GRADS: ((10, width), torch.float32), fedl2g.COUNTS: ((10,), torch.float32)}
-    assert {k: (tuple(t.shape), t.dtype) for k, t in result.upload.items()} == declared
-    assert result.upload[fedl2g.COUNTS].nonzero().flatten().tolist() == [1, 4, 7]
+    assert {k: (s.shape, s.dtype, s.max_numel) for k, s in spec.items()} == {
+        fedl2g.GRADS: ((None, width), torch.float32, 10 * width), fedl2g.CLASSES: ((None,), torch.int64, 10)}
+    # the rows of the three classes studied (the client holds no other), nothing of the seven others
+    assert {k: (tuple(t.shape), t.dtype) for k, t in result.upload.items()} == {
+        fedl2g.GRADS: ((3, width), torch.float32), fedl2g.CLASSES: ((3,), torch.int64)}
+    assert result.upload[fedl2g.CLASSES].tolist() == [1, 4, 7]
+    assert bool(result.upload[fedl2g.GRADS].ne(0).any(1).all())
     assert {k: tuple(t.shape) for k, t in broadcast.items()} == {fedl2g.GUIDANCE: (10, width), fedl2g.ROUND: ()}
     state, _ = fedl2g.init_server(ctx)
     _, new_broadcast = fedl2g.aggregate(ctx, state, [Upload(0, result.upload, result.weight)])
@@ -164,18 +182,15 @@ def test_server_takes_a_clipped_sgd_step_on_the_per_class_mean_gradient(make_con
     ctx = _ctx(make_context, server_lr=0.5)
     state, broadcast = fedl2g.init_server(ctx)
     ones = torch.ones(500)
-    grads_a, grads_b = torch.zeros(10, 500), torch.zeros(10, 500)
-    grads_a[0], grads_a[1], grads_b[1] = ones, 2 * ones, 4 * ones
-    counts_a, counts_b = torch.zeros(10), torch.zeros(10)
-    counts_a[[0, 1]], counts_b[1] = 3.0, 5.0
-    uploads = [Upload(0, {fedl2g.GRADS: grads_a, fedl2g.COUNTS: counts_a}, 1.0),
-               Upload(1, {fedl2g.GRADS: grads_b, fedl2g.COUNTS: counts_b}, 9.0)]
+    grads_a, grads_b = torch.stack([ones, 2 * ones]), (4 * ones).unsqueeze(0)
+    uploads = [Upload(0, {fedl2g.GRADS: grads_a, fedl2g.CLASSES: torch.tensor([0, 1])}, 1.0),
+               Upload(1, {fedl2g.GRADS: grads_b, fedl2g.CLASSES: torch.tensor([1])}, 9.0)]
     new_state, new_broadcast = fedl2g.aggregate(ctx, state, uploads)
     mean = torch.zeros(10, 500)
     mean[0], mean[1] = ones, 3 * ones  # plain mean over the holders, whatever their weights
     assert torch.allclose(new_broadcast[fedl2g.GUIDANCE], state[fedl2g.GUIDANCE] - 0.5 * mean)
     assert float(new_broadcast[fedl2g.ROUND]) == 1 and float(new_state[fedl2g.GUIDED]) == 2
-    big = [Upload(0, {fedl2g.GRADS: grads_a * 1000, fedl2g.COUNTS: counts_a}, 1.0)]
+    big = [Upload(0, {fedl2g.GRADS: grads_a * 1000, fedl2g.CLASSES: torch.tensor([0, 1])}, 1.0)]
     _, clipped = fedl2g.aggregate(ctx, state, big)
     step = (state[fedl2g.GUIDANCE] - clipped[fedl2g.GUIDANCE]) / 0.5
     assert torch.allclose(torch.linalg.vector_norm(step), torch.tensor(100.0), rtol=1e-4)
@@ -187,14 +202,17 @@ def test_a_malformed_upload_is_rejected(make_context, make_data):
     spec, check = algorithm.expected_upload(ctx, broadcast), algorithm.upload_check(ctx, broadcast)
     validator = UpdateValidator(norm_factor=None)
     assert not validator.validate([Upload(0, upload, 1.0)], spec, broadcast, check).rejected
-    unstudied_row = dict(upload) | {fedl2g.GRADS: upload[fedl2g.GRADS].clone().index_fill_(0, torch.tensor([0]), 1.0)}
-    negative = dict(upload) | {fedl2g.COUNTS: upload[fedl2g.COUNTS] - 100}
-    fractional = dict(upload) | {fedl2g.COUNTS: upload[fedl2g.COUNTS] + 0.5}
-    for bad in (unstudied_row, negative, fractional):
-        report = validator.validate([Upload(0, bad, 1.0)], spec, broadcast, check)
+    classes = upload[fedl2g.CLASSES]
+    for bad in (classes[:2], torch.tensor([1, 4, 10]), torch.tensor([-1, 4, 7]), torch.tensor([1, 7, 4]),
+                torch.tensor([1, 4, 4])):  # too few, not classes of the task, not ascending, a class twice
+        report = validator.validate([Upload(0, dict(upload) | {fedl2g.CLASSES: bad}, 1.0)], spec, broadcast, check)
         assert [r.reason for r in report.rejected] == ["malformed"], report.rejected
-    logits_sized = dict(upload) | {fedl2g.GRADS: torch.zeros(10, 10)}
-    assert [r.reason for r in validator.validate([Upload(0, logits_sized, 1.0)], spec, broadcast, check).rejected] == ["shape"]
+    logits_sized = dict(upload) | {fedl2g.GRADS: torch.zeros(3, 10)}
+    float_classes = dict(upload) | {fedl2g.CLASSES: classes.float()}
+    too_many = {fedl2g.GRADS: torch.zeros(11, 500), fedl2g.CLASSES: torch.arange(11)}
+    for bad, reason in ((logits_sized, "shape"), (float_classes, "dtype"), (too_many, "oversized")):
+        report = validator.validate([Upload(0, bad, 1.0)], spec, broadcast, check)
+        assert [r.reason for r in report.rejected] == [reason]
 
 
 def test_not_eligible_for_client_level_dp():
@@ -218,3 +236,50 @@ def test_cli_runs_two_rounds_on_the_bundled_digits(target, tmp_path):
                  "--set", "num_clients=5", "--set", "dataset.max_train_samples=300",
                  "--set", "dataset.max_test_samples=90", "--out", str(out)]) == 0
     assert (out / "summary.json").exists()
+
+
+def test_a_client_sends_only_the_studied_classes_and_the_bytes_counted_and_sent_are_theirs():
+    config = build_config({**SMALL, "algorithm": "fedl2g", "rounds": 1})
+    federation = Federation.build(config)
+    store = ClientStore(federation)
+    state, broadcast = federation.algorithm.init_server(federation.context)
+    uploads = {k: fedl2g.client_update(federation.context, k, store.get(k), broadcast, federation.clients[k],
+                                       torch.Generator().manual_seed(k)).upload for k in range(5)}
+    for k, upload in uploads.items():
+        studied = upload[fedl2g.CLASSES]
+        assert 0 < studied.numel() <= 4 and set(studied.tolist()) <= set(federation.clients[k].train_y.tolist())
+    _, _, result = run_round(federation, store, state, broadcast, 1)
+    assert result.aggregated and not result.rejections
+    # every client held 4 classes and studied a batch of 32 of its samples: all 4 (a fixed seed)
+    assert result.up_bytes == 5 * 4 * (500 * 4 + 8)  # float32 rows + int64 indices
+    upload = uploads[0]
+    rows = int(upload[fedl2g.CLASSES].numel())
+    assert transmit(upload, "bfloat16")[1] == rows * (500 * 2 + 8)
+    pytest.importorskip("flwr")
+    from pfedlora.federation.flower.payload import from_array_record, record_bytes, to_array_record
+
+    record = to_array_record(upload, "float32")
+    assert record_bytes(record) == rows * (500 * 4 + 8)
+    assert _same(from_array_record(record), upload)
+
+
+def test_the_server_step_from_studied_rows_is_the_dense_uploads_bit_for_bit(make_context):
+    ctx = _ctx(make_context, server_lr=3.0)
+    state, _ = fedl2g.init_server(ctx)
+    g = torch.Generator().manual_seed(2)
+    studied = [torch.tensor([0, 2, 5]), torch.tensor([2, 3]), torch.tensor([5, 9])]
+    uploads = [Upload(k, {fedl2g.GRADS: torch.randn(len(c), 500, generator=g), fedl2g.CLASSES: c}, 1.0)
+               for k, c in enumerate(studied)]
+    _, broadcast = fedl2g.aggregate(ctx, state, uploads)
+    # the former rule on [C, d] gradients (zero rows for classes not studied) with study-batch counts
+    total, holders = torch.zeros(10, 500, dtype=torch.float64), torch.zeros(10, dtype=torch.float64)
+    for upload in uploads:
+        grads, counts = torch.zeros(10, 500), torch.zeros(10)
+        grads[upload.payload[fedl2g.CLASSES]] = upload.payload[fedl2g.GRADS]
+        counts[upload.payload[fedl2g.CLASSES]] = 4.0
+        present = (counts > 0).to(torch.float64)
+        total += grads.to(torch.float64) * present.unsqueeze(1)
+        holders += present
+    gradient = (total / holders.clamp(min=1).unsqueeze(1)).to(torch.float32)
+    gradient = gradient * torch.clamp(100.0 / (torch.linalg.vector_norm(gradient) + 1e-6), max=1.0)
+    assert torch.equal(broadcast[fedl2g.GUIDANCE], state[fedl2g.GUIDANCE] - 3.0 * gradient)

@@ -3,6 +3,10 @@
 The federated term is the prototype regulariser ``fedtgp.lam``: at 0 the clients' local models are
 Standalone's bit for bit; at its default they differ. Each test here fails when that term is
 removed from ``fedtgp.prototype_loss`` (checked by zeroing it in the code and rerunning).
+
+A client uploads the prototypes of the classes it holds and their indices, nothing else: the bytes
+counted (and sent on Flower) are ``held × (500 × 4 + 8)``, and the server's result is the one the
+dense ``[C, 500]`` upload with class counts gave (its rule is kept here as the reference).
 """
 
 import pytest
@@ -10,9 +14,10 @@ import torch
 import torch.nn.functional as F
 
 from pfedlora.algorithms import fedtgp, get_algorithm
-from pfedlora.algorithms.base import Upload, unprefixed
+from pfedlora.algorithms.base import Upload, derive_seed, unprefixed
 from pfedlora.config import build_config
 from pfedlora.errors import UserError
+from pfedlora.federation.payload import transmit
 from pfedlora.federation.simulation import ClientStore, Federation, run_round
 from pfedlora.federation.validation import UpdateValidator
 from pfedlora.metrics.flops import count_server_flops
@@ -83,15 +88,14 @@ def test_first_round_is_unregularised_then_every_class_has_a_trained_prototype(m
     assert not _same(again.state, plain.state)
 
 
-def _uploads(prototypes: dict[int, list[torch.Tensor]], num_classes: int = 10) -> list[Upload]:
+def _uploads(prototypes: dict[int, list[torch.Tensor]]) -> list[Upload]:
     """``{client: [prototype of class 0, ...]}`` with None for classes the client lacks."""
     uploads = []
     for client, rows in prototypes.items():
-        protos, counts = torch.zeros(num_classes, 500), torch.zeros(num_classes)
-        for c, row in enumerate(rows):
-            if row is not None:
-                protos[c], counts[c] = row, 5.0
-        uploads.append(Upload(client, {fedtgp.PROTOTYPES: protos, fedtgp.COUNTS: counts}, 10.0))
+        held = [c for c, row in enumerate(rows) if row is not None]
+        payload = {fedtgp.HELD_PROTOTYPES: torch.stack([rows[c] for c in held]) if held else torch.zeros(0, 500),
+                   fedtgp.HELD_CLASSES: torch.tensor(held, dtype=torch.int64)}
+        uploads.append(Upload(client, payload, 10.0))
     return uploads
 
 
@@ -102,10 +106,10 @@ def test_margin_is_min_of_the_largest_class_gap_and_the_threshold():
     centres = [e[0], 3 * e[1], 10 * e[2]]
     # each class's gap: the distance to its nearest other class (sqrt 10, sqrt 10, sqrt 101)
     gaps = [min(torch.dist(a, b) for j, b in enumerate(centres) if j != i) for i, a in enumerate(centres)]
-    assert torch.allclose(fedtgp.adaptive_margin(uploads, 100.0), max(gaps))
+    assert torch.allclose(fedtgp.adaptive_margin(uploads, 100.0, 10), max(gaps))
     assert torch.allclose(max(gaps), torch.tensor(101.0).sqrt())
-    assert float(fedtgp.adaptive_margin(uploads, 2.0)) == 2.0
-    assert float(fedtgp.adaptive_margin(_uploads({0: [e[0]]}), 7.0)) == 7.0  # one class: the threshold
+    assert float(fedtgp.adaptive_margin(uploads, 2.0, 10)) == 2.0
+    assert float(fedtgp.adaptive_margin(_uploads({0: [e[0]]}), 7.0, 10)) == 7.0  # one class: the threshold
 
 
 def test_server_loss_is_the_margin_contrastive_ce_and_training_lowers_it(make_context):
@@ -148,12 +152,14 @@ def _client_upload(make_context, make_data):
 def test_upload_and_broadcast_have_the_declared_shapes(make_context, make_data):
     ctx, broadcast, upload = _client_upload(make_context, make_data)
     spec = fedtgp.ALGORITHM.expected_upload(ctx, broadcast)
-    assert {k: (tuple(s.shape), s.dtype) for k, s in spec.items()} == {
-        fedtgp.PROTOTYPES: ((10, 500), torch.float32), fedtgp.COUNTS: ((10,), torch.float32)}
-    assert {k: (tuple(t.shape), t.dtype) for k, t in upload.items()} == {k: v for k, v in
-                                                                         {k: (tuple(s.shape), s.dtype)
-                                                                          for k, s in spec.items()}.items()}
-    assert upload[fedtgp.COUNTS].nonzero().flatten().tolist() == [1, 4, 7]
+    assert {k: (s.shape, s.dtype, s.max_numel) for k, s in spec.items()} == {
+        fedtgp.HELD_PROTOTYPES: ((None, 500), torch.float32, 10 * 500),
+        fedtgp.HELD_CLASSES: ((None,), torch.int64, 10)}
+    # the three classes the client holds, nothing of the seven it lacks
+    assert {k: (tuple(t.shape), t.dtype) for k, t in upload.items()} == {
+        fedtgp.HELD_PROTOTYPES: ((3, 500), torch.float32), fedtgp.HELD_CLASSES: ((3,), torch.int64)}
+    assert upload[fedtgp.HELD_CLASSES].tolist() == [1, 4, 7]
+    assert bool(upload[fedtgp.HELD_PROTOTYPES].ne(0).any(1).all())
     state, _ = fedtgp.init_server(ctx)
     _, new_broadcast = fedtgp.aggregate(ctx, state, [Upload(0, upload, 1.0)])
     assert {k: tuple(t.shape) for k, t in new_broadcast.items()} == {k: tuple(t.shape) for k, t in broadcast.items()}
@@ -166,14 +172,23 @@ def test_a_malformed_upload_is_rejected(make_context, make_data):
     spec, check = algorithm.expected_upload(ctx, broadcast), algorithm.upload_check(ctx, broadcast)
     validator = UpdateValidator(norm_factor=None)
     assert not validator.validate([Upload(0, upload, 1.0)], spec, broadcast, check).rejected
-    absent_class_row = dict(upload) | {fedtgp.PROTOTYPES: upload[fedtgp.PROTOTYPES].clone().index_fill_(0, torch.tensor([0]), 1.0)}
-    negative = dict(upload) | {fedtgp.COUNTS: upload[fedtgp.COUNTS] - 100}
-    fractional = dict(upload) | {fedtgp.COUNTS: upload[fedtgp.COUNTS] + 0.5}
-    for bad in (absent_class_row, negative, fractional):
+    classes = upload[fedtgp.HELD_CLASSES]
+    malformed = [dict(upload) | {fedtgp.HELD_CLASSES: bad} for bad in (
+        classes[:2],  # fewer indices than prototypes
+        torch.tensor([1, 4, 10]),  # not a class of the task
+        torch.tensor([-1, 4, 7]),
+        torch.tensor([1, 7, 4]),  # not ascending
+        torch.tensor([1, 4, 4]),  # a class twice
+    )]
+    for bad in malformed:
         report = validator.validate([Upload(0, bad, 1.0)], spec, broadcast, check)
         assert [r.reason for r in report.rejected] == ["malformed"], report.rejected
-    wrong_width = dict(upload) | {fedtgp.PROTOTYPES: upload[fedtgp.PROTOTYPES][:, :100]}
-    assert [r.reason for r in validator.validate([Upload(0, wrong_width, 1.0)], spec, broadcast, check).rejected] == ["shape"]
+    wrong_width = dict(upload) | {fedtgp.HELD_PROTOTYPES: upload[fedtgp.HELD_PROTOTYPES][:, :100]}
+    float_classes = dict(upload) | {fedtgp.HELD_CLASSES: classes.float()}
+    too_many = dict(upload) | {fedtgp.HELD_PROTOTYPES: torch.zeros(11, 500), fedtgp.HELD_CLASSES: torch.arange(11)}
+    for bad, reason in ((wrong_width, "shape"), (float_classes, "dtype"), (too_many, "oversized")):
+        report = validator.validate([Upload(0, bad, 1.0)], spec, broadcast, check)
+        assert [r.reason for r in report.rejected] == [reason]
 
 
 def test_not_eligible_for_client_level_dp():
@@ -231,5 +246,68 @@ def test_last_epoch_records_the_representations_training_computed_and_trains_the
     g = torch.Generator().manual_seed(1)
     broadcast = ({fedtgp.PROTOTYPES: torch.rand(10, 500, generator=g), fedtgp.TRAINED: torch.ones(())}
                  if trained else None)
-    results, ctx = check_class_stats_rules(fedtgp, "fedtgp", fedtgp.PROTOTYPES, fedtgp.COUNTS, broadcast)
+    results, ctx = check_class_stats_rules(fedtgp, "fedtgp", fedtgp.HELD_PROTOTYPES, fedtgp.HELD_CLASSES, broadcast)
     assert fedtgp.check_upload(ctx, broadcast, results["last_epoch", 0.5].upload) is None
+
+
+def test_a_client_sends_only_its_classes_and_the_bytes_counted_and_sent_are_theirs():
+    config = build_config({**SMALL, "algorithm": "fedtgp", "rounds": 1})
+    federation = Federation.build(config)
+    store = ClientStore(federation)
+    state, broadcast = federation.algorithm.init_server(federation.context)
+    _, _, result = run_round(federation, store, state, broadcast, 1)
+    held = [int(client.train_y.unique().numel()) for client in federation.clients]
+    assert held == [4] * 5 and result.aggregated
+    assert result.up_bytes == sum(h * (500 * 4 + 8) for h in held)  # float32 rows + int64 indices
+    # one upload through the simulator's wire and Flower's message: the same bytes, the same tensors
+    upload = fedtgp.client_update(federation.context, 0, store.get(0), broadcast, federation.clients[0],
+                                  torch.Generator().manual_seed(0)).upload
+    received, sent = transmit(upload, "float16")
+    assert sent == 4 * (500 * 2 + 8)  # a narrower wire dtype narrows the rows, not the indices
+    assert received[fedtgp.HELD_CLASSES].dtype == torch.int64
+    pytest.importorskip("flwr")
+    from pfedlora.federation.flower.payload import from_array_record, record_bytes, to_array_record
+
+    record = to_array_record(upload, "float32")
+    assert record_bytes(record) == 4 * (500 * 4 + 8)
+    assert _same(from_array_record(record), upload)
+
+
+def _dense_reference(ctx, state, uploads):
+    """The server's rule on the former dense upload (``[C, 500]`` rows, zero for absent classes, and
+    class counts), as it was before uploads carried the held rows only."""
+    dense = []
+    for upload in uploads:
+        protos, counts = torch.zeros(10, 500), torch.zeros(10)
+        protos[upload.payload[fedtgp.HELD_CLASSES]] = upload.payload[fedtgp.HELD_PROTOTYPES]
+        counts[upload.payload[fedtgp.HELD_CLASSES]] = 7.0
+        dense.append((protos, counts))
+    totals, holders = None, None
+    for protos, counts in dense:
+        present = (counts > 0).to(torch.float64)
+        means = protos.to(torch.float64) * present.unsqueeze(1)
+        totals = means if totals is None else totals + means
+        holders = present if holders is None else holders + present
+    centres = totals[holders > 0] / holders[holders > 0].unsqueeze(1)
+    distances = torch.cdist(centres, centres)
+    distances.fill_diagonal_(float("inf"))
+    margin = torch.clamp(distances.min(dim=1).values.max(), max=100.0).to(torch.float32)
+    tgp = fedtgp.TrainableGlobalPrototypes(10)
+    tgp.load_state_dict(unprefixed(fedtgp.TGP, state))
+    generator = torch.Generator().manual_seed(derive_seed(ctx.config.seed, "fedtgp-server", 1))
+    fedtgp.train_global_prototypes(ctx, tgp, torch.cat([p[c > 0] for p, c in dense]),
+                                   torch.cat([(c > 0).nonzero().flatten() for _, c in dense]), float(margin), generator)
+    with torch.no_grad():
+        return margin, tgp.eval().all_prototypes()
+
+
+def test_the_server_result_from_held_rows_is_the_dense_uploads_bit_for_bit(make_context):
+    ctx = make_context(fedtgp={"server_epochs": 3, "server_batch_size": 4})
+    state, _ = fedtgp.init_server(ctx)
+    g = torch.Generator().manual_seed(5)
+    rows = lambda: torch.relu(torch.randn(500, generator=g))  # noqa: E731
+    uploads = _uploads({0: [rows(), None, rows(), rows()], 1: [None, rows(), rows()], 2: [rows(), None, None, rows()]})
+    new_state, broadcast = fedtgp.aggregate(ctx, state, uploads)
+    margin, prototypes = _dense_reference(ctx, state, uploads)
+    assert torch.equal(new_state[fedtgp.MARGIN], margin)
+    assert torch.equal(broadcast[fedtgp.PROTOTYPES], prototypes)

@@ -1,8 +1,9 @@
-"""Per-class statistics exchanged by FD, FedProto and FedGH.
+"""Per-class statistics exchanged by FD, FedProto, FedGH, FedTGP and FedL2G.
 
-A client's per-class quantity travels as a ``[num_classes, d]`` tensor of means plus a
-``[num_classes]`` tensor of sample counts; count 0 means the client has no sample of that class
-(its row is zero and carries no information).
+In FD, FedProto and FedGH a client's per-class quantity travels as a ``[num_classes, d]`` tensor of
+means plus a ``[num_classes]`` tensor of sample counts; count 0 means the client has no sample of
+that class (its row is zero and carries no information). FedTGP and FedL2G use no counts beyond
+"held or not", so they send only the held rows and their class indices (:func:`held_rows`).
 """
 
 from __future__ import annotations
@@ -127,6 +128,26 @@ def class_rows_problem(rows: torch.Tensor, counts: torch.Tensor, rows_name: str,
         return f"{counts_name} must be whole numbers >= 0"
     if bool(rows[counts == 0].ne(0).any()):
         return f"{rows_name} has a non-zero row for a class with count 0"
+    return None
+
+
+def held_rows(rows: torch.Tensor, counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The rows of the classes with count > 0 and their class indices (int64, ascending): what a
+    client sends instead of all ``[num_classes, d]`` rows when the others carry nothing (FedTGP, FedL2G)."""
+    held = (counts > 0).nonzero().flatten()
+    return rows[held].contiguous(), held.to(torch.int64)
+
+
+def held_rows_problem(rows: torch.Tensor, classes: torch.Tensor, num_classes: int, rows_name: str,
+                      classes_name: str) -> str | None:
+    """Why an upload of held rows is malformed, or None: one class index per row, each in
+    [0, num_classes), strictly ascending (no class twice)."""
+    if int(classes.shape[0]) != int(rows.shape[0]):
+        return f"{classes_name} has {int(classes.shape[0])} entries for {int(rows.shape[0])} rows of {rows_name}"
+    if classes.numel() and (int(classes.min()) < 0 or int(classes.max()) >= num_classes):
+        return f"{classes_name} must be class indices in [0, {num_classes})"
+    if bool((classes[1:] <= classes[:-1]).any()):
+        return f"{classes_name} must be strictly ascending (each class once)"
     return None
 
 

@@ -10,8 +10,11 @@ matching servers). The two published variants differ only in what is guided, ``f
 
 Broadcast: the guiding vectors ``G`` (one per class; the server initialises them ``N(0, 1)``, as
 ``nn.Embedding`` does in the authors' code) and the count of rounds aggregated so far (for the
-warm-up). Uploaded: the client's gradient of its quiz loss with respect to ``G``, ``[C, d]``, and
-the class counts of its study batch ``[C]`` (only those classes' rows can be non-zero).
+warm-up). Uploaded: the client's gradient of its quiz loss with respect to ``G``, only the rows of
+the classes in its study batch (the other rows are zero: the quiz loss reaches ``G`` only through
+the study step's guiding loss), ``[H, d]``, and those classes' indices ``[H]`` (int64, ascending),
+as the authors' clients send a ``{class: gradient}`` dictionary; ``H · (d · 4 + 8)`` bytes in
+float32, counted and sent (on Flower the same dictionary is the message).
 
 Client, each round:
 
@@ -70,12 +73,11 @@ from pfedlora.algorithms.base import (
     derive_seed,
     prefixed,
 )
-from pfedlora.algorithms.class_stats import class_rows_problem
-from pfedlora.algorithms.local_models import LOCAL, init_local_state, load_local
+from pfedlora.algorithms.class_stats import held_rows, held_rows_problem
+from pfedlora.algorithms.local_models import LOCAL, init_local_state, load_local, representation_dim
 from pfedlora.algorithms.training import cross_entropy_loss, train_epochs
 from pfedlora.config import Config
 from pfedlora.metrics import flops as flop_count
-from pfedlora.models.cnn import REPRESENTATION_DIM
 from pfedlora.registry import AlgorithmSettings, register
 
 
@@ -105,8 +107,8 @@ class FedL2GSettings(AlgorithmSettings):
 
 GUIDANCE = "guiding_vectors"
 ROUND = "round"  # rounds aggregated so far (broadcast: decides the warm-up)
-GRADS = "guidance_grads"
-COUNTS = "class_counts"
+GRADS = "guidance_grads"  # upload: the studied classes' rows of the meta-gradient [H, d]
+CLASSES = "studied_classes"  # upload: their class indices [H], ascending
 GRAD_NORM = "grad_norm"  # server state: norm of the last aggregated gradient (before clipping)
 GUIDED = "guided_classes"  # server state: classes with a gradient in the last round
 SERVER_CLIP = 100.0  # the authors' clip on the aggregated gradient
@@ -117,7 +119,7 @@ def _settings(ctx: FederationContext) -> FedL2GSettings:
 
 
 def guidance_dim(ctx: FederationContext) -> int:
-    return REPRESENTATION_DIM if _settings(ctx).target == "features" else ctx.num_classes
+    return representation_dim(ctx) if _settings(ctx).target == "features" else ctx.num_classes
 
 
 init_client = init_local_state  # a private local model, nothing else
@@ -217,7 +219,7 @@ def client_update(ctx: FederationContext, client_id: int, state: State, broadcas
                                   epochs=cfg.train.local_epochs, train=cfg.train, generator=generator,
                                   loss_fn=loss_fn, name="local_model"))
     grads = torch.zeros(ctx.num_classes, guidance_dim(ctx), device=guidance.device)
-    counts = torch.zeros(ctx.num_classes, device=guidance.device)
+    counts = torch.zeros(ctx.num_classes, device=guidance.device)  # no quiz set: nothing studied, nothing sent
     if quiz.numel() > 0:
         rest_rows = rest.nonzero().flatten()
         order = rest_rows[torch.randperm(int(rest_rows.shape[0]), generator=generator).to(rest_rows.device)]
@@ -234,11 +236,10 @@ def client_update(ctx: FederationContext, client_id: int, state: State, broadcas
         if flops is None:
             flops = int(counter.get_total_flops())
             flop_count.store_step_flops(key, flops)
-        counts = torch.bincount(data.train_y[study], minlength=ctx.num_classes).to(torch.float32)
-        grads = grads * (counts > 0).unsqueeze(1).to(grads.dtype)
+        counts = torch.bincount(data.train_y[study], minlength=ctx.num_classes).to(grads.device)
         stats.append(TrainStats(module="meta_study", num_samples=int(study.shape[0] + quiz.shape[0]), flops=flops))
-    return ClientResult(state=prefixed(LOCAL, model.state_dict()),
-                        upload={GRADS: grads.to(torch.float32), COUNTS: counts.to(grads.device)},
+    rows, classes = held_rows(grads.to(torch.float32), counts)
+    return ClientResult(state=prefixed(LOCAL, model.state_dict()), upload={GRADS: rows, CLASSES: classes},
                         weight=float(n), stats=stats)
 
 
@@ -247,9 +248,10 @@ def aggregate(ctx: FederationContext, server_state: State, uploads: list[Upload]
     total = torch.zeros_like(guidance, dtype=torch.float64)
     holders = torch.zeros(guidance.shape[0], dtype=torch.float64, device=guidance.device)
     for upload in uploads:
-        present = (upload.payload[COUNTS] > 0).to(torch.float64).to(guidance.device)
-        total += upload.payload[GRADS].to(torch.float64).to(guidance.device) * present.unsqueeze(1)
-        holders += present
+        classes = upload.payload[CLASSES].to(guidance.device)
+        # each class once per upload: the sums of the dense rows, in the same order (and counted FLOPs)
+        total[classes] += upload.payload[GRADS].to(torch.float64).to(guidance.device)
+        holders[classes] += 1
     gradient = (total / holders.clamp(min=1).unsqueeze(1)).to(guidance.dtype)
     norm = torch.linalg.vector_norm(gradient)
     gradient = gradient * torch.clamp(SERVER_CLIP / (norm + 1e-6), max=1.0)  # torch's clip_grad_norm_ rule
@@ -265,15 +267,16 @@ def personalized_model(ctx: FederationContext, client_id: int, state: State, bro
 
 
 def upload_spec(ctx: FederationContext, broadcast: Payload) -> UploadSpec:
+    c, d = ctx.num_classes, guidance_dim(ctx)
     return {
-        GRADS: TensorSpec((ctx.num_classes, guidance_dim(ctx)), torch.float32),
-        COUNTS: TensorSpec((ctx.num_classes,), torch.float32),
+        GRADS: TensorSpec((None, d), torch.float32, max_numel=c * d),
+        CLASSES: TensorSpec((None,), torch.int64, max_numel=c),
     }
 
 
 def check_upload(ctx: FederationContext, broadcast: Payload, payload: Payload) -> str | None:
-    """Study-batch counts are whole numbers >= 0; a class not studied (count 0) carries a zero gradient."""
-    return class_rows_problem(payload[GRADS], payload[COUNTS], GRADS, COUNTS)
+    """One class index per gradient row, each a class of the task, strictly ascending (no class twice)."""
+    return held_rows_problem(payload[GRADS], payload[CLASSES], ctx.num_classes, GRADS, CLASSES)
 
 
 def server_metrics(ctx: FederationContext, server_state: State) -> dict[str, float]:

@@ -4,8 +4,11 @@ Zhang, J., Liu, Y., Hua, Y., Cao, J. "FedTGP: Trainable Global Prototypes with A
 Contrastive Learning for Data and Model Heterogeneity in Federated Learning." AAAI 2024.
 Rules read from the authors' code (HtFLlib ``clienttgp.py`` / ``servertgp.py``).
 
-Uploaded: each selected client's per-class prototypes (the mean 500-d representation ``represent(x)``
-of each class it holds) and its class counts, ``[C, 500]`` + ``[C]``, as in FedProto. The prototypes
+Uploaded: each selected client's prototypes of the classes it holds and nothing else, as the
+authors' clients send a ``{class: prototype}`` dictionary: the prototypes (the mean 500-d
+representation ``represent(x)`` of each held class) ``[H, 500]`` and their class indices ``[H]``
+(int64, ascending), H the number of classes the client holds; ``H · (500 · 4 + 8)`` bytes in
+float32, counted and sent (on Flower the same dictionary is the message). The prototypes
 (``fedtgp.class_stats``): ``after_training`` (default, the authors' rule: one pass over the training
 data with the trained model) or ``last_epoch`` (the cheaper rule: each sample's representation as its
 mini-batch's forward pass of the last local epoch computed it; training is unchanged, only the upload
@@ -66,8 +69,8 @@ from pfedlora.algorithms.base import (
     prefixed,
     unprefixed,
 )
-from pfedlora.algorithms.class_stats import ClassSums, class_rows_problem, client_class_means
-from pfedlora.algorithms.local_models import LOCAL, init_local_state, load_local
+from pfedlora.algorithms.class_stats import ClassSums, client_class_means, held_rows, held_rows_problem
+from pfedlora.algorithms.local_models import LOCAL, init_local_state, load_local, representation_dim
 from pfedlora.algorithms.training import cross_entropy_loss, train_epochs
 from pfedlora.config import Config
 from pfedlora.models.cnn import REPRESENTATION_DIM
@@ -99,8 +102,9 @@ class FedTGPSettings(AlgorithmSettings):
                     "the authors' rule; default) or recorded during the last local epoch (last_epoch: no extra "
                     "pass; the upload differs, training does not).")
 
-PROTOTYPES = "prototypes"
-COUNTS = "class_counts"
+PROTOTYPES = "prototypes"  # broadcast: the global prototypes [C, 500]
+HELD_PROTOTYPES = "held_prototypes"  # upload: the prototypes of the classes the client holds [H, 500]
+HELD_CLASSES = "held_classes"  # upload: their class indices [H], ascending
 TRAINED = "trained"  # broadcast flag: 1 once the server has trained the global prototypes
 TGP = "tgp."  # server state: the TGP module's parameters
 ROUND = "round"  # server state: rounds aggregated so far (seeds the server's batch order)
@@ -111,10 +115,11 @@ SERVER_LOSS = "server_loss"  # server state: mean loss of the last server traini
 class TrainableGlobalPrototypes(nn.Module):
     """Class embedding -> Linear -> ReLU -> Linear: one global prototype per class."""
 
-    def __init__(self, num_classes: int, dim: int = REPRESENTATION_DIM, hidden: int = REPRESENTATION_DIM) -> None:
+    def __init__(self, num_classes: int, dim: int = REPRESENTATION_DIM, hidden: int | None = None) -> None:
         super().__init__()
         self.num_classes = num_classes
         self.embedding = nn.Embedding(num_classes, dim)
+        hidden = dim if hidden is None else hidden  # the authors' hidden width = feature width
         self.middle = nn.Linear(dim, hidden)
         self.fc = nn.Linear(hidden, dim)
 
@@ -126,7 +131,7 @@ class TrainableGlobalPrototypes(nn.Module):
 
 
 def _tgp_workspace(ctx: FederationContext) -> TrainableGlobalPrototypes:
-    return ctx.cached_module(("fedtgp-tgp",), lambda: TrainableGlobalPrototypes(ctx.num_classes))
+    return ctx.cached_module(("fedtgp-tgp",), lambda: TrainableGlobalPrototypes(ctx.num_classes, representation_dim(ctx)))
 
 
 def _settings(ctx: FederationContext) -> FedTGPSettings:
@@ -139,11 +144,11 @@ init_client = init_local_state  # a private local model, nothing else
 def init_server(ctx: FederationContext) -> tuple[State, Payload]:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derive_seed(ctx.config.seed, "fedtgp-tgp"))
-        tgp = TrainableGlobalPrototypes(ctx.num_classes).to(ctx.device)
+        tgp = TrainableGlobalPrototypes(ctx.num_classes, representation_dim(ctx)).to(ctx.device)
     state = prefixed(TGP, tgp.state_dict()) | {
         ROUND: torch.zeros(()), MARGIN: torch.zeros(()), SERVER_LOSS: torch.zeros(()),
     }
-    broadcast = {PROTOTYPES: torch.zeros(ctx.num_classes, REPRESENTATION_DIM, device=ctx.device),
+    broadcast = {PROTOTYPES: torch.zeros(ctx.num_classes, representation_dim(ctx), device=ctx.device),
                  TRAINED: torch.zeros(())}
     return state, broadcast
 
@@ -180,20 +185,26 @@ def client_update(ctx: FederationContext, client_id: int, state: State, broadcas
     model.eval()
     prototypes, counts = client_class_means(recorder, model.represent, data.train_x, data.train_y, ctx.num_classes,
                                             cfg.train.eval_batch_size, stats)
-    return ClientResult(state=prefixed(LOCAL, model.state_dict()), upload={PROTOTYPES: prototypes, COUNTS: counts},
-                        weight=float(data.num_train), stats=[stats])
+    rows, classes = held_rows(prototypes, counts)
+    return ClientResult(state=prefixed(LOCAL, model.state_dict()),
+                        upload={HELD_PROTOTYPES: rows, HELD_CLASSES: classes}, weight=float(data.num_train),
+                        stats=[stats])
 
 
-def adaptive_margin(uploads: list[Upload], threshold: float) -> torch.Tensor:
+def adaptive_margin(uploads: list[Upload], threshold: float, num_classes: int) -> torch.Tensor:
     """``min(max over uploaded classes of the distance to the nearest other uploaded class, threshold)``,
     class centres being the plain mean over the clients holding the class; the threshold alone with
     fewer than two uploaded classes."""
     totals, holders = None, None
     for upload in uploads:
-        present = (upload.payload[COUNTS] > 0).to(torch.float64)
-        means = upload.payload[PROTOTYPES].to(torch.float64) * present.unsqueeze(1)
-        totals = means if totals is None else totals + means
-        holders = present if holders is None else holders + present
+        rows, classes = upload.payload[HELD_PROTOTYPES].to(torch.float64), upload.payload[HELD_CLASSES]
+        if totals is None:
+            totals = torch.zeros(num_classes, rows.shape[1], dtype=torch.float64, device=rows.device)
+            holders = torch.zeros(num_classes, dtype=torch.float64, device=rows.device)
+        classes = classes.to(rows.device)
+        # each class once per upload: the sums of the dense rows, in the same order (and counted FLOPs)
+        totals[classes] += rows
+        holders[classes] += 1
     if totals is None or int((holders > 0).sum()) < 2:
         return torch.tensor(float(threshold))
     centres = totals[holders > 0] / holders[holders > 0].unsqueeze(1)
@@ -232,13 +243,10 @@ def train_global_prototypes(ctx: FederationContext, tgp: TrainableGlobalPrototyp
 def aggregate(ctx: FederationContext, server_state: State, uploads: list[Upload]) -> tuple[State, Payload]:
     settings = _settings(ctx)
     round_index = int(server_state[ROUND]) + 1
-    prototypes, labels = [], []
-    for upload in uploads:
-        present = upload.payload[COUNTS] > 0
-        prototypes.append(upload.payload[PROTOTYPES][present])
-        labels.append(present.nonzero().flatten())
+    prototypes = [upload.payload[HELD_PROTOTYPES] for upload in uploads]
+    labels = [upload.payload[HELD_CLASSES] for upload in uploads]
     tgp = load_into(_tgp_workspace(ctx), unprefixed(TGP, server_state))
-    margin = adaptive_margin(uploads, settings.margin_threshold)
+    margin = adaptive_margin(uploads, settings.margin_threshold, ctx.num_classes)
     loss = server_state[SERVER_LOSS]
     if prototypes and sum(int(p.shape[0]) for p in prototypes):
         generator = torch.Generator().manual_seed(derive_seed(ctx.config.seed, "fedtgp-server", round_index))
@@ -259,15 +267,17 @@ def personalized_model(ctx: FederationContext, client_id: int, state: State, bro
 
 
 def upload_spec(ctx: FederationContext, broadcast: Payload) -> UploadSpec:
+    c = ctx.num_classes
     return {
-        PROTOTYPES: TensorSpec((ctx.num_classes, REPRESENTATION_DIM), torch.float32),
-        COUNTS: TensorSpec((ctx.num_classes,), torch.float32),
+        HELD_PROTOTYPES: TensorSpec((None, representation_dim(ctx)), torch.float32, max_numel=c * representation_dim(ctx)),
+        HELD_CLASSES: TensorSpec((None,), torch.int64, max_numel=c),
     }
 
 
 def check_upload(ctx: FederationContext, broadcast: Payload, payload: Payload) -> str | None:
-    """Class counts are whole numbers >= 0; a class with count 0 carries a zero prototype."""
-    return class_rows_problem(payload[PROTOTYPES], payload[COUNTS], PROTOTYPES, COUNTS)
+    """One class index per prototype, each a class of the task, strictly ascending (no class twice)."""
+    return held_rows_problem(payload[HELD_PROTOTYPES], payload[HELD_CLASSES], ctx.num_classes,
+                             HELD_PROTOTYPES, HELD_CLASSES)
 
 
 def server_metrics(ctx: FederationContext, server_state: State) -> dict[str, float]:
