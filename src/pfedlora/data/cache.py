@@ -135,9 +135,52 @@ def cached_arrays(
     return arrays, meta
 
 
+# What one unpickled object may hold, counted as the reader will walk it (a list that references one
+# sub-list k times counts k times): a few bytes of pickle can otherwise describe a nesting of shared
+# references that np.asarray or a loop expands to billions of elements (a 432-byte npz: 8 million
+# elements at depth 22). CIFAR-100's training batch, the largest legitimate pickle read here, holds about
+# 150,000 elements (three lists of 50,000) at depth 2.
+MAX_PICKLE_DEPTH = 8
+MAX_PICKLE_ELEMENTS = 1 << 22
+
+
+def check_unpickled_size(value: Any, max_depth: int = MAX_PICKLE_DEPTH,
+                         max_elements: int = MAX_PICKLE_ELEMENTS) -> None:
+    """Raise pickle.UnpicklingError when ``value`` nests deeper than ``max_depth`` containers or holds
+    more than ``max_elements`` items in all (shared references counted every time they occur). Stops
+    as soon as a bound is passed, so the check itself costs at most ``max_elements`` steps."""
+    count = 0
+    stack = [iter((value,))]  # one iterator per open container: memory bounded by the depth
+    while stack:
+        item = next(stack[-1], _DONE)
+        if item is _DONE:
+            stack.pop()
+            continue
+        if isinstance(item, dict):
+            children: Any = item.items()
+        elif isinstance(item, (list, tuple, set, frozenset)):
+            children = item
+        elif isinstance(item, np.ndarray) and item.dtype.hasobject:
+            children = item.reshape(-1)
+        else:
+            continue
+        if len(stack) > max_depth:
+            raise pickle.UnpicklingError(f"containers nested deeper than {max_depth} levels; accepted: numpy arrays "
+                                         f"in dicts and lists at most {max_depth} deep")
+        count += len(children) * (2 if isinstance(item, dict) else 1)
+        if count > max_elements:
+            raise pickle.UnpicklingError(f"more than {max_elements:,} elements in nested containers (shared "
+                                         f"references counted each time); accepted: at most {max_elements:,}")
+        stack.append(iter(children) if not isinstance(item, dict) else (v for pair in children for v in pair))
+
+
+_DONE = object()
+
+
 class NumpyOnlyUnpickler(pickle.Unpickler):
     """Reads pickled numpy arrays (CIFAR's official batches, PFLlib's npz ``data`` entries) and
-    nothing else: any other global is refused, so no code from the file ever runs."""
+    nothing else: any other global is refused, so no code from the file ever runs, and the result
+    must pass :func:`check_unpickled_size` (no nesting bombs of shared references)."""
 
     _ALLOWED = {
         ("numpy", "ndarray"),
@@ -154,3 +197,8 @@ class NumpyOnlyUnpickler(pickle.Unpickler):
         if (module, name) in self._ALLOWED:
             return super().find_class(module, name)
         raise pickle.UnpicklingError(f"forbidden object {module}.{name} (only numpy arrays are read)")
+
+    def load(self) -> Any:
+        value = super().load()
+        check_unpickled_size(value)
+        return value

@@ -44,6 +44,13 @@ _LINE_FILES = {
     "sst2": ("stsa.binary.train", "stsa.binary.test"),
     "sst5": ("stsa.fine.train", "stsa.fine.test"),
 }
+# the most bytes one sentence file (TREC, SST) may have, in an archive or a directory: the real ones are
+# under 1 MB, and a tar member is refused from its declared size before a byte of it is inflated (a
+# few kB of .tar.gz can declare gigabytes of zeros)
+MAX_LINE_FILE_BYTES = 64 << 20
+# members read before the wanted files must have appeared: tarfile keeps every header it has read
+# (~1 kB each), and a .tar.gz of identical empty headers compresses a million of them into kilobytes
+MAX_ARCHIVE_MEMBERS = 10_000
 _HELP = {
     "trec": "a directory or .tar/.tar.gz holding TREC.train.all and TREC.test.all ('<label> <sentence>' lines)",
     "sst2": "a directory or .tar/.tar.gz holding stsa.binary.train and stsa.binary.test ('<label> <sentence>' lines)",
@@ -166,24 +173,37 @@ def _decode(data: bytes, where: str) -> str:
         return data.decode("latin-1")
 
 
+def _refuse_large(size: int, where: str, name: str) -> None:
+    if size > MAX_LINE_FILE_BYTES:
+        raise UserError(f"{where}: {size:,} bytes, over the {MAX_LINE_FILE_BYTES:,}-byte cap of a sentence file; "
+                        f"accepted: {_HELP[name]}, each file at most {MAX_LINE_FILE_BYTES >> 20} MiB")
+
+
 def _read_line_files(name: str, source: Path) -> _Texts:
     wanted = _LINE_FILES[name]
     blobs: dict[str, tuple[str, bytes]] = {}
     if source.is_file():
         try:
             with tarfile.open(source, "r:*") as tf:
-                for member in tf:
+                for count, member in enumerate(tf, 1):
+                    if count > MAX_ARCHIVE_MEMBERS:
+                        raise UserError(f"{source}: more than {MAX_ARCHIVE_MEMBERS:,} archive members before "
+                                        f"{', '.join(b for b in wanted if b not in blobs)}; accepted: {_HELP[name]}")
                     base = PurePosixPath(member.name).name
                     if member.isfile() and base in wanted and base not in blobs:
+                        _refuse_large(member.size, f"{source}:{member.name}", name)
                         fh = tf.extractfile(member)
                         assert fh is not None
                         blobs[base] = (f"{source}:{member.name}", fh.read())
+                        if len(blobs) == len(wanted):
+                            break
         except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
             raise UserError(f"{source}: corrupt or unreadable archive ({exc}); accepted: {_HELP[name]}") from None
     else:
         for base in wanted:
             found = sorted(source.rglob(base))
             if found:
+                _refuse_large(found[0].stat().st_size, str(found[0]), name)
                 blobs[base] = (str(found[0]), found[0].read_bytes())
     missing = [b for b in wanted if b not in blobs]
     if missing:

@@ -356,6 +356,23 @@ def _applied(broadcast: Payload, update: dict[str, torch.Tensor]) -> Payload:
             for name, delta in update.items()}
 
 
+# Left out of metrics.csv and summary.json by Privacy.released. Under central DP the sample is secret
+# (Poisson sampling is what the accountant's amplification assumes), so every figure that counts or
+# follows the sampled clients would publish it outside the mechanism: update counts, the bytes and
+# FLOPs of their training, which clients were ever selected. The mean training loss is computed from
+# the clients' raw losses before any noise, in both modes.
+SAMPLE_REVEALING = (
+    "expected", "received", "rejected", "replied",
+    "up_bytes", "down_bytes", "train_flops", "server_flops",
+    "cum_up_bytes", "cum_down_bytes", "cum_train_flops", "cum_server_flops",
+    "total_up_bytes", "total_down_bytes", "total_train_flops", "total_server_flops", "client_rounds",
+    "up_bytes_per_client_round", "down_bytes_per_client_round", "train_flops_per_client_round",
+    "server_flops_per_round", "clients_ever_selected", "selected_clients_final_accuracy", "rounds_without_quorum",
+    "time_to_target",
+)
+PRE_NOISE = ("train_loss",)
+
+
 @dataclass(frozen=True)
 class Privacy:
     """The privacy settings of one run, resolved (noise multiplier, delta); ``enabled`` False: a no-op.
@@ -448,6 +465,15 @@ class Privacy:
 
     def epsilon(self, config: Config, rounds: int) -> float:
         return epsilon(config, rounds, self.noise_multiplier)
+
+    def released(self, values: dict[str, Any]) -> dict[str, Any]:
+        """A metrics row or summary without what the privacy statement does not cover (see
+        SAMPLE_REVEALING, PRE_NOISE): under ``central`` every figure that depends on the secret sample,
+        under any mode the training loss, a mean of the clients' raw losses that no noise protects."""
+        if not self.enabled:
+            return values
+        dropped = PRE_NOISE + (SAMPLE_REVEALING if self.central else ())
+        return {key: value for key, value in values.items() if key not in dropped}
 
     def summary(self, config: Config, rounds: int) -> dict[str, Any]:
         """The privacy facts for summary.json ({} when off)."""

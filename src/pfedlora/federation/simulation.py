@@ -585,7 +585,8 @@ def _execute_rounds(config: Config, out: Path, checkpoint: dict[str, Any] | None
         first_round, elapsed_before = int(checkpoint["round"]) + 1, float(checkpoint["elapsed"])
         restore_rng(checkpoint["rng"])
         log(f"resuming after round {checkpoint['round']} of {config.rounds}")
-    metrics.rewrite(history)  # a resumed run drops rows written after its checkpoint
+    # a resumed run drops rows written after its checkpoint; under DP what the mechanism does not cover is left out
+    metrics.rewrite([federation.privacy.released(row) for row in history])
     # TensorBoard / MLflow (config.tracking); a resumed run continues its tracked run
     trackers = open_trackers(config.tracking, config.to_dict(), out, resuming=checkpoint is not None,
                              first_round=first_round, warn=event)
@@ -619,7 +620,7 @@ def _execute_rounds(config: Config, out: Path, checkpoint: dict[str, Any] | None
                 if federation.privacy.enabled:  # epsilon spent so far, at delta
                     row["epsilon"] = federation.privacy.epsilon(config, round_index)
                 pending = {key: 0 for key in pending}
-                metrics.write(row)
+                metrics.write(federation.privacy.released(row))
                 history.append(row)
                 if progress is not None:
                     progress(round_index, config.rounds, row)
@@ -654,7 +655,7 @@ def _execute_rounds(config: Config, out: Path, checkpoint: dict[str, Any] | None
     if config.target_accuracy is not None:
         summary["time_to_target"] = time_to_target(history, config.target_accuracy)
     summary |= federation.privacy.summary(config, config.rounds)
-    write_json(out / "summary.json", summary)
+    write_json(out / "summary.json", federation.privacy.released(summary))
     trackers.finish(config.rounds)  # summary.json as written
     return summary
 

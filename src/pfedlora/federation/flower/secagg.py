@@ -53,6 +53,8 @@ from pfedlora.algorithms.base import Payload
 from pfedlora.config import Config
 
 NAMES = "names"  # fit config key: the payload's tensor names, in the order of the parameters (JSON)
+WEIGHT = "weight"  # fit config key: the aggregation weight the server sets for this client
+PAD = "pad"  # fit config key: true for a node that only pads a round (a zero update, no training)
 
 
 # ---- client side ------------------------------------------------------------------------------
@@ -184,16 +186,20 @@ class SecureRound:
 
 
 def secure_round(grid: Grid, config: Config, config_text: str, round_index: int, broadcast: Payload,
-                 node_of: dict[int, int], weights: dict[int, float], log: Callable[..., None]) -> SecureRound:
+                 node_of: dict[int, int], weights: dict[int, float], log: Callable[..., None],
+                 pads: set[int] = frozenset()) -> SecureRound:
     """One training round through SecAgg+ for the clients in ``node_of`` (client id -> node id);
-    ``weights``: each client's aggregation weight (its sample count, or 1 under DP)."""
+    ``weights``: each client's aggregation weight (its sample count, or 1 under DP), sent to it with
+    its instructions (the client masks that weight, not one of its own); ``pads``: clients that add
+    a zero update without training (a lone sampled client under central DP, see the ServerApp)."""
     started = time.perf_counter()
     settings = config.flower.secagg
     names = list(broadcast)
     parameters = ndarrays_to_parameters([broadcast[n].detach().cpu().to(torch.float32).numpy() for n in names])
     instructions = [
         (_NodeProxy(node), FitIns(parameters, {"config": config_text, "round": round_index, "client-id": client_id,
-                                               NAMES: json.dumps(names)}))
+                                               NAMES: json.dumps(names), WEIGHT: int(round(weights[client_id])),
+                                               PAD: client_id in pads}))
         for client_id, node in sorted(node_of.items())
     ]
     strategy = _RoundStrategy(instructions)

@@ -38,7 +38,9 @@ from pfedlora.config import Config
 from pfedlora.federation.flower import protocol
 from pfedlora.federation.flower.payload import from_array_record, record_bytes, to_array_record
 from pfedlora.federation.preflight import check_run
-from pfedlora.federation.privacy import Privacy, apply_mean
+from pfedlora.data.cache import one_line
+from pfedlora.errors import UserError
+from pfedlora.federation.privacy import Privacy, apply_mean, privacy_warnings
 from pfedlora.federation.simulation import sample_clients, validator_for
 from pfedlora.metrics.accuracy import diagnostics_summary, mean_metrics, run_summary, summarize
 from pfedlora.metrics.run_dir import MetricsWriter, prepare_run_dir, write_json, write_yaml
@@ -157,6 +159,8 @@ def run_server(grid: Grid, config: Config, out_dir: str | Path, *, overwrite: bo
     timeout = config.flower.round_timeout
     write_yaml(out / "config.yaml", config.to_dict())
     log(f"{config.algorithm} on {config.dataset.name}: {config.num_clients} clients, {config.rounds} rounds -> {out}")
+    for line in privacy_warnings(config):  # as the simulator's events.log
+        log(f"warning: {line}", logging.WARNING)
 
     wait_for_nodes(grid, config.num_clients, config.flower.connect_timeout, log)
     nodes = NodeMap()
@@ -204,7 +208,7 @@ def run_server(grid: Grid, config: Config, out_dir: str | Path, *, overwrite: bo
         if secagg:
             aggregate, aggregated, round_up, round_down = _secure_round(
                 grid, config, config_text, round_index, ctx, algorithm, privacy, server_state, broadcast, reachable,
-                {k: float(nodes.info[k]["num-train"]) for k in reachable}, losses, log)
+                {k: float(nodes.info[k]["num-train"]) for k in reachable}, nodes.node_of, log)
         else:
             aggregate, aggregated, round_up, round_down = _plain_round(
                 grid, config, config_text, round_index, ctx, algorithm, privacy, validator, server_state, broadcast,
@@ -227,7 +231,13 @@ def run_server(grid: Grid, config: Config, out_dir: str | Path, *, overwrite: bo
             replies = {k: reply.content[protocol.METRICS]
                        for k, reply in _replies(grid, eval_messages, timeout, nodes.client_of,
                                                 f"evaluate {round_index}", log)}
-            results = {k: _accuracy(metrics) for k, metrics in replies.items()}
+            results = {}
+            for k in sorted(replies):
+                try:
+                    results[k] = _accuracy(replies[k])
+                except (UserError, KeyError, TypeError, ValueError) as exc:  # a malformed record: this client only
+                    log(f"evaluate {round_index}: client {k}'s reply rejected: {one_line(exc)}", logging.WARNING)
+            replies = {k: replies[k] for k in results}
             if not results:
                 log(f"evaluate {round_index}: no client replied; no metrics row", logging.WARNING)
                 continue
@@ -241,7 +251,7 @@ def run_server(grid: Grid, config: Config, out_dir: str | Path, *, overwrite: bo
                    **algorithm.server_metrics(ctx, server_state), **diagnostics}
             if privacy.enabled:  # epsilon spent so far, at delta
                 row["epsilon"] = privacy.epsilon(config, round_index)
-            metrics.write(row)
+            metrics.write(privacy.released(row))  # under DP: without what the mechanism does not cover
             history.append(row)
             up_bytes = down_bytes = 0
             log(f"round {round_index}: mean accuracy {row['mean_acc']:.2f}% over {len(results)} clients")
@@ -255,6 +265,7 @@ def run_server(grid: Grid, config: Config, out_dir: str | Path, *, overwrite: bo
         "total_down_bytes": int(sum(r["down_bytes"] for r in history)),
         "rounds_without_quorum": kept_rounds,
     } | diagnostics_summary(diagnostics) | privacy.summary(config, config.rounds) | ({"secagg": config.flower.secagg.model_dump()} if secagg else {})
+    summary = privacy.released(summary)  # under DP: without what the mechanism does not cover
     write_json(out / "summary.json", summary)
     log(f"done: final accuracy {summary['final_accuracy']:.2f}%")
     return summary
@@ -271,12 +282,14 @@ def _plain_round(grid: Grid, config: Config, config_text: str, round_index: int,
     up = 0
     uploads: list[Upload] = []
     for client_id, reply in _replies(grid, messages, config.flower.round_timeout, client_of, f"round {round_index}", log):
-        record = reply.content[protocol.PAYLOAD]
-        up += record_bytes(record)
-        reported = reply.content[protocol.METRICS]
-        uploads.append(Upload(client_id, from_array_record(record, as_float32=True), float(reported["weight"])))
-        if int(reported["num-losses"]):
-            losses.extend(float(v) for v in reported["train-losses"])
+        try:
+            upload, weight, client_losses, size = _read_upload(reply, privacy)
+        except (UserError, KeyError, TypeError, ValueError) as exc:  # a malformed reply costs this client only
+            log(f"round {round_index}: client {client_id}'s reply rejected: {one_line(exc)}", logging.WARNING)
+            continue
+        up += size
+        uploads.append(Upload(client_id, upload, weight))
+        losses.extend(client_losses)
     uploads.sort(key=lambda u: u.client_id)  # the simulator's order
     report = validator.validate(uploads, algorithm.expected_upload(ctx, broadcast), broadcast,
                                 algorithm.upload_check(ctx, broadcast))
@@ -292,26 +305,78 @@ def _plain_round(grid: Grid, config: Config, config_text: str, round_index: int,
     return algorithm.aggregate(ctx, server_state, uploads), ids, up, down
 
 
+def _read_upload(reply: Message, privacy: Privacy) -> tuple[Payload, float, list[float], int]:
+    """(payload, aggregation weight, training losses, bytes) of one training reply; raises UserError (or
+    KeyError, TypeError, ValueError) for a malformed one. Under DP the weight is the server's (1), never
+    the one a client reports, and no loss is read (clients under DP send none)."""
+    record = reply.content[protocol.PAYLOAD]
+    payload = from_array_record(record, as_float32=True)  # checks every header against its data first
+    size = record_bytes(record)
+    if privacy.enabled:
+        return payload, 1.0, [], size
+    reported = reply.content[protocol.METRICS]
+    weight = float(reported["weight"])
+    if not math.isfinite(weight) or weight < 0:
+        raise UserError(f"weight {weight} is not a finite number >= 0")
+    losses = [float(v) for v in reported["train-losses"]] if int(reported["num-losses"]) else []
+    return payload, weight, losses, size
+
+
 def _secure_round(grid: Grid, config: Config, config_text: str, round_index: int, ctx: FederationContext,
                   algorithm, privacy: Privacy, server_state, broadcast: Payload, node_of: dict[int, int],
-                  sample_counts: dict[int, float], losses: list[float], log: RunLog):
+                  sample_counts: dict[int, float], all_nodes: dict[int, int], log: RunLog):
     """One training round through SecAgg+: ((server state, broadcast) or None, ids of the clients summed,
-    up bytes, down bytes)."""
+    up bytes, down bytes). ``node_of``: the round's reachable selected clients; ``all_nodes``: every
+    client's node (a central-DP round pads a lone client with one of them).
+
+    Under central DP the round is always released, like the simulator's: noise alone when nobody was
+    sampled, reachable or summed (skipping it would leave the broadcast unchanged, which the next
+    evaluation reveals and which is not the mechanism the accountant charges). SecAgg+ needs 2 nodes, so a
+    lone sampled client is summed with a non-sampled node that adds a zero update (a sum of one reveals
+    that update to the server whichever way it travels; the lone client's upload stays masked)."""
     from pfedlora.federation.flower.secagg import secure_round
 
-    if len(node_of) < 2:
-        log(f"round {round_index}: SecAgg+ needs at least 2 clients, {len(node_of)} reachable", logging.WARNING)
-        return None, [], 0, 0
-    weights = {k: privacy.weight(sample_counts.get(k, 1.0)) for k in node_of}
-    result = secure_round(grid, config, config_text, round_index, broadcast, node_of, weights, log)
-    log(f"round {round_index}: SecAgg+ summed clients {result.contributors} in {result.seconds:.2f} s "
-        f"({result.up_bytes:,} bytes up, {result.down_bytes:,} down)")
+    central = privacy.central
+    pads: dict[int, int] = {}
+    if central and len(node_of) == 1:
+        spare = sorted(k for k in all_nodes if k not in node_of)
+        if spare:
+            pads = {spare[0]: all_nodes[spare[0]]}
+    if len(node_of) + len(pads) < 2:
+        if not central:
+            log(f"round {round_index}: SecAgg+ needs at least 2 clients, {len(node_of)} reachable", logging.WARNING)
+            return None, [], 0, 0
+        log(f"round {round_index}: {len(node_of)} sampled clients reachable; releasing the noise alone")
+        return _release(algorithm, ctx, privacy, server_state, broadcast, None, 0, round_index), [], 0, 0
+    # the server sets every weight (1 under DP, else the sample count its query learnt); clients use it
+    weights = {k: privacy.weight(sample_counts.get(k, 1.0)) for k in node_of} | {k: 1.0 for k in pads}
+    result = secure_round(grid, config, config_text, round_index, broadcast, node_of | pads, weights, log,
+                          pads=set(pads))
+    summed = [k for k in result.contributors if k not in pads]
+    log(f"round {round_index}: SecAgg+ summed clients {summed}" + (f" and padding client {sorted(pads)}" if pads else "")
+        + f" in {result.seconds:.2f} s ({result.up_bytes:,} bytes up, {result.down_bytes:,} down)")
     # under SecAgg+ clients report no training loss: it would reach the server in plaintext, one per client
-    if result.mean_update is None or len(result.contributors) < config.min_clients:
-        return None, result.contributors, result.up_bytes, result.down_bytes
+    if central:
+        if result.mean_update is None:
+            log(f"round {round_index}: SecAgg+ halted; releasing the noise alone", logging.WARNING)
+        # every contributor (pads too) has weight 1: the weighted mean times their number is the sum
+        return (_release(algorithm, ctx, privacy, server_state, broadcast, result.mean_update,
+                         len(result.contributors), round_index), summed, result.up_bytes, result.down_bytes)
+    if result.mean_update is None or len(summed) < config.min_clients:
+        return None, summed, result.up_bytes, result.down_bytes
     mean = privacy.release(privacy.mean_from_secure_sum(result.mean_update, len(result.contributors)), round_index)
-    return (apply_mean(algorithm, ctx, server_state, broadcast, mean), result.contributors,
+    return (apply_mean(algorithm, ctx, server_state, broadcast, mean), summed,
             result.up_bytes, result.down_bytes)
+
+
+def _release(algorithm, ctx: FederationContext, privacy: Privacy, server_state, broadcast: Payload,
+             weighted_mean: dict[str, torch.Tensor] | None, contributors: int, round_index: int):
+    """Central DP's release of a SecAgg+ round: (sum over the fixed m) + noise; no sum: the noise alone."""
+    if weighted_mean is None:
+        mean = privacy.mean_update([], broadcast)  # zeros shaped like the broadcast's floating tensors
+    else:
+        mean = privacy.mean_from_secure_sum(weighted_mean, contributors)
+    return apply_mean(algorithm, ctx, server_state, broadcast, privacy.release(mean, round_index))
 
 
 def _diagnostics(metrics: Any) -> dict[str, float]:
