@@ -488,6 +488,14 @@ class Config(_Section):
     client_models: list[str] | None = Field(default=None,
                                             description="Explicit per-client architectures (length num_clients), "
                                                         "instead of model_pool.")
+    # HtFLlib's families by name (pfedlora.models.families); written only when set, so earlier configs stay the same
+    model_family: str | None = Field(default=None,
+                                     description="An HtFLlib model family (HtFE-img-8, HtM-img-10, HtFE-txt-6, ...): "
+                                                 "client i gets member i mod k; it sets model_pool "
+                                                 "(docs/guide/models.md).")
+    feature_dim: int = Field(default=512, ge=1, le=65536,
+                             description="model_family: the members' shared representation width (HtFLlib's "
+                                         "feature_dim).")
     train: TrainConfig = Field(default=TrainConfig(),
                                description="Local training, the same loop for every algorithm.")
     # reliability
@@ -593,12 +601,36 @@ class Config(_Section):
     @field_validator("model_pool", "client_models")
     @classmethod
     def _known_models(cls, value: list[str] | None) -> list[str] | None:
-        from pfedlora.models.registry import model_names
+        from pfedlora.models.registry import known_model
 
         for name in value or []:
-            if name not in model_names():
-                raise ValueError(f"unknown model {name!r}; valid: {', '.join(model_names())}")
+            known_model(name)
         return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _family_pool(cls, data: Any) -> Any:
+        """``model_family`` names the pool (HtFLlib's assignment: client i gets member i mod k)."""
+        if not isinstance(data, dict):
+            return data
+        family, dim = data.get("model_family"), data.get("feature_dim", 512)
+        if family is None:
+            if dim != 512:
+                raise ValueError("feature_dim applies to a model_family; set model_family or remove feature_dim")
+            return data
+        from pfedlora.models.families import family_names, family_pool
+
+        if family not in family_names():
+            raise ValueError(f"unknown model_family {family!r}; valid: {', '.join(family_names())}")
+        if type(dim) is not int or dim < 1:
+            return data  # the field reports it
+        pool = family_pool(family, dim)
+        if data.get("client_models") is not None:
+            raise ValueError(f"model_family {family} assigns the clients' models; remove client_models")
+        if data.get("model_pool") not in (None, pool):  # null: a config's own pool cleared with --set model_pool=null
+            raise ValueError(f"model_family {family} sets model_pool ({', '.join(pool)}); remove model_pool "
+                             "(or --set model_pool=null)")
+        return {**data, "model_pool": pool}
 
     @model_validator(mode="after")
     def _consistent(self) -> Config:
@@ -648,13 +680,14 @@ class Config(_Section):
     def _text_consistent(self) -> None:
         """Text datasets need text models (and vice versa)."""
         from pfedlora.data.text import TEXT_DATASETS
+        from pfedlora.models.registry import is_text_model
         from pfedlora.models.text import TEXT_MODEL_SPECS
 
         archs = list(dict.fromkeys(self.model_pool + (self.client_models or [])))
         is_text = self.dataset.name in TEXT_DATASETS
         # images or text of DATA_DEFINED_DATASETS is known once the data is read (build_model refuses then)
         wrong = [] if self.dataset.name in DATA_DEFINED_DATASETS else \
-            [a for a in archs if (a in TEXT_MODEL_SPECS) != is_text]
+            [a for a in archs if is_text_model(a) != is_text]
         if wrong:
             kind = "text" if is_text else "image"
             from pfedlora.models.registry import MODEL_BUILDERS
@@ -679,6 +712,8 @@ class Config(_Section):
             exclude["privacy"] = True
         if not self.flower.secagg.enabled:
             exclude["flower"] = {"secagg"}
+        if self.model_family is None:
+            exclude |= {"model_family": True, "feature_dim": True}
         document = self.model_dump(mode="json", exclude=exclude)
         # algorithm sections (pydantic extras, dumped last) go after `train`, where `adapter` always was
         sections = {key: document.pop(key) for key in self.algorithm_sections()}

@@ -45,9 +45,8 @@ from pfedlora.algorithms.base import (
     prefixed,
 )
 from pfedlora.algorithms.class_stats import ClassSums, client_class_means
-from pfedlora.algorithms.local_models import LOCAL, head_state, init_local_state, load_local
+from pfedlora.algorithms.local_models import LOCAL, head_state, init_local_state, load_local, representation_dim
 from pfedlora.algorithms.training import cross_entropy_loss, train_epochs
-from pfedlora.models.cnn import REPRESENTATION_DIM
 from pfedlora.registry import AlgorithmSettings, register
 
 
@@ -86,7 +85,7 @@ TRAINED = "trained"  # client-state flag: the client has trained its own header 
 
 
 def _header_workspace(ctx: FederationContext) -> nn.Module:
-    return ctx.cached_module(("fedgh-header",), lambda: nn.Linear(REPRESENTATION_DIM, ctx.num_classes))
+    return ctx.cached_module(("fedgh-header",), lambda: nn.Linear(representation_dim(ctx), ctx.num_classes))
 
 
 init_client = init_local_state  # a private local model, nothing else
@@ -162,7 +161,7 @@ def personalized_model(ctx: FederationContext, client_id: int, state: State, bro
 
 def upload_spec(ctx: FederationContext, broadcast: Payload) -> UploadSpec:
     return {
-        REPRESENTATIONS: TensorSpec((ctx.num_classes, REPRESENTATION_DIM), torch.float32),
+        REPRESENTATIONS: TensorSpec((ctx.num_classes, representation_dim(ctx)), torch.float32),
         COUNTS: TensorSpec((ctx.num_classes,), torch.float32),
     }
 

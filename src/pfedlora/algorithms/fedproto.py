@@ -48,9 +48,8 @@ from pfedlora.algorithms.base import (
     prefixed,
 )
 from pfedlora.algorithms.class_stats import ClassSums, average_class_means, client_class_means
-from pfedlora.algorithms.local_models import LOCAL, init_local_state, load_local
+from pfedlora.algorithms.local_models import LOCAL, init_local_state, load_local, representation_dim
 from pfedlora.algorithms.training import train_epochs
-from pfedlora.models.cnn import REPRESENTATION_DIM
 from pfedlora.registry import AlgorithmSettings, register
 
 
@@ -87,7 +86,7 @@ init_client = init_local_state  # a private local model, nothing else
 
 def init_server(ctx: FederationContext) -> tuple[State, Payload]:
     state = {
-        PROTOTYPES: torch.zeros(ctx.num_classes, REPRESENTATION_DIM, device=ctx.device),
+        PROTOTYPES: torch.zeros(ctx.num_classes, representation_dim(ctx), device=ctx.device),
         COUNTS: torch.zeros(ctx.num_classes, device=ctx.device),
     }
     return state, dict(state)

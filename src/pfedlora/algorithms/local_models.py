@@ -5,6 +5,7 @@ from __future__ import annotations
 from torch import nn
 
 from pfedlora.algorithms.base import FederationContext, State, derive_seed, load_into, prefixed, unprefixed
+from pfedlora.errors import UserError
 
 LOCAL = "local_model."
 SHARED = "shared_model."
@@ -34,3 +35,18 @@ def load_local(ctx: FederationContext, client_id: int, state: State) -> nn.Modul
 def head_state(model: nn.Module) -> State:
     """The classification header's parameters (``weight``, ``bias``), detached copies."""
     return prefixed("", model.head.state_dict())
+
+
+def representation_dim(ctx: FederationContext) -> int:
+    """The one representation width every client's model produces (500 for the CNN pools, a family's
+    ``feature_dim`` for HtFLlib's families): the width of prototypes, shared headers and guiding
+    vectors. A pool of mixed widths is refused (UserError naming them)."""
+    archs = sorted({ctx.client_arch(k) for k in range(ctx.config.num_clients)})
+    dims = {arch: int(local_workspace_of(ctx, arch).representation_dim) for arch in archs}
+    if len(set(dims.values())) != 1:
+        raise UserError(f"{ctx.config.algorithm} needs one representation width for every client; the pool has {dims}")
+    return next(iter(dims.values()))
+
+
+def local_workspace_of(ctx: FederationContext, arch: str) -> nn.Module:
+    return ctx.cached_module(("model", arch), lambda: ctx.new_model(arch, seed=0))

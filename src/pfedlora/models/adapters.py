@@ -43,6 +43,7 @@ from torch import nn
 
 from pfedlora.errors import UserError
 from pfedlora.models.cnn import CNN, CNN_SPECS, CNNSpec
+from pfedlora.models.families import member_kind
 from pfedlora.models.registry import build_model
 
 
@@ -171,8 +172,12 @@ def build_adapter(
 def _image_branch_adapter(reference: str, construction: str, rank: int, in_channels: int, num_classes: int,
                           image_size: int) -> nn.Module:
     if construction == "reduced":
-        if reference not in CNN_SPECS:
-            raise ValueError(f"construction 'reduced' needs a CNN reference ({', '.join(CNN_SPECS)}), got {reference!r}")
+        # the reduced adapter is the CNN layout cut to rank whichever CNN it is derived from; an HtFLlib
+        # family's image member (pfedlora.models.families) gets the same one, the construction being defined
+        # on that layout, so pFedLoRA runs on every image family
+        if reference not in CNN_SPECS and member_kind(reference) != "image":
+            raise ValueError(f"construction 'reduced' needs a CNN reference ({', '.join(CNN_SPECS)}) or an HtFLlib "
+                             f"image family member, got {reference!r}")
         return CNN(CNNSpec(conv1=rank, conv2=rank, fc1=rank, fc2=rank), in_channels, num_classes, image_size)
     if construction == "factorized":
         return factorize(build_model(reference, in_channels, num_classes, image_size), rank)

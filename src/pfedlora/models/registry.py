@@ -13,6 +13,7 @@ from torch import nn
 from pfedlora.errors import UserError
 from pfedlora.models.cnn import CNN, CNN_SPECS
 from pfedlora.models.convnets import CONVNET_BUILDERS
+from pfedlora.models.families import build_member, member_kind, parse_member
 from pfedlora.models.text import TEXT_MODEL_SPECS
 
 ModelBuilder = Callable[[int, int, int], nn.Module]
@@ -32,8 +33,9 @@ def model_names() -> list[str]:
 
 def known_model(name: str) -> str:
     """``name`` if it is a model of the registry; ValueError (one line, the valid names) otherwise."""
-    if name not in model_names():
-        raise ValueError(f"unknown model {name!r}; valid: {', '.join(model_names())}")
+    if name not in model_names() and parse_member(name) is None:
+        raise ValueError(f"unknown model {name!r}; valid: {', '.join(model_names())}, or an HtFLlib family member "
+                         "htfl_<architecture> (see model_family)")
     return name
 
 
@@ -42,7 +44,7 @@ ModelName = Annotated[str, AfterValidator(known_model)]
 
 
 def is_text_model(name: str) -> bool:
-    return name in TEXT_MODEL_SPECS
+    return name in TEXT_MODEL_SPECS or member_kind(name) == "text"
 
 
 def build_model(name: str, in_channels: int, num_classes: int, image_size: int = 32, text: Any = None) -> nn.Module:
@@ -51,6 +53,11 @@ def build_model(name: str, in_channels: int, num_classes: int, image_size: int =
     Text models (``minilm_l*``, ``tf_d*``) need ``text``, the dataset's
     :class:`~pfedlora.data.text.TextSpec`; CNNs need image input (``text`` is None).
     """
+    if parse_member(name) is not None:  # an HtFLlib family member (pfedlora.models.families)
+        try:
+            return build_member(name, (in_channels, image_size, image_size), num_classes, text=text)
+        except ValueError as error:
+            raise UserError(str(error)) from None
     if name in TEXT_MODEL_SPECS:
         if text is None:
             raise UserError(f"model {name!r} is a text model but the dataset is images; use a CNN ({', '.join(sorted(MODEL_BUILDERS))})")
