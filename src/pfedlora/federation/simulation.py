@@ -41,6 +41,7 @@ from pfedlora.data.client_data import given_splits
 from pfedlora.data.noise import corrupt_labels
 from pfedlora.federation.checkpoint import load_checkpoint, restore_rng, save_checkpoint
 from pfedlora.federation.faults import client_fate, corrupt_upload
+from pfedlora.federation.footprint import check_client_memory, forward_flops_per_sample
 from pfedlora.federation.parallel import WorkerDied
 from pfedlora.federation.preflight import check_run
 from pfedlora.federation.privacy import Privacy, privacy_warnings
@@ -130,6 +131,20 @@ class Federation:
             counts |= {"kind": "given", "source": dataset.clients.source, "client_names": dataset.clients.names}
         return cls(config, dataset, clients, context, get_algorithm(config.algorithm), counts,
                    Privacy.from_config(config))
+
+    def forward_flops(self) -> dict[str, int]:
+        """Every local model architecture in use -> FLOPs of one forward pass on one training sample."""
+        archs = sorted({self.context.client_arch(k) for k in range(self.config.num_clients)})
+        models = {arch: self.context.cached_module(("model", arch), lambda a=arch: self.context.new_model(a, seed=0))
+                  for arch in archs}
+        sample = next((c.train_x[:1] for c in self.clients if c.num_train), self.dataset.normalize(self.dataset.test_x[:1]))
+        return forward_flops_per_sample(models, sample)
+
+    def check_memory(self) -> list[str]:
+        """Header lines on the clients' resident states; UserError when the memory store cannot hold them."""
+        archs = [self.context.client_arch(k) for k in range(self.config.num_clients)]
+        return check_client_memory(self.config.engine.client_store, self.context.device, archs,
+                                   lambda k: self.algorithm.init_client(self.context, k))
 
     def parameter_counts(self) -> dict[str, Any]:
         """Parameters of every local model architecture in use, plus the algorithm's own facts."""
@@ -538,14 +553,18 @@ def _execute_rounds(config: Config, out: Path, checkpoint: dict[str, Any] | None
     torch.manual_seed(config.seed)
     started = time.perf_counter()
     federation = Federation.build(config)
+    memory_lines = federation.check_memory()  # refused here, before anything is written or trained
     write_yaml(out / "config.yaml", config.to_dict())
     write_json(out / "partition.json", federation.partition)
     write_json(out / "dataset.json", dataset_facts(federation.dataset))
     for line in data_header(federation):
         log(line)
     counts = federation.parameter_counts()
+    flops = federation.forward_flops()
     for arch, n in counts["local_model_parameters"].items():
-        log(f"local model {arch}: {n:,} parameters")
+        log(f"local model {arch}: {n:,} parameters, {flops[arch]:,} forward FLOPs per sample")
+    for line in memory_lines:
+        log(line)
     for key, value in counts.items():
         if key != "local_model_parameters":
             log(f"{key}: {value:,}" if isinstance(value, int) else f"{key}: {value}")
