@@ -5,14 +5,27 @@ representation alone and the global header's loss has weight 0, so nothing the f
 (the global model, through the fused representation and the Matryoshka loss) reaches the local
 model's gradient. Its local models must then equal Standalone's bit for bit; at the paper's
 weight 1 every client's must differ.
+
+The local model differing from Standalone's does not show that the global branch works (the private
+projector alone makes it differ), so each of the two terms has its own tests, each checked to fail
+when that term is removed from ``fedmrl.py`` (the global representation replaced by zeros in the
+fused representation; the global header's CE dropped from ``matryoshka_loss``):
+
+* the global representation: the local header's CE sends a gradient into the global extractor
+  through the fused representation, and after a federated run every client's prediction depends on
+  the aggregated global extractor;
+* the global header's CE: the loss is the two CEs (by hand), it alone trains the global header, and
+  without it the client's trained local model is another one.
 """
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from pfedlora.algorithms import get_algorithm
 from pfedlora.algorithms.base import ClientData, FederationContext, Upload, spec_like, unprefixed
-from pfedlora.algorithms.fedmrl import PROJECTOR, MatryoshkaModel, new_projector
+from pfedlora.algorithms.fedmrl import PROJECTOR, MatryoshkaModel, matryoshka_loss, new_projector
+from pfedlora.algorithms.training import train_epochs
 from pfedlora.config import build_config
 from pfedlora.federation.simulation import ClientStore, Federation, run_round
 from pfedlora.federation.validation import UpdateValidator
@@ -134,3 +147,86 @@ def test_sub_feature_dim_is_bounded_by_the_representation():
         _context(sub_feature_dim=501)
     ctx = _context(sub_feature_dim=500)
     assert new_projector(ctx, 0, seed=0).weight.shape == (500, 1000)
+
+
+def _global_extractor(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
+    return {n: p for n, p in model.global_model.named_parameters() if not n.startswith("head.")}
+
+
+def test_the_loss_is_the_local_headers_ce_plus_the_global_headers_ce_on_the_fused_representation():
+    ctx = _context(sub_feature_dim=64)
+    method = get_algorithm("fedmrl")
+    _, broadcast = method.init_server(ctx)
+    model = method.personalized_model(ctx, 0, method.init_client(ctx, 0), broadcast)
+    data = _data()
+    x, y = data.train_x[:16], data.train_y[:16]
+    with torch.no_grad():
+        global_rep = model.global_model.represent(x)
+        assert global_rep.shape == (16, 64) and global_rep.abs().sum() > 0
+        fused = model.projector(torch.cat((global_rep, model.local_model.represent(x)), dim=1))
+        expected = (F.cross_entropy(model.local_model.head(fused), y)
+                    + F.cross_entropy(model.global_model.head(fused[:, :64]), y))
+        assert torch.allclose(matryoshka_loss(model, x, y), expected, rtol=1e-6)
+
+
+def test_the_local_headers_ce_reaches_the_global_extractor_through_the_fused_representation():
+    ctx = _context(sub_feature_dim=64)
+    method = get_algorithm("fedmrl")
+    _, broadcast = method.init_server(ctx)
+    model = method.personalized_model(ctx, 0, method.init_client(ctx, 0), broadcast)
+    data = _data()
+    local_logits, global_logits = model.outputs(data.train_x[:16])
+    F.cross_entropy(local_logits, data.train_y[:16]).backward(retain_graph=True)  # the local header's term alone
+    extractor = _global_extractor(model)
+    assert extractor and all(p.grad is not None and p.grad.abs().sum() > 0 for p in extractor.values())
+    assert model.global_model.head.weight.grad is None  # the global header is not on this path
+    model.zero_grad(set_to_none=True)
+    F.cross_entropy(global_logits, data.train_y[:16]).backward()  # the global header's term alone
+    assert model.global_model.head.weight.grad.abs().sum() > 0
+
+
+def test_the_global_headers_ce_trains_the_global_header_and_changes_the_local_model():
+    ctx = _context(sub_feature_dim=64)
+    method = get_algorithm("fedmrl")
+    _, broadcast = method.init_server(ctx)
+    state = method.init_client(ctx, 0)
+    result = _update(ctx, state, broadcast)
+    # only the global header's CE reaches the global header: it moved
+    assert not torch.equal(result.upload["head.weight"], broadcast["head.weight"])
+    # the same training on the local header's CE alone: another local model, an unchanged global header
+    model = method.personalized_model(ctx, 0, state, broadcast)
+    data = _data()
+
+    def local_only(module, x, y):
+        return F.cross_entropy(module.outputs(x)[0], y)
+
+    train_epochs(model, model.parameters(), data.train_x, data.train_y, epochs=ctx.config.train.local_epochs,
+                 train=ctx.config.train, generator=torch.Generator().manual_seed(1), loss_fn=local_only,
+                 name="local_model+projector+global_model")
+    assert torch.equal(model.global_model.head.weight, broadcast["head.weight"])
+    assert not _same(unprefixed("local_model.", result.state), model.local_model.state_dict())
+
+
+def test_after_a_federated_run_the_aggregated_global_model_carries_both_terms():
+    config = build_config({**SMALL, "algorithm": "fedmrl"})
+    federation = Federation.build(config)
+    store = ClientStore(federation)
+    server_state, initial = federation.algorithm.init_server(federation.context)
+    broadcast = initial
+    for round_index in range(1, config.rounds + 1):
+        server_state, broadcast, _ = run_round(federation, store, server_state, broadcast, round_index)
+    # the global header learned (only its CE trains it): not merely decayed, which would only scale it
+    # (weight decay acts on a parameter whose gradient is zero)
+    w0, w = initial["head.weight"].double().flatten(), broadcast["head.weight"].double().flatten()
+    assert float((w - (w @ w0) / (w0 @ w0) * w0).norm() / w.norm()) > 1e-3
+    # so did the global extractor (through the fused representation and that CE)
+    assert any(not torch.equal(broadcast[k], initial[k]) for k in broadcast if not k.startswith("head."))
+    # every client's prediction reads the aggregated global extractor: with the initial one it changes
+    rolled_back = {k: (t if k.startswith("head.") else initial[k]) for k, t in broadcast.items()}
+    method = federation.algorithm
+    for k, client in enumerate(federation.clients):
+        x = client.test_x[:32]
+        with torch.no_grad():
+            trained = method.personalized_model(federation.context, k, store.get(k), broadcast).eval()(x)
+            rolled = method.personalized_model(federation.context, k, store.get(k), rolled_back).eval()(x)
+        assert not torch.allclose(trained, rolled)
