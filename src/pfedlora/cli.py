@@ -218,7 +218,10 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from pfedlora import __version__
+
     parser = argparse.ArgumentParser(prog="pfedlora", description="Model-heterogeneous personalized FL with LoRA-style adapters.")
+    parser.add_argument("--version", action="version", version=f"pfedlora {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     run_parser = commands.add_parser("run", help="run one federation (no arguments: the digits quickstart)")
@@ -268,7 +271,52 @@ def build_parser() -> argparse.ArgumentParser:
     export_parser.add_argument("--clients", required=True, metavar="K[,K...]|all", help="client ids, e.g. 0,3 or all")
     export_parser.add_argument("--out", required=True, metavar="DIR", help="output directory")
     export_parser.set_defaults(handler=cmd_export)
+
+    init_parser = commands.add_parser("init", help="write a config to start from (the quickstart's, or one shipped "
+                                                   "with pfedlora); without NAME: list them")
+    init_parser.add_argument("name", nargs="?", metavar="NAME", help="quickstart, or a shipped config, e.g. cifar10, nlp/trec")
+    init_parser.add_argument("--out", metavar="FILE", help="where to write it (default: ./<NAME>.yaml); an existing file is kept")
+    init_parser.set_defaults(handler=cmd_init)
     return parser
+
+
+def starter_configs() -> dict[str, Path | None]:
+    """``quickstart`` (None: written from the code) and the configs shipped with pfedlora, by name
+    (``cifar10``, ``nlp/trec``): the wheel carries the repository's configs/ as pfedlora/configs."""
+    package = Path(__file__).resolve().parent / "configs"
+    folder = package if package.is_dir() else Path(__file__).resolve().parents[2] / "configs"  # a source checkout
+    shipped = {path.relative_to(folder).with_suffix("").as_posix(): path for path in sorted(folder.rglob("*.yaml"))} \
+        if folder.is_dir() else {}
+    return {"quickstart": None, **shipped}
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    configs = starter_configs()
+    if args.name is None:
+        print("configs to start from (pfedlora init NAME):")
+        for name in configs:
+            print(f"  {name}")
+        return 0
+    if args.name not in configs:
+        raise UserError(f"init: unknown config {args.name!r}; valid: {', '.join(configs)}")
+    out = Path(args.out) if args.out else Path(f"{Path(args.name).name}.yaml")
+    if out.exists():
+        raise UserError(f"init: {str(out)!r} exists; it is kept (choose another --out)")
+    source = configs[args.name]
+    if source is None:
+        import yaml
+
+        from pfedlora.config import QUICKSTART, build_config
+
+        text = ("# the quickstart (pfedlora run without --config), every key at its value: "
+                "pfedlora run --config " + str(out) + "\n" + yaml.safe_dump(build_config(QUICKSTART).to_dict(), sort_keys=False))
+    else:
+        text = source.read_text()
+    from pfedlora.metrics.run_dir import write_atomic
+
+    write_atomic(out, text)
+    print(f"wrote {out}; run it with: pfedlora run --config {out}")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
