@@ -10,9 +10,10 @@ of a SecAgg+ round; the ClientApp's train handler answers the collect stage with
 [-clipping_range, clipping_range] loses little) and its weight.
 
 Weighting: SecAgg+ masks ``[w, w * update]`` and the server divides the unmasked sums, so the
-aggregate is the ``w``-weighted mean of the updates. ``w`` is the sample count (the plaintext
-FedAvg weights; ``max_weight`` is the largest of the round's clients, known to the server from the
-query) or 1 under differential privacy (uniform weights, as DP accounting requires).
+aggregate is the ``w``-weighted mean of the updates. The server sets ``w`` and sends it with each
+client's instructions (the client masks that weight, not one of its own): the sample count (the
+plaintext FedAvg weights, known to the server from the query; ``max_weight`` is the largest of the
+round's clients) or 1 under differential privacy (uniform weights, as DP accounting requires).
 
 Quantisation error: every coordinate of ``(w / max_weight) * update`` is stochastically rounded to
 a grid of step ``2 * clipping_range / quantization_range`` (default 16 / 2^22 = 3.8e-6), so the

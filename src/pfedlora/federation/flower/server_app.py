@@ -5,13 +5,16 @@ query message maps each SuperNode to its partition), sends them the algorithm's 
 ArrayRecord, aggregates the uploads that arrived with the algorithm's ``aggregate``, and asks
 every client to evaluate its personalized model. Only payloads cross the network; the bytes are
 counted from the arrays actually sent and received. A round with fewer than
-``min_clients`` valid updates keeps the previous global state. The run directory is the
+``min_clients`` valid updates keeps the previous global state (under central DP every round is
+released, as in the simulator). A malformed reply (an array header that does not match its data, a
+record without its keys) rejects that client's update or evaluation, never the run. The run directory is the
 simulator's (config.yaml, partition.json, metrics.csv, summary.json) plus ``global_state.pt``
 (the final server state) and ``server.log``.
 
 Privacy (:mod:`pfedlora.federation.privacy`): under ``privacy.mode`` the server aggregates with
-uniform weights, clips again and adds the noise (central), and writes ``epsilon`` like the
-simulator. With ``flower.secagg.enabled`` every training round is Flower's SecAgg+ protocol
+uniform weights (its own: the clients' reported weights are not read), clips again and adds the
+noise (central), logs the privacy warnings and writes ``epsilon`` like the simulator, and leaves
+out of metrics.csv and summary.json what the mechanism does not cover (``Privacy.released``). With ``flower.secagg.enabled`` every training round is Flower's SecAgg+ protocol
 (:mod:`pfedlora.federation.flower.secagg`): the server learns only the weighted mean update of the
 clients that finished, so it cannot validate single uploads.
 """
@@ -89,8 +92,15 @@ class NodeMap:
                 log(f"node {node} did not describe itself: {reply.error.reason}", logging.WARNING)
                 self.errors.append(str(reply.error.reason))
                 continue
-            info = dict(reply.content[protocol.INFO])
-            client_id = int(info["partition-id"])
+            try:
+                info = dict(reply.content[protocol.INFO])
+                client_id = int(info["partition-id"])
+                for key in ("num-train", "model", "input-shape", "num-classes", "partition"):
+                    info[key]  # noqa: B018 - a malformed description fails here, not mid-run
+            except (KeyError, TypeError, ValueError) as exc:
+                log(f"node {node} sent a malformed description ({one_line(exc)}); left out", logging.WARNING)
+                self.errors.append(one_line(exc))
+                continue
             if client_id in self.node_of and self.node_of[client_id] != node:
                 log(f"node {node} replaces node {self.node_of[client_id]} for client {client_id}", logging.WARNING)
             self.node_of[client_id] = node
@@ -228,16 +238,16 @@ def run_server(grid: Grid, config: Config, out_dir: str | Path, *, overwrite: bo
             eval_messages = [_message(broadcast, config_text, round_index, k, nodes.node_of[k], MessageType.EVALUATE,
                                       config.payload_dtype)
                              for k in clients]
-            replies = {k: reply.content[protocol.METRICS]
-                       for k, reply in _replies(grid, eval_messages, timeout, nodes.client_of,
-                                                f"evaluate {round_index}", log)}
-            results = {}
-            for k in sorted(replies):
+            replies, results = {}, {}
+            for k, reply in _replies(grid, eval_messages, timeout, nodes.client_of, f"evaluate {round_index}", log):
                 try:
+                    replies[k] = reply.content[protocol.METRICS]
                     results[k] = _accuracy(replies[k])
+                    _diagnostics(replies[k])
                 except (UserError, KeyError, TypeError, ValueError) as exc:  # a malformed record: this client only
+                    replies.pop(k, None)
+                    results.pop(k, None)
                     log(f"evaluate {round_index}: client {k}'s reply rejected: {one_line(exc)}", logging.WARNING)
-            replies = {k: replies[k] for k in results}
             if not results:
                 log(f"evaluate {round_index}: no client replied; no metrics row", logging.WARNING)
                 continue
@@ -334,7 +344,7 @@ def _secure_round(grid: Grid, config: Config, config_text: str, round_index: int
     evaluation reveals and which is not the mechanism the accountant charges). SecAgg+ needs 2 nodes, so a
     lone sampled client is summed with a non-sampled node that adds a zero update (a sum of one reveals
     that update to the server whichever way it travels; the lone client's upload stays masked)."""
-    from pfedlora.federation.flower.secagg import secure_round
+    from pfedlora.federation.flower.secagg import SecureRound, secure_round
 
     central = privacy.central
     pads: dict[int, int] = {}
@@ -350,8 +360,13 @@ def _secure_round(grid: Grid, config: Config, config_text: str, round_index: int
         return _release(algorithm, ctx, privacy, server_state, broadcast, None, 0, round_index), [], 0, 0
     # the server sets every weight (1 under DP, else the sample count its query learnt); clients use it
     weights = {k: privacy.weight(sample_counts.get(k, 1.0)) for k in node_of} | {k: 1.0 for k in pads}
-    result = secure_round(grid, config, config_text, round_index, broadcast, node_of | pads, weights, log,
-                          pads=set(pads))
+    try:
+        result = secure_round(grid, config, config_text, round_index, broadcast, node_of | pads, weights, log,
+                              pads=set(pads))
+    except (MemoryError, UserError, KeyError, TypeError, ValueError) as exc:
+        # a malformed masked vector or share (read by Flower's workflow): the round halts, the run goes on
+        log(f"round {round_index}: SecAgg+ failed ({one_line(exc)}); treated as halted", logging.WARNING)
+        result = SecureRound(None, [])
     summed = [k for k in result.contributors if k not in pads]
     log(f"round {round_index}: SecAgg+ summed clients {summed}" + (f" and padding client {sorted(pads)}" if pads else "")
         + f" in {result.seconds:.2f} s ({result.up_bytes:,} bytes up, {result.down_bytes:,} down)")
