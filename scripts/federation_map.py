@@ -7,8 +7,11 @@ running anything:
     python scripts/federation_map.py --choose-lr   # after `federation_map.sh lr`: each algorithm's lr
                                                    #   per data size, written to lr-check/chosen-n<N>.txt
 Gains are paired by seed: for each seed, the algorithm's final mean client accuracy minus
-Standalone's in the same setting (same partition, same models); the table gives their mean and,
-with two or more seeds, their standard deviation.
+Standalone's in the same setting (same partition, same models); the tables give their mean, the
+95% Student t interval and the number of seeds (pfedlora.experiments.stats.paired_difference), in
+bold where the interval excludes 0; the summary aggregates the six cells as rliable does
+(pfedlora.experiments.stats.aggregate_gain). ``scripts/gen_results.py`` calls these functions for
+every results page.
 """
 
 from __future__ import annotations
@@ -19,7 +22,8 @@ import re
 import statistics
 from pathlib import Path
 
-from pfedlora.experiments.report import ALGORITHM_ORDER, algorithm_colour
+from pfedlora.experiments.report import ALGORITHM_ORDER, BAND_TITLE, algorithm_colour
+from pfedlora.experiments.stats import PairedDifference, aggregate_gain, paired_difference, t_interval
 
 MAP = Path("docs/results/map")
 PAGE = Path("docs/results/when-federation-helps.md")
@@ -61,17 +65,25 @@ def gains(finals: dict[str, dict[int, float]]) -> dict[str, list[float]]:
             for alg, acc in finals.items() if alg != "standalone"}
 
 
+def paired(finals: dict[str, dict[int, float]]) -> dict[str, PairedDifference]:
+    """algorithm -> its paired difference to Standalone (seeds both have)."""
+    base = finals.get("standalone", {})
+    return {alg: paired_difference(base, acc) for alg, acc in finals.items()
+            if alg != "standalone" and set(acc) & set(base)}
+
+
 def ordered(algorithms) -> list[str]:
     return sorted(algorithms, key=lambda a: ALGORITHM_ORDER.index(a) if a in ALGORITHM_ORDER else 99)
 
 
-def cell(values: list[float]) -> str:
-    if not values:
+def cell(difference: PairedDifference | None) -> str:
+    """``**+4.05 [+1.24, +6.86]** (5)``: mean [95% t interval] (seeds), bold where it excludes 0."""
+    if difference is None:
         return "–"
-    mean = statistics.mean(values)
-    if len(values) == 1:
-        return f"{mean:+.2f} (1 seed)"
-    return f"{mean:+.2f} ± {statistics.stdev(values):.2f}"
+    if difference.ci_low is None:
+        return f"{difference.mean:+.2f} (1 seed)"
+    text = f"{difference.mean:+.2f} [{difference.ci_low:+.2f}, {difference.ci_high:+.2f}]"
+    return (f"**{text}**" if difference.excludes_zero else text) + f" ({difference.n})"
 
 
 def columns(setting: str) -> dict[str, dict[str, dict[int, float]]]:
@@ -91,9 +103,9 @@ def table(setting: str) -> str:
         accs = list(finals.get("standalone", {}).values())
         stand.append(f"{statistics.mean(accs):.2f}% ({len(accs)} seed{'s' if len(accs) > 1 else ''})" if accs else "–")
     lines.append("| Standalone (accuracy) | " + " | ".join(stand) + " |")
-    per_col = {c: gains(f) for c, f in cols.items()}
+    per_col = {c: paired(f) for c, f in cols.items()}
     for alg in algorithms:
-        lines.append(f"| {NAMES.get(alg, alg)} | " + " | ".join(cell(per_col[c].get(alg, [])) for c in cols) + " |")
+        lines.append(f"| {NAMES.get(alg, alg)} | " + " | ".join(cell(per_col[c].get(alg)) for c in cols) + " |")
     return "\n".join(lines)
 
 
@@ -101,11 +113,12 @@ def heatmaps(out: Path) -> None:
     import matplotlib.pyplot as plt
     import numpy as np
     from matplotlib.colors import TwoSlopeNorm
+    from matplotlib.patches import Rectangle
 
     data = {s: columns(s) for s in SETTINGS}
     algorithms = ordered({a for cols in data.values() for f in cols.values() for a in f} - {"standalone"})
-    means = {s: {c: {a: statistics.mean(v) for a, v in gains(f).items() if v} for c, f in cols.items()}
-             for s, cols in data.items()}
+    pairs = {s: {c: paired(f) for c, f in cols.items()} for s, cols in data.items()}
+    means = {s: {c: {a: d.mean for a, d in ps.items()} for c, ps in cols.items()} for s, cols in pairs.items()}
     limit = max([abs(v) for s in means.values() for c in s.values() for v in c.values()] or [1.0])
     norm = TwoSlopeNorm(vcenter=0.0, vmin=-limit, vmax=limit)  # one scale for every panel, white at 0
     widths = [len(data[s]) for s in SETTINGS]
@@ -121,16 +134,25 @@ def heatmaps(out: Path) -> None:
         image = ax.imshow(grid, cmap="RdBu", norm=norm, aspect="auto")
         for (i, j), value in np.ndenumerate(grid):
             if not np.isnan(value):
-                spread = gains(data[setting][cols[j]]).get(algorithms[i], [])
-                text = f"{value:+.1f}" + (f"\n±{statistics.stdev(spread):.1f}" if len(spread) > 1 else "")
-                ax.text(j, i, text, ha="center", va="center", fontsize=7.5,
+                d = pairs[setting][cols[j]][algorithms[i]]
+                text = f"{value:+.1f}" + (f"\n[{d.ci_low:+.1f}, {d.ci_high:+.1f}]" if d.ci_low is not None else "\n(1 seed)")
+                ax.text(j, i, text, ha="center", va="center", fontsize=6.5,
+                        fontweight="bold" if d.excludes_zero else "normal",
                         color="white" if abs(value) > 0.6 * limit else "black")
-        ax.set_xticks(range(len(cols)), cols)
-        ax.set_xlabel("training images per client")
+                if not d.excludes_zero:  # the interval includes 0: hatched, no gain or loss shown
+                    ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, hatch="///", edgecolor="0.55",
+                                           linewidth=0))
+        seeds = []
+        for c in cols:  # the seed counts of the column's cells (n of each paired difference)
+            counts = sorted({d.n for d in pairs[setting][c].values()})
+            seeds.append(f"{counts[0]}" if len(counts) == 1 else f"{counts[0]}-{counts[-1]}")
+        ax.set_xticks(range(len(cols)), [f"{c}\n(n = {k})" for c, k in zip(cols, seeds)])
+        ax.set_xlabel("training images per client (n: seeds)")
         ax.set_title(SETTINGS[setting], fontsize=10)
         ax.set_yticks(range(len(algorithms)), [NAMES.get(a, a) for a in algorithms])
     fig.colorbar(image, ax=list(axes), label="final accuracy minus Standalone's (points)", shrink=0.9)
-    fig.suptitle("Gain over training alone: CIFAR-10, 20 clients, CNN-1..5, 30 rounds (†, ‡: 10 clients, see text)",
+    fig.suptitle("Gain over training alone (points): mean and 95% t interval over seeds; hatched: the interval "
+                 "includes 0, bold: it excludes 0.\nCIFAR-10, 20 clients, CNN-1..5, 30 rounds (†, ‡: 10 clients, see text)",
                  fontsize=10)
     fig.savefig(out / "gain_heatmaps.png", dpi=110, bbox_inches="tight")
     plt.close(fig)
@@ -151,19 +173,20 @@ def bytes_figure(out: Path, per_client: int = 50) -> None:
             mean = [statistics.mean(y) for y in ys]
             label = f"{NAMES.get(alg, alg)} ({len(runs)} seed{'s' if len(runs) > 1 else ''})"
             if alg == "standalone":  # sends nothing: its final accuracy as a line across
-                ax.axhline(mean[-1], color=colour, linestyle="--", linewidth=1.3, label=label + ", final")
+                ax.axhline(mean[-1], color=colour, linestyle="--", linewidth=1.3, label=label + ", 0 B: final accuracy")
                 continue
             xs = [statistics.mean(h[k]["cum_up_bytes"] + h[k]["cum_down_bytes"] for h in at) / 20 for k in rounds]
             ax.plot(xs, mean, color=colour, marker=".", linewidth=2.0 if alg == "pfedlora" else 1.3, label=label)
-            if len(runs) > 1:
-                ax.fill_between(xs, [min(y) for y in ys], [max(y) for y in ys], color=colour, alpha=0.15, linewidth=0)
+            if len(runs) > 1:  # the 95% t interval of the mean over seeds
+                bands = [t_interval(y) for y in ys]
+                ax.fill_between(xs, [b[0] for b in bands], [b[1] for b in bands], color=colour, alpha=0.15, linewidth=0)
         ax.set_xscale("log")
         ax.set(xlabel="bytes sent and received per client (cumulative, B)", title=SETTINGS[setting])
         ax.grid(True, alpha=0.3)
     axes[0].set_ylabel("mean client test accuracy (%)")
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.0, 0.92), frameon=False, fontsize="small",
-               title="band: lowest to highest seed", title_fontsize="small")
+               title=BAND_TITLE, title_fontsize="small")
     fig.suptitle(f"Accuracy against communication, {per_client} training images per client (one point every 3 rounds)",
                  fontsize=10)
     fig.tight_layout()
@@ -212,20 +235,39 @@ def fedavg_table() -> str:
     return "\n".join(lines)
 
 
+def map_finals() -> dict[str, dict[str, dict[int, float]]]:
+    """cell -> algorithm -> seed -> final accuracy, for the six map cells (20 clients)."""
+    return {f"{setting}-n{n}": final_by_seed([MAP / f"{setting}-n{n}"]) for setting in SETTINGS for n in PER_CLIENT}
+
+
 def summary_table() -> str:
-    """Per algorithm over the six map cells (20 clients): mean gain, cells above 0, worst and best cell."""
-    cells: dict[str, list[float]] = {}
-    for setting in SETTINGS:
-        for n in PER_CLIENT:
-            for alg, values in gains(final_by_seed([MAP / f"{setting}-n{n}"])).items():
-                if values:
-                    cells.setdefault(alg, []).append(statistics.mean(values))
-    rows = sorted(cells.items(), key=lambda item: -statistics.mean(item[1]))
-    lines = ["| algorithm | mean gain over the 6 cells | cells with a gain > 0 | worst cell | best cell |",
-             "|---|---|---|---|---|"]
-    for alg, values in rows:
-        lines.append(f"| {NAMES.get(alg, alg)} | {statistics.mean(values):+.2f} | {sum(v > 0 for v in values)} of "
-                     f"{len(values)} | {min(values):+.2f} | {max(values):+.2f} |")
+    """Per algorithm over the six map cells (20 clients), against Standalone: the mean over cells of
+    the mean paired gain with its stratified bootstrap 95% interval, the probability of improvement
+    with its interval (rliable), the paired t interval of all per-seed gains pooled, and the cells
+    whose own interval excludes 0."""
+    cells = map_finals()
+    algorithms = ordered({a for finals in cells.values() for a in finals} - {"standalone"})
+    rows = []
+    for alg in algorithms:
+        ref = {c: f["standalone"] for c, f in cells.items() if alg in f and "standalone" in f}
+        agg = aggregate_gain(ref, {c: cells[c][alg] for c in ref})
+        per_cell = [paired_difference(ref[c], cells[c][alg]) for c in ref]
+        rows.append((agg, alg, per_cell))
+    rows.sort(key=lambda row: -row[0].mean_gain)
+    lines = ["| algorithm | mean gain over the cells [95% CI] | P(improvement) [95% CI] | all per-seed gains pooled "
+             "[95% t CI] (pairs) | cells: gain / loss / indistinguishable | seeds per cell |",
+             "|---|---|---|---|---|---|"]
+    for agg, alg, per_cell in rows:
+        gain = f"{agg.mean_gain:+.2f} [{agg.mean_gain_low:+.2f}, {agg.mean_gain_high:+.2f}]"
+        pooled = agg.pooled
+        pooled_text = f"{pooled.mean:+.2f} [{pooled.ci_low:+.2f}, {pooled.ci_high:+.2f}] ({pooled.n})"
+        verdicts = [d.verdict for d in per_cell]
+        counts = sorted({d.n for d in per_cell})
+        lines.append(f"| {NAMES.get(alg, alg)} | {f'**{gain}**' if agg.excludes_zero else gain} "
+                     f"| {agg.probability_of_improvement:.2f} [{agg.probability_low:.2f}, {agg.probability_high:.2f}] "
+                     f"| {f'**{pooled_text}**' if pooled.excludes_zero else pooled_text} "
+                     f"| {verdicts.count('gain')} / {verdicts.count('loss')} / {verdicts.count('indistinguishable')} "
+                     f"| {counts[0] if len(counts) == 1 else f'{counts[0]}-{counts[-1]}'} |")
     return "\n".join(lines)
 
 
@@ -246,7 +288,7 @@ def activity_table() -> str:
 def time_table() -> str:
     """Each group's runs and their wall times (a run's own clock, from metrics.csv), and the logged
     wall time and load of every command of scripts/federation_map.sh."""
-    lines = ["| runs | count | median wall time per run | total |", "|---|---|---|---|"]
+    lines = ["| runs | count | median wall time per run | sum of the runs' wall times |", "|---|---|---|---|"]
     groups = [(f"{SETTINGS[s]}, {n} images/client", MAP / f"{s}-n{n}", "*/seed*/summary.json")
               for s in SETTINGS for n in PER_CLIENT]
     groups += [(f"lr check, {n} images/client", MAP / "lr-check", f"n{n}-*/*/seed*/summary.json") for n in PER_CLIENT]
@@ -255,9 +297,12 @@ def time_table() -> str:
         walls = [history(p.parent)[-1]["wall_s"] for p in sorted(directory.glob(pattern))]
         if walls:
             lines.append(f"| {label} | {len(walls)} | {statistics.median(walls):.0f} s | {sum(walls) / 60:.0f} min |")
+    lines += ["", "The last column adds each run's own clock. `--jobs auto` ran two runs at once on the 2 cores, so "
+              "the machine time is about half of it; the commands' own wall times below are machine time."]
     log = MAP / "wall_times.txt"
     if log.exists():
-        lines += ["", "Each command as logged (`wall_times.txt`; a command that reused finished runs takes seconds):", "",
+        lines += ["", "Each command as logged (`wall_times.txt`; a command that reused finished runs takes seconds; "
+                  "`issue36` lines: scripts/seeds_to_five.sh):", "",
                   "```", log.read_text().strip(), "```"]
     return "\n".join(lines)
 
