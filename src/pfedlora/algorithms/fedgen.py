@@ -72,7 +72,7 @@ from pfedlora.algorithms.base import (
     prefixed,
     unprefixed,
 )
-from pfedlora.algorithms.local_models import LOCAL, head_state, init_local_state, load_local
+from pfedlora.algorithms.local_models import LOCAL, head_state, init_local_state, load_local, refuse_mixed_heads
 from pfedlora.algorithms.training import cross_entropy_loss, train_epochs
 from pfedlora.errors import UserError
 from pfedlora.registry import AlgorithmSettings, register
@@ -303,4 +303,5 @@ ALGORITHM = Algorithm(
     describe=describe,
 )
 
-register(ALGORITHM, settings=FedGenSettings)
+register(ALGORITHM, settings=FedGenSettings,
+         check_config=lambda config: refuse_mixed_heads(config, "fedgen averages the heads and"))

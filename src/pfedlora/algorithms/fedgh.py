@@ -45,7 +45,14 @@ from pfedlora.algorithms.base import (
     prefixed,
 )
 from pfedlora.algorithms.class_stats import ClassSums, client_class_means
-from pfedlora.algorithms.local_models import LOCAL, head_state, init_local_state, load_local, representation_dim
+from pfedlora.algorithms.local_models import (
+    LOCAL,
+    head_state,
+    init_local_state,
+    load_local,
+    refuse_mixed_heads,
+    representation_dim,
+)
 from pfedlora.algorithms.training import cross_entropy_loss, train_epochs
 from pfedlora.registry import AlgorithmSettings, register
 
@@ -177,4 +184,5 @@ ALGORITHM = Algorithm(
 )
 
 # always written: every config written so far carries this section
-register(ALGORITHM, settings=FedGHSettings, always_written=True)
+register(ALGORITHM, settings=FedGHSettings, always_written=True,
+         check_config=lambda config: refuse_mixed_heads(config, "fedgh sends one global header and"))

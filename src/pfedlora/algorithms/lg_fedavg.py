@@ -36,7 +36,7 @@ from pfedlora.algorithms.base import (
     derive_seed,
     prefixed,
 )
-from pfedlora.algorithms.local_models import LOCAL, head_state, init_local_state, load_local
+from pfedlora.algorithms.local_models import LOCAL, head_state, init_local_state, load_local, refuse_mixed_heads
 from pfedlora.algorithms.training import train_epochs
 from pfedlora.registry import AlgorithmSettings, register
 
@@ -99,4 +99,5 @@ ALGORITHM = Algorithm(
 )
 
 # always written: every config written so far carries this section
-register(ALGORITHM, settings=LGFedAvgSettings, always_written=True)
+register(ALGORITHM, settings=LGFedAvgSettings, always_written=True,
+         check_config=lambda config: refuse_mixed_heads(config, "lg_fedavg averages the heads and"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from torch import nn
 
 from pfedlora.algorithms.base import FederationContext, State, derive_seed, load_into, prefixed, unprefixed
+from pfedlora.config import Config
 from pfedlora.errors import UserError
 
 LOCAL = "local_model."
@@ -50,3 +51,17 @@ def representation_dim(ctx: FederationContext) -> int:
 
 def local_workspace_of(ctx: FederationContext, arch: str) -> nn.Module:
     return ctx.cached_module(("model", arch), lambda: ctx.new_model(arch, seed=0))
+
+
+def refuse_mixed_heads(config: Config, what: str) -> None:
+    """ValueError (one line) when the clients' heads differ in layout (HtFLlib's HtC families, ViT beside
+    CNNs, mixed widths): ``what`` exchanges the head, so every client needs the same one."""
+    from pfedlora.models.families import head_shape
+
+    shapes: dict[str, str] = {}
+    for arch in dict.fromkeys(config.model_pool + (config.client_models or [])):
+        shapes.setdefault(head_shape(arch), arch)
+    if len(shapes) > 1:
+        found = "; ".join(f"{arch}: {shape}" for shape, arch in shapes.items())
+        raise ValueError(f"{what} needs one head layout for every client; the pool has {len(shapes)} ({found}); "
+                         "use a pool or family whose heads match (e.g. model_family HtFE-img-8)")

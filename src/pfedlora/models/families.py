@@ -131,6 +131,18 @@ def family_pool(family: str, feature_dim: int = DEFAULT_FEATURE_DIM) -> list[str
             for i in range(period)]
 
 
+def head_shape(name: str) -> str:
+    """The layout of model ``name``'s head (what an algorithm averaging heads must find the same on
+    every client): the library's own models have ``Linear(500, classes)``."""
+    member = parse_member(name)
+    if member is None:
+        return "Linear(500, classes)"
+    d, hidden = member.feature_dim, member.head_hidden
+    if member.arch in ("vit_b16", "vit_b32"):
+        return f"Linear({d}, 768) -> Tanh -> Linear(768, classes)"
+    return f"Linear({d}, classes)" if hidden is None else f"Linear({d}, {hidden}) -> ReLU -> Linear({hidden}, classes)"
+
+
 def member_kind(name: str) -> str | None:
     member = parse_member(name)
     return None if member is None else member.kind

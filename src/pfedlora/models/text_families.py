@@ -99,6 +99,38 @@ class RecurrentNet(nn.Module):
         return self.fc1(last) if self.kind == "bilstm" else self.dropout(torch.relu(last))
 
 
+class EncoderLayer(nn.Module):
+    """``nn.TransformerEncoderLayer(h, heads, 2048, 0.1, batch_first=True)`` (post-norm, ReLU), with the same
+    parameters, written out so that its attention runs as the matrix products the FLOP counter sees
+    (torch's fused inference path hides them)."""
+
+    def __init__(self, hidden: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.in_proj = nn.Linear(hidden, 3 * hidden)  # query, key, value
+        self.out_proj = nn.Linear(hidden, hidden)
+        self.linear1 = nn.Linear(hidden, TRANSFORMER_FF)
+        self.linear2 = nn.Linear(TRANSFORMER_FF, hidden)
+        self.norm1 = nn.LayerNorm(hidden)
+        self.norm2 = nn.LayerNorm(hidden)
+        self.dropout = nn.Dropout(TRANSFORMER_DROPOUT)
+        nn.init.xavier_uniform_(self.in_proj.weight)  # as nn.MultiheadAttention
+        nn.init.zeros_(self.in_proj.bias)
+        nn.init.zeros_(self.out_proj.bias)
+
+    def attention(self, x: torch.Tensor, padding: torch.Tensor) -> torch.Tensor:
+        b, length, width = x.shape
+        q, k, v = self.in_proj(x).view(b, length, 3, self.heads, width // self.heads).permute(2, 0, 3, 1, 4)
+        scores = (q @ k.transpose(-2, -1)) / math.sqrt(width // self.heads)
+        scores = scores.masked_fill(padding[:, None, None, :], float("-inf"))
+        out = self.dropout(torch.softmax(scores, dim=-1)) @ v
+        return self.out_proj(out.transpose(1, 2).reshape(b, length, width))
+
+    def forward(self, x: torch.Tensor, padding: torch.Tensor) -> torch.Tensor:
+        x = self.norm1(x + self.dropout(self.attention(x, padding)))
+        return self.norm2(x + self.dropout(self.linear2(self.dropout(torch.relu(self.linear1(x))))))
+
+
 class TransformerNet(nn.Module):
     def __init__(self, text: TextSpec, hidden: int, layers: int, heads: int) -> None:
         super().__init__()
@@ -112,8 +144,7 @@ class TransformerNet(nn.Module):
         table[0, :, 1::2] = torch.cos(position * scale)
         self.register_buffer("positions", table, persistent=False)  # a function of the shape: not state
         self.dropout = nn.Dropout(TRANSFORMER_DROPOUT)
-        layer = nn.TransformerEncoderLayer(hidden, heads, TRANSFORMER_FF, TRANSFORMER_DROPOUT, batch_first=True)
-        self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.layers = nn.ModuleList(EncoderLayer(hidden, heads) for _ in range(layers))
         nn.init.uniform_(self.embedding.weight, -0.1, 0.1)
         self.hidden, self.pad_id = hidden, text.pad_id
 
@@ -121,7 +152,9 @@ class TransformerNet(nn.Module):
         x = self.dropout(self.embedding(ids) * math.sqrt(self.hidden) + self.positions[:, : ids.shape[1]])
         padding = ids == self.pad_id
         padding[:, 0] = False  # the first token is read out: it always attends and is attended to
-        return self.encoder(x, src_key_padding_mask=padding)[:, 0]
+        for layer in self.layers:
+            x = layer(x, padding)
+        return x[:, 0]
 
 
 def text_base(name: str, text: TextSpec, hidden: int) -> nn.Module:
