@@ -151,3 +151,11 @@ def test_every_algorithm_runs_on_a_heterogeneous_image_family(algorithm, tmp_pat
 def test_fedavg_refuses_a_heterogeneous_family():
     with pytest.raises(UserError, match="fedavg needs one architecture for every client"):
         _family_config("fedavg")
+
+
+@pytest.mark.parametrize(("algorithm", "family"), [("lg_fedavg", "HtFE-img-8-HtC-img-4"), ("fedgh", "Res34-HtC-img-4"),
+                                                   ("fedgen", "HtM-img-10")])
+def test_algorithms_exchanging_the_head_refuse_mixed_head_layouts(algorithm, family):
+    with pytest.raises(UserError, match=rf"{algorithm} .* needs one head layout for every client; the pool has"):
+        build_config({}, [f"algorithm={algorithm}", f"model_family={family}", "dataset.name=cifar10"])
+    build_config({}, [f"algorithm={algorithm}", "model_family=HtFE-img-8", "dataset.name=cifar10"])  # one layout
