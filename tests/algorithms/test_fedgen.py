@@ -1,9 +1,12 @@
 """FedGen: generated representations are its federated term; the server trains the generator.
 
-"Federated term at zero" is ``fedgen.generative_weight = 0`` (with the default ``header: local``):
-a client then trains on its own data alone, so its local models must equal Standalone's bit for
-bit; at the paper's weight 1 every client's must differ (the generator, trained after round 1,
-regularises every header in round 2).
+"Federated term at zero" is ``fedgen.generative_weight = 0``. With ``header: local`` (the variant
+of the results published before 2026-12-07) a client then trains on its own data alone, so its
+local models must equal Standalone's bit for bit; with the default ``header: global`` (the paper's
+shared predictor, as HtFLlib) the averaged header is then the only channel, so the run must equal
+LG-FedAvg's evaluated with the global header bit for bit. At the paper's weight 1 every client's
+local model must differ from both (the generator, trained after round 1, regularises every header
+in round 2).
 """
 
 import pytest
@@ -13,7 +16,8 @@ from pfedlora.algorithms import get_algorithm
 from pfedlora.algorithms.base import ClientData, FederationContext, Upload, unprefixed
 from pfedlora.algorithms.fedgen import COUNTS, GENERATOR, PRIOR
 from pfedlora.config import build_config
-from pfedlora.federation.simulation import ClientStore, Federation, run_round
+from pfedlora.federation.simulation import ClientStore, Federation, evaluate_clients, run_round
+from pfedlora.registry import with_former_defaults
 from pfedlora.federation.validation import UpdateValidator
 from pfedlora.metrics.flops import count_server_flops
 
@@ -22,14 +26,20 @@ SMALL = {"num_clients": 5, "rounds": 2, "partition": {"classes_per_client": 4},
          "train": {"batch_size": 32, "lr": 0.05}, "validation": {"norm_factor": None}}
 
 
-def _local_models(algorithm: str, overrides: list[str] = ()) -> list[dict[str, torch.Tensor]]:
+def _run(algorithm: str, overrides: list[str] = ()):
+    """(each client's local model, the final broadcast, the clients' evaluation) after SMALL's rounds."""
     config = build_config({**SMALL, "algorithm": algorithm}, list(overrides))
     federation = Federation.build(config)
     store = ClientStore(federation)
     server_state, broadcast = federation.algorithm.init_server(federation.context)
     for round_index in range(1, config.rounds + 1):
         server_state, broadcast, _ = run_round(federation, store, server_state, broadcast, round_index)
-    return [unprefixed("local_model.", store.get(k)) for k in range(config.num_clients)]
+    models = [unprefixed("local_model.", store.get(k)) for k in range(config.num_clients)]
+    return models, broadcast, evaluate_clients(federation, store, broadcast)
+
+
+def _local_models(algorithm: str, overrides: list[str] = ()) -> list[dict[str, torch.Tensor]]:
+    return _run(algorithm, overrides)[0]
 
 
 def _same(a: dict, b: dict) -> bool:
@@ -41,14 +51,34 @@ def standalone():
     return _local_models("standalone")
 
 
-def test_generated_representations_change_every_clients_local_model(standalone):
-    models = _local_models("fedgen", ["fedgen.server_steps=20"])
+def test_the_default_header_is_the_papers_shared_predictor_and_older_configs_read_as_local():
+    config = build_config({"algorithm": "fedgen"})
+    assert config.fedgen.header == "global"
+    written = config.to_dict()
+    del written["fedgen"]["header"]  # a run config written before the key existed
+    assert build_config(with_former_defaults(written)).fedgen.header == "local"
+
+
+@pytest.mark.parametrize("header", ["local", "global"])
+def test_generated_representations_change_every_clients_local_model(header, standalone):
+    models = _local_models("fedgen", ["fedgen.server_steps=20", f"fedgen.header={header}"])
     assert all(not _same(mine, alone) for mine, alone in zip(models, standalone))
 
 
-def test_with_the_generative_weight_at_zero_the_local_models_are_standalone_bit_for_bit(standalone):
-    models = _local_models("fedgen", ["fedgen.generative_weight=0", "fedgen.server_steps=20"])
+def test_with_the_generative_weight_at_zero_the_local_header_variant_is_standalone_bit_for_bit(standalone):
+    models = _local_models("fedgen", ["fedgen.generative_weight=0", "fedgen.server_steps=20", "fedgen.header=local"])
     assert all(_same(mine, alone) for mine, alone in zip(models, standalone))
+
+
+def test_with_the_generative_weight_at_zero_the_default_is_lg_fedavg_with_the_global_header_bit_for_bit():
+    models, broadcast, evaluation = _run("fedgen", ["fedgen.generative_weight=0", "fedgen.server_steps=20"])
+    lg_models, lg_broadcast, lg_evaluation = _run("lg_fedavg", ["lg_fedavg.evaluation=global_header"])
+    assert all(_same(mine, theirs) for mine, theirs in zip(models, lg_models))
+    assert _same(unprefixed("head.", broadcast), lg_broadcast)  # the averaged header is LG-FedAvg's
+    assert evaluation == lg_evaluation
+    # with the generator's term on, the same run is another one
+    generated, _, _ = _run("fedgen", ["fedgen.server_steps=20"])
+    assert all(not _same(mine, theirs) for mine, theirs in zip(generated, lg_models))
 
 
 def _context(**fedgen) -> FederationContext:
@@ -114,7 +144,7 @@ def test_malformed_label_counts_are_rejected():
 
 
 def test_before_any_generator_training_a_client_trains_as_in_standalone():
-    ctx = _context()
+    ctx = _context(header="local")
     method, alone = get_algorithm("fedgen"), get_algorithm("standalone")
     _, broadcast = method.init_server(ctx)
     state = method.init_client(ctx, 0)
@@ -124,7 +154,7 @@ def test_before_any_generator_training_a_client_trains_as_in_standalone():
 
 
 def test_the_generator_regularises_the_header_after_the_first_round():
-    ctx = _context()
+    ctx = _context(header="local")
     method, alone = get_algorithm("fedgen"), get_algorithm("standalone")
     server_state, broadcast = method.init_server(ctx)
     _, trained, _, _, _ = _round(ctx, server_state, broadcast)

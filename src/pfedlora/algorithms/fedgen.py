@@ -11,7 +11,8 @@ same D-dimensional representation, 500 here). A selected client trains its whole
 one generated batch (as many rows as the real one) per step, G frozen (evaluation mode) and
 α = ``fedgen.generative_weight``: the generated representations regularise the header h_k only.
 It uploads its header (weight, bias) and its label counts n_k (one count per class). Before the
-first generator training (round 1) the term is off, as in the authors' code.
+first generator training (round 1) the term is off, as in the authors' code. With the default
+``header: global`` a client first loads the global header (see below).
 
 The server learns the generator G (noise ⊕ one-hot label -> Linear -> BatchNorm -> ReLU ->
 Linear -> D; ``noise_dim``, ``hidden_dim``) from the round's uploads alone (no data): with
@@ -26,12 +27,23 @@ summed counts ``label_prior``). Server cost per round: ``server_steps`` forward+
 G and of the K uploaded headers on a batch; these are counted as server FLOPs (the simulator
 measures ``aggregate``).
 
-``fedgen.header``: ``local`` (default) keeps every client's own header, so the generator is the only
-channel between clients; ``global`` also averages the uploaded headers (weighted by training sample
-counts), loads the mean into every client before training and evaluates with it, as HtFLlib's
-heterogeneous port does (LG-FedAvg plus the generator). With ``header: local`` and α = 0 a client
-trains exactly as in Standalone (bit for bit, tested). The server trains a generator from the
-uploads rather than averaging them: not eligible for client-level DP or SecAgg+.
+``fedgen.header`` says what else the server shares:
+
+* ``global`` (default; the paper's method as far as heterogeneous models allow): the server also
+  averages the uploaded headers (weighted by training sample counts) and broadcasts the mean, which
+  every client loads before training and evaluates with. The paper trains the generator *and*
+  averages the model (the authors' code: a sample-weighted mean of every parameter, the models
+  being homogeneous there); with heterogeneous extractors only the predictor they all share can be
+  averaged, which is what HtFLlib's heterogeneous FedGen does (it averages the heads and loads the
+  mean into every client). With α = 0 this is LG-FedAvg evaluated with the global header (bit for
+  bit, tested): the generator is then the only difference.
+* ``local`` (the default before 2026-12-07, and the variant of the FedGen results published
+  before then, whose configs name it): every client keeps its own header and nothing is averaged,
+  so the generator is the only channel between clients. With α = 0 a client trains exactly as in
+  Standalone (bit for bit, tested).
+
+The server trains a generator from the uploads rather than only averaging them: not eligible for
+client-level DP or SecAgg+.
 
 Choices and differences from the references:
 
@@ -49,7 +61,7 @@ Choices and differences from the references:
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 import torch
@@ -95,9 +107,13 @@ class FedGenSettings(AlgorithmSettings):
     diversity_weight: float = Field(default=1.0, ge=0,
                                     description="η, weight of the generator's diversity loss (the authors' code: 1).")
     header: Literal["local", "global"] = Field(
-        default="local",
-        description="local: each client keeps its header (the generator is the only channel); global: the uploaded "
-                    "headers are also averaged and loaded into every client (HtFLlib's port, LG-FedAvg style).")
+        default="global",
+        description="global (default; the paper's shared predictor, as HtFLlib): the uploaded headers are also "
+                    "averaged and loaded into every client, which evaluates with them; local (the default before "
+                    "2026-12-07): each client keeps its header and the generator is the only channel.")
+
+    # configs written before 2026-12-07 without the key meant the then default
+    former_defaults: ClassVar[dict[str, Any]] = {"header": "local"}
 
 
 GENERATOR = "generator."
