@@ -6,6 +6,11 @@
   table per section, read from the pydantic models (:class:`pfedlora.config.Config`), including each
   algorithm's own settings (:func:`algorithm_sections`).
 * ``docs/reference/cli.md``: ``pfedlora --help`` and every sub-command's help, from the argparse parser.
+* Facts in prose, between ``<!-- gen:NAME -->`` and ``<!-- /gen -->`` in README.md and the pages
+  (:data:`FACT_PAGES`): counts and names of the built-in algorithms (the registry), the Python version
+  (pyproject.toml) and the torch version (the Makefile's ``TORCH_SPEC``) (:func:`facts`).
+* The table between the ``settings`` markers of ``docs/guide/algorithms.md``: every built-in
+  baseline's settings, key, default and description, from its settings model (:func:`settings_table`).
 * ``docs/guide/algorithm_flows.png`` and the table between the ``flows`` markers of
   ``docs/guide/algorithms.md``: what each algorithm uploads and broadcasts, measured by running its
   ``init_server`` / ``init_client`` / ``client_update`` on a two-client toy federation
@@ -14,6 +19,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 import types
 import typing
@@ -32,6 +38,64 @@ CLI_PAGE = DOCS / "reference" / "cli.md"
 FLOWS_PAGE = DOCS / "guide" / "algorithms.md"
 FLOWS_FIGURE = DOCS / "guide" / "algorithm_flows.png"
 FLOWS_START, FLOWS_END = "<!-- flows:start (scripts/gen_docs.py) -->", "<!-- flows:end -->"
+SETTINGS_START, SETTINGS_END = "<!-- settings:start (scripts/gen_docs.py) -->", "<!-- settings:end -->"
+FACT_PAGES = [ROOT / "README.md", DOCS / "index.md", DOCS / "write-your-own-algorithm.md", DOCS / "guide" / "setup.md",
+              DOCS / "guide" / "algorithms.md"]
+FACT = re.compile(r"<!-- gen:(\w+) -->(.*?)<!-- /gen -->", re.S)
+_NUMBER_WORDS = ("zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen "
+                 "sixteen seventeen eighteen nineteen twenty").split()
+
+
+# --------------------------------------------------------------------------- facts in prose
+
+
+def facts() -> dict[str, str]:
+    """What prose states about the code, from the code: ``baselines`` (a number word: the built-in
+    algorithms other than pFedLoRA), ``Baselines`` (capitalised), ``algorithm_count``, ``builtins``
+    (every built-in's name, in code style), ``python`` (pyproject's minimum), ``torch`` (the pinned
+    version the Makefile installs)."""
+    from pfedlora import registry
+
+    names = list(registry.BUILTIN_MODULES)
+    baselines = len(names) - 1
+    word = _NUMBER_WORDS[baselines] if baselines < len(_NUMBER_WORDS) else str(baselines)
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    makefile = (ROOT / "Makefile").read_text()
+    return {
+        "baselines": word, "Baselines": word.capitalize(), "algorithm_count": str(len(names)),
+        "builtins": ", ".join(f"`{name}`" for name in names),
+        "python": re.search(r'requires-python\s*=\s*">=\s*([\d.]+)"', pyproject).group(1),
+        "torch": re.search(r"^TORCH_SPEC \?= torch==([\w.+]+)", makefile, flags=re.M).group(1),
+    }
+
+
+def render_facts(text: str, values: dict[str, str] | None = None) -> str:
+    """``text`` with every ``<!-- gen:NAME -->...<!-- /gen -->`` span holding the current fact."""
+    values = facts() if values is None else values
+
+    def fill(match: re.Match[str]) -> str:
+        if match.group(1) not in values:
+            raise KeyError(f"unknown fact {match.group(1)!r} (known: {', '.join(values)})")
+        return f"<!-- gen:{match.group(1)} -->{values[match.group(1)]}<!-- /gen -->"
+
+    return FACT.sub(fill, text)
+
+
+def settings_table() -> str:
+    """Every built-in baseline's settings (pFedLoRA's adapter has its own table): key, default, meaning."""
+    lines = ["| key | default | meaning |", "|---|---|---|"]
+    for algorithm, (section, settings) in algorithm_sections().items():
+        if algorithm == "pfedlora":
+            continue
+        for name, field in settings.model_fields.items():
+            description = " ".join((field.description or "").split()).replace("|", "\\|")
+            lines.append(f"| `{section}.{name}` | {_default_text(field)} | {description} |")
+    return "\n".join(lines)
+
+
+def _between(text: str, start: str, end: str, body: str) -> str:
+    head, tail = text.index(start) + len(start), text.index(end)
+    return text[:head] + "\n" + body + "\n" + text[tail:]
 
 
 # --------------------------------------------------------------------------- config reference
@@ -312,6 +376,12 @@ def _write(path: Path, text: str) -> None:
 def main(argv: list[str]) -> int:
     _write(CONFIG_PAGE, config_reference())
     _write(CLI_PAGE, cli_reference())
+    values = facts()
+    for page in FACT_PAGES:
+        _write(page, render_facts(page.read_text(), values))
+    text = FLOWS_PAGE.read_text()
+    if SETTINGS_START in text:
+        _write(FLOWS_PAGE, _between(text, SETTINGS_START, SETTINGS_END, settings_table()))
     if "--no-flows" not in argv:  # the toy federation takes a few seconds
         write_flows(measure_flows())
     missing = missing_descriptions()

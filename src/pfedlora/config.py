@@ -459,8 +459,9 @@ class Config(_Section):
     model_config = ConfigDict(extra="allow", validate_assignment=True)
 
     algorithm: str = Field(default="pfedlora",
-                           description="The algorithm: a built-in (pfedlora, standalone, lg_fedavg, fd, fedproto, "
-                                       "fml, fedkd, fedgh, fedavg) or an installed plugin's name.")
+                           # the list is the registry's, so the config reference cannot drift from it
+                           description=f"The algorithm: a built-in ({', '.join(registry.BUILTIN_MODULES)}) or an "
+                                       "installed plugin's name.")
     seed: int = Field(default=0,
                       description="Seeds partition, model init, client sampling and batches; the same config and "
                                   "seed give the same numbers.")
