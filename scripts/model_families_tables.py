@@ -49,13 +49,19 @@ def families_block() -> str:
 
 @functools.cache
 def _member_rows() -> list[tuple[str, str, int, int, int]]:
+    from pfedlora.models.families import FAMILIES
+
+    return _rows_of(tuple(dict.fromkeys(m for name in FAMILIES for m in _plain_pool(name))))
+
+
+def _rows_of(members: tuple[str, ...]) -> list[tuple[str, str, int, int, int]]:
+    """(name, kind, parameters, forward FLOPs per sample, fp32 state bytes) of each member."""
     from pfedlora.data.text import TextSpec
     from pfedlora.federation.footprint import state_bytes
     from pfedlora.metrics.flops import forward_flops
-    from pfedlora.models.families import FAMILIES, member_kind
+    from pfedlora.models.families import member_kind
     from pfedlora.models.registry import build_model, parameter_count
 
-    members = list(dict.fromkeys(m for name in FAMILIES for m in _plain_pool(name)))
     rows = []
     for name in members:
         kind = member_kind(name)
@@ -85,13 +91,14 @@ def members_block() -> str:
 
 def family_memory_block(num_clients: int = 20) -> str:
     """Per family: what ``num_clients`` clients' local models hold (fp32 weights and buffers) and cost."""
-    from pfedlora.models.families import FAMILIES
+    from pfedlora.models.families import FAMILIES, family_pool
 
     rows = {name: (params, flops, size) for name, _, params, flops, size in _member_rows()}
     lines = [f"| family | parameters of its {num_clients} clients | their states (memory store) "
              "| mean forward FLOPs per sample |", "|---|---:|---:|---:|"]
     for family in FAMILIES:
-        pool = _plain_pool(family)
+        pool = family_pool(family)  # with the HtC families' own heads
+        rows.update({row[0]: row[2:] for row in _rows_of(tuple(n for n in pool if n not in rows))})
         clients = [pool[i % len(pool)] for i in range(num_clients)]
         params = sum(rows[m][0] for m in clients)
         size = sum(rows[m][2] for m in clients)

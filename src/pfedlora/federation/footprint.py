@@ -72,7 +72,9 @@ def check_client_memory(store: str, device: torch.device, archs: list[str],
                         available: Callable[[torch.device], int | None] = available_bytes) -> list[str]:
     """Header lines stating the clients' resident states; UserError (with the figure and the way out)
     when the memory store's total exceeds ``RESIDENT_SHARE`` of the device's free memory."""
-    sizes = client_state_bytes(archs, init_client)
+    # a client's initial state is a function of its seed; measuring it must not move the run's random streams
+    with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
+        sizes = client_state_bytes(archs, init_client)
     total = sum(count * size for count, size in sizes.values())
     per_arch = ", ".join(f"{arch}: {count} x {size / 1e6:,.1f} MB" for arch, (count, size) in sizes.items())
     if store != "memory":
