@@ -3,7 +3,7 @@
 Reads only the committed run summaries (``metrics.csv`` of every ``<setting>/<algorithm>/seed<k>``
 that scripts/federation_map.sh wrote under docs/results/map), so the page regenerates without
 running anything:
-    python scripts/federation_map.py               # tables into the page, figures into docs/results/map
+    python scripts/federation_map.py               # = python scripts/gen_results.py (every results page)
     python scripts/federation_map.py --choose-lr   # after `federation_map.sh lr`: each algorithm's lr
                                                    #   per data size, written to lr-check/chosen-n<N>.txt
 Gains are paired by seed: for each seed, the algorithm's final mean client accuracy minus
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import sys
 import re
 import statistics
 from pathlib import Path
@@ -135,7 +136,8 @@ def heatmaps(out: Path) -> None:
         for (i, j), value in np.ndenumerate(grid):
             if not np.isnan(value):
                 d = pairs[setting][cols[j]][algorithms[i]]
-                text = f"{value:+.1f}" + (f"\n[{d.ci_low:+.1f}, {d.ci_high:+.1f}]" if d.ci_low is not None else "\n(1 seed)")
+                bound = lambda b: f"{b:+.2f}" if abs(b) < 0.05 else f"{b:+.1f}"  # noqa: E731 (no "-0.0")
+                text = f"{value:+.1f}" + (f"\n[{bound(d.ci_low)}, {bound(d.ci_high)}]" if d.ci_low is not None else "\n(1 seed)")
                 ax.text(j, i, text, ha="center", va="center", fontsize=6.5,
                         fontweight="bold" if d.excludes_zero else "normal",
                         color="white" if abs(value) > 0.6 * limit else "black")
@@ -200,8 +202,9 @@ def late_mean(rows: list[dict[str, float]]) -> float:
     return statistics.mean(r["mean_acc"] for r in rows[-3:])
 
 
-def choose_lr(per_client: int) -> str:
-    """Each algorithm's better of its tuned lr and 0.05 on the validation split; a table."""
+def choose_lr(per_client: int, write: bool = True) -> str:
+    """Each algorithm's better of its tuned lr and 0.05 on the validation split; a table (and, with
+    ``write``, lr-check/chosen-n<N>.txt)."""
     tuned = MAP / "lr-check" / f"n{per_client}-tuned"
     other = MAP / "lr-check" / f"n{per_client}-lr0.05"
     lines = ["| algorithm | tuned lr | val. acc. (tuned) | val. acc. (lr 0.05) | chosen | rounds 21 → 30 (chosen) |",
@@ -215,8 +218,15 @@ def choose_lr(per_client: int) -> str:
         drift = better[-1]["mean_acc"] - better[-4]["mean_acc"]  # rounds 21 -> 30 (evaluated every 3)
         lines.append(f"| {NAMES.get(alg, alg)} | {lr} | {late_mean(a):.2f} | {late_mean(b):.2f} | {best} "
                      f"| {drift:+.2f} |")
-    (MAP / "lr-check" / f"chosen-n{per_client}.txt").write_text("\n".join(chosen) + "\n")
+    if write:
+        (MAP / "lr-check" / f"chosen-n{per_client}.txt").write_text("\n".join(chosen) + "\n")
     return "\n".join(lines)
+
+
+def lr_tables(write: bool = False) -> str:
+    """The learning-rate check's tables, one per data size (the page's ``lr`` block)."""
+    return "\n\n".join(f"**{n} images per client** (Dirichlet α = 0.1, validation split, seed 0; accuracy: "
+                        f"mean of rounds 24, 27, 30)\n\n{choose_lr(n, write)}" for n in PER_CLIENT)
 
 
 def fedavg_table() -> str:
@@ -318,25 +328,17 @@ def replace_block(text: str, name: str, body: str) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--choose-lr", action="store_true", help="write lr-check/chosen-n<N>.txt and print the table")
-    args = parser.parse_args()
+    args, _ = parser.parse_known_args()
     if args.choose_lr:  # the table goes into the page too
         text = PAGE.read_text()
-        body = "\n\n".join(f"**{n} images per client** (Dirichlet α = 0.1, validation split, seed 0; accuracy: "
-                           f"mean of rounds 24, 27, 30)\n\n{choose_lr(n)}" for n in PER_CLIENT)
+        body = lr_tables(write=True)
         PAGE.write_text(replace_block(text, "lr", body))
         print(body)
         return
-    heatmaps(MAP)
-    bytes_figure(MAP)
-    text = PAGE.read_text()
-    for setting in SETTINGS:
-        text = replace_block(text, f"table {setting}", table(setting))
-    text = replace_block(text, "fedavg", fedavg_table())
-    text = replace_block(text, "activity", activity_table())
-    text = replace_block(text, "summary", summary_table())
-    text = replace_block(text, "time", time_table())
-    PAGE.write_text(text)
-    print(f"wrote {PAGE}, {MAP}/gain_heatmaps.png, {MAP}/accuracy_vs_bytes_n50.png")
+    # the page's tables and figures are written with every other results page's
+    import gen_results
+
+    sys.exit(gen_results.main())
 
 
 if __name__ == "__main__":

@@ -257,6 +257,77 @@ def map_key_comparisons_block(algorithms: list[str]) -> str:
     return "\n".join(lines)
 
 
+def _names(items: list[str]) -> str:
+    return ", ".join(items) if items else "none"
+
+
+def map_verdicts_block() -> str:
+    """The map's findings as the numbers give them: per cell, the gains and losses whose 95% interval
+    excludes 0; over the cells, rliable's aggregate and the pooled per-seed gains."""
+    cells = federation_map.map_finals()
+    label = {f"{s}-n{n}": f"{federation_map.SETTINGS[s]}, {n} images" for s in federation_map.SETTINGS
+             for n in federation_map.PER_CLIENT}
+    gains, losses, seeds = [], [], set()
+    for cell, finals in cells.items():
+        for algorithm, d in federation_map.paired(finals).items():
+            seeds.add(d.n)
+            if d.excludes_zero:
+                text = f"{NAMES.get(algorithm, algorithm)} ({label[cell]}: {d.text()})"
+                (gains if d.mean > 0 else losses).append(text)
+    aggregates = []
+    algorithms = federation_map.ordered({a for f in cells.values() for a in f} - {"standalone"})
+    for algorithm in algorithms:
+        ref = {c: f["standalone"] for c, f in cells.items() if algorithm in f and "standalone" in f}
+        aggregates.append((algorithm, federation_map.aggregate_gain(ref, {c: cells[c][algorithm] for c in ref})))
+    def both(g, sign: int) -> bool:  # the stratified bootstrap and the pooled t interval agree
+        if sign > 0:
+            return g.mean_gain_low > 0 and g.pooled.verdict == "gain"
+        return g.mean_gain_high < 0 and g.pooled.verdict == "loss"
+
+    def text(a: str, g) -> str:
+        return (f"{NAMES.get(a, a)} ({g.mean_gain:+.2f} [{g.mean_gain_low:+.2f}, {g.mean_gain_high:+.2f}]; pooled "
+                f"{g.pooled.text()})")
+
+    up = [text(a, g) for a, g in aggregates if both(g, 1)]
+    down = [text(a, g) for a, g in aggregates if both(g, -1)]
+    bootstrap_only = [text(a, g) for a, g in aggregates if g.excludes_zero and not both(g, 1) and not both(g, -1)]
+    return "\n".join([
+        f"* **Cells where a gain over Standalone excludes 0** (95% t interval of the paired per-seed gains; "
+        f"{min(seeds)}-{max(seeds)} seeds per cell): {_names(gains)}.",
+        f"* **Cells where a loss excludes 0:** {_names(losses)}.",
+        "* **Every other cell is indistinguishable from Standalone** with the seeds it has (the tables below).",
+        "* **Over the six cells**, where both the stratified bootstrap interval of the mean gain and the paired t "
+        f"interval of all per-seed gains pooled exclude 0: a gain for {_names(up)}; a loss for {_names(down)}.",
+        f"* **Only the bootstrap interval excludes 0** (with {min(seeds)}-{max(seeds)} seeds per cell a resample has few distinct means, so "
+        f"that interval is too narrow; no claim is made): {_names(bootstrap_only)}. Every other algorithm is "
+        "indistinguishable from Standalone over the six cells.",
+    ])
+
+
+def comparison_verdicts_block(specs: list[str], reference: str = "standalone") -> str:
+    """A comparison's findings as the numbers give them: who gains or loses against ``reference``
+    with a 95% interval excluding 0, and who is indistinguishable with how many seeds."""
+    table = summarize_comparison(runs(specs), reference=reference)
+    ref = NAMES.get(reference, reference)
+    gains, losses, tied = [], [], []
+    for row in table["rows"]:
+        d = row.get("final_diff_object")
+        if d is None:
+            continue
+        name = NAMES.get(row["algorithm"], row["algorithm"])
+        if d.verdict == "gain":
+            gains.append(f"{name} ({d.text()})")
+        elif d.verdict == "loss":
+            losses.append(f"{name} ({d.text()})")
+        else:
+            tied.append(f"{name} ({d.n})")
+    return "\n".join([
+        f"* **Final accuracy above {ref}, 95% interval excluding 0:** {_names(gains)}.",
+        f"* **Below {ref}, interval excluding 0:** {_names(losses)}.",
+        f"* **Indistinguishable from {ref}** (seeds in brackets): {_names(tied)}.",
+    ])
+
+
 def tuning_block(root: str, algorithms: list[str] | None = None) -> str:
     """scripts/tuning_table.py's table of a tuning directory (only ``algorithms``' rows if given)."""
     out = io.StringIO()
@@ -271,10 +342,11 @@ def tuning_block(root: str, algorithms: list[str] | None = None) -> str:
 # ---------------------------------------------------------------- figures
 
 
-def figure_note(records: list[RunRecord], sources: list[str]) -> str:
+def figure_note(records: list[RunRecord], sources: list[str],
+                shows: str = "Bands: 95% t interval of the mean over seeds.") -> str:
     where = ", ".join(f"`{s}`" for s in sources)
     return (f"*Figure drawn by `python scripts/gen_results.py` from {len(records)} runs ({where}; runs digest "
-            f"`{digest(records)}`). Bands: 95% t interval of the mean over seeds.*")
+            f"`{digest(records)}`). {shows}*")
 
 
 def map_runs(per_client: tuple[int, ...] = federation_map.PER_CLIENT) -> list[RunRecord]:
@@ -318,7 +390,7 @@ def draw_budgets() -> None:
         ax.grid(alpha=0.3)
     order = [a for a in ALGORITHM_ORDER if a in shown]
     fig.legend([shown[a] for a in order], [NAMES.get(a, a) for a in order], loc="center left",
-               bbox_to_anchor=(0.86, 0.5), frameon=False, title=BAND_TITLE.replace(": ", ":\n", 1), fontsize="small")
+               bbox_to_anchor=(0.86, 0.5), frameon=False, title="band: 95% t interval\nof the mean over seeds", fontsize="small")
     fig.tight_layout(rect=(0, 0, 0.86, 1))
     fig.savefig("docs/results/cifar10/budgets_accuracy_vs_round.png", dpi=110)
     plt.close(fig)
@@ -339,16 +411,23 @@ PAGES: dict[str, dict[str, Callable[[], str]]] = {
     "docs/results/when-federation-helps.md": {
         **{f"table {s}": (lambda s=s: federation_map.table(s)) for s in federation_map.SETTINGS},
         "fedavg": federation_map.fedavg_table,
+        "lr": federation_map.lr_tables,
         "activity": federation_map.activity_table,
         "summary": federation_map.summary_table,
+        "verdicts": map_verdicts_block,
         "key comparisons": lambda: map_key_comparisons_block(["fedproto", "pfedlora"]),
         "time": federation_map.time_table,
         "figure heatmaps": lambda: figure_note(heatmap_runs(), ["map/<setting>-n<N>", "cifar10/n10-tuned",
-                                                                "cifar10/n10-tuned-pfedlora-active", "cifar10/n10-long"]),
+                                                                "cifar10/n10-tuned-pfedlora-active", "cifar10/n10-long"],
+                                                "Each cell: the mean gain and its 95% t interval over the seeds (n under "
+                                                "each column); hatched where the interval includes 0, bold where it "
+                                                "excludes 0."),
         "figure bytes": lambda: figure_note(map_runs((50,)), ["map/<setting>-n50"]),
     },
     "docs/results/cifar10.md": {
         "table n10-tuned": lambda: comparison_block(N10_TUNED),
+        "verdicts n10-tuned": lambda: comparison_verdicts_block(N10_TUNED),
+        "verdicts n10-long": lambda: comparison_verdicts_block(N10_LONG),
         "key comparisons n10-tuned": lambda: key_comparisons_block(
             N10_TUNED, [("pfedlora", "standalone"), ("fedproto", "standalone"), ("fml", "standalone"),
                         ("fedmrl", "standalone"), ("pfedlora", "fedproto")]),
@@ -359,6 +438,9 @@ PAGES: dict[str, dict[str, Callable[[], str]]] = {
         "walls n10-long": lambda: walls_block(N10_LONG),
         "table n10-long": lambda: comparison_block(N10_LONG),
         "seeds n10-long": lambda: per_seed_block(N10_LONG),
+        "key comparisons n10-long": lambda: key_comparisons_block(
+            N10_LONG, [("pfedlora", "fedproto"), ("pfedlora", "fedgh"), ("pfedlora", "standalone"),
+                       ("fedproto", "standalone"), ("fedgh", "standalone")]),
         "tuning": lambda: tuning_block("docs/results/cifar10/tuning-v2",
                                        ["standalone", "lg_fedavg", "fd", "fedproto", "fml", "fedkd", "fedgh"]),
         "tuning new": lambda: tuning_block("docs/results/cifar10/tuning-v2"),
@@ -367,6 +449,7 @@ PAGES: dict[str, dict[str, Callable[[], str]]] = {
     },
     "docs/results/nlp.md": {
         "table nlp": lambda: comparison_block(NLP),
+        "verdicts nlp": lambda: comparison_verdicts_block(NLP),
         "figure nlp": lambda: figure_note(runs(NLP), ["nlp"]),
     },
 }

@@ -237,3 +237,26 @@ def test_compare_checks_the_reference_before_running(tmp_path):
     assert main(["compare", "--algorithms", "standalone", "--seeds", "0", "--reference", "fd",
                  "--out", str(tmp_path / "x")]) == 2
     assert not (tmp_path / "x" / "standalone").exists()
+
+
+def test_a_run_that_named_the_same_data_by_another_path_is_reused(tmp_path, monkeypatch):
+    import yaml
+
+    from pfedlora.experiments.compare import _finished_with
+
+    data = tmp_path / "data" / "set.npz"
+    data.parent.mkdir()
+    data.write_bytes(b"x")
+    monkeypatch.chdir(tmp_path)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "summary.json").write_text("{}")
+    document = {"algorithm": "standalone", "num_clients": 2, "partition": {"kind": "iid"}}
+    written = build_config(document).to_dict()
+    written["dataset"]["path"] = str(data)  # absolute, as a run made elsewhere wrote it
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(written, sort_keys=False))
+    relative = build_config({**document, "dataset": {**written["dataset"], "path": "data/set.npz"}})
+    assert _finished_with(run_dir, relative)
+    other = tmp_path / "data" / "other.npz"
+    other.write_bytes(b"y")
+    assert not _finished_with(run_dir, build_config({**document, "dataset": {**written["dataset"], "path": "data/other.npz"}}))

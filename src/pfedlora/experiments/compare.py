@@ -208,6 +208,7 @@ def _finished_with(run_dir: Path, config: Config) -> bool:
         return False
     if not (run_dir / "summary.json").is_file() or not isinstance(saved, dict):
         return False
+    saved = _same_data_path(saved, config.to_dict())
     if saved == config.to_dict():
         return True
     # other algorithms' sections (older configs write several) cannot change this run: a changed
@@ -223,6 +224,19 @@ def _finished_with(run_dir: Path, config: Config) -> bool:
         return _own_sections(build_config(with_former_defaults(saved)).to_dict(), config.algorithm) == current
     except UserError:
         return False
+
+
+def _same_data_path(saved: dict[str, Any], current: dict[str, Any]) -> dict[str, Any]:
+    """``saved`` with its dataset path written as ``current``'s when both name the same file (an
+    absolute path and a relative one): the run read the same data."""
+    before, now = (saved.get("dataset") or {}).get("path"), (current.get("dataset") or {}).get("path")
+    if not before or not now or before == now:
+        return saved
+    try:
+        same = Path(before).resolve(strict=True) == Path(now).resolve(strict=True)
+    except (OSError, RuntimeError):
+        return saved
+    return {**saved, "dataset": {**saved["dataset"], "path": now}} if same else saved
 
 
 def _own_sections(document: dict[str, Any], algorithm: str) -> dict[str, Any]:
