@@ -62,7 +62,7 @@ def test_every_metrics_column_config_summary_and_files_reach_tensorboard_and_mlf
         logged = [(e.step, e.value) for e in events.Scalars(column)]
         assert [step for step, _ in logged] == [int(row["round"]) for row in rows]
         assert [value for _, value in logged] == pytest.approx([row[column] for row in rows], rel=1e-5, abs=1e-6)
-    assert events.Scalars("summary/final_accuracy")[0].value == pytest.approx(summary["final_accuracy"], rel=1e-6)
+    assert events.Scalars("summary.final_accuracy")[0].value == pytest.approx(summary["final_accuracy"], rel=1e-6)
     assert "_hparams_/session_start_info" in events.PluginTagToContent("hparams")
 
     client, tracked = _mlflow_run(tmp_path, out)
@@ -74,7 +74,7 @@ def test_every_metrics_column_config_summary_and_files_reach_tensorboard_and_mlf
         history = client.get_metric_history(tracked.info.run_id, column)
         assert [(m.step, m.value) for m in history] == [(int(r["round"]), pytest.approx(r[column], abs=1e-6))
                                                          for r in rows]
-    assert tracked.data.metrics["summary/final_accuracy"] == pytest.approx(summary["final_accuracy"])
+    assert tracked.data.metrics["summary.final_accuracy"] == pytest.approx(summary["final_accuracy"])
     artifacts = {f.path for f in client.list_artifacts(tracked.info.run_id)}
     assert {"config.yaml", "metrics.csv", "summary.json"} <= artifacts
     # tracking is not part of the run's identity: config.yaml is that of an untracked run

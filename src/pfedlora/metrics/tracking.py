@@ -2,7 +2,9 @@
 
 ``tracking: [tensorboard, mlflow]`` (``pip install 'pfedlora[tracking]'``). Per evaluated round every
 metrics.csv column is logged at step = round; the config (flattened, dotted keys) as hyper-parameters;
-at the end the summary (numbers as ``summary/<key>``) and the run directory's files and figures.
+at the end the summary (numbers as ``summary.<key>``: with a dot, not a slash, MLflow's charts keep
+them beside the per-round metrics instead of in a section of their own above them) and the run
+directory's files and figures.
 
 * TensorBoard: event files in the run directory itself, so ``tensorboard --logdir OUT`` of a
   comparison or sweep shows one run per run directory (``pfedlora/seed0``, ...).
@@ -101,7 +103,7 @@ class TensorBoardSink:
 
     def log_summary(self, step: int, summary: Mapping[str, Any]) -> None:
         for key, value in _numbers(summary).items():
-            self.writer.add_scalar(f"summary/{key}", value, step)
+            self.writer.add_scalar(f"summary.{key}", value, step)
         self.writer.add_text("summary", "```json\n" + json.dumps(summary, indent=2) + "\n```", step)
         if self._session_end is not None:
             self.writer._get_file_writer().add_summary(self._session_end)
@@ -173,7 +175,7 @@ class MlflowSink:
         from mlflow.entities import Metric
 
         stamp = int(time.time() * 1000)
-        self.client.log_batch(self.run_id, metrics=[Metric(f"summary/{key}", value, stamp, step)
+        self.client.log_batch(self.run_id, metrics=[Metric(f"summary.{key}", value, stamp, step)
                                                     for key, value in _numbers(summary).items()])
 
     def log_files(self, paths: Iterable[Path], step: int) -> None:
@@ -195,7 +197,9 @@ def experiment_id(client: Any, name: str, uri: str) -> str:
         database = Path(uri.removeprefix("sqlite:///"))
         safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
         location = (database.resolve().parent / "mlartifacts" / safe).as_uri()
-    return client.create_experiment(name, artifact_location=location)
+    # a training workflow: MLflow's UI files it under model training, not GenAI
+    return client.create_experiment(name, artifact_location=location,
+                                    tags={"mlflow.experimentKind": "custom_model_development"})
 
 
 # --- the run's trackers ------------------------------------------------------------------------
