@@ -62,3 +62,11 @@ def test_init_keeps_an_existing_file_and_refuses_unknown_names(tmp_path, monkeyp
     errors = capsys.readouterr().err.strip().splitlines()
     assert len(errors) == 2 and "is kept" in errors[0] and "unknown config 'nope'" in errors[1]
     assert yaml.safe_load((ROOT / "configs" / "cifar10.yaml").read_text())  # untouched
+
+
+def test_results_is_reachable_from_a_plain_import():
+    import pfedlora.results as results
+
+    assert pfedlora.results is results and pfedlora.results.load is results.load
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        pfedlora.nope  # noqa: B018

@@ -8,7 +8,17 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # torch is imported only when a model is loaded
     from pfedlora.export import PersonalizedClassifier
 
+# the one version number: pyproject.toml reads it (setuptools dynamic), `pfedlora --version` prints it
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    """``pfedlora.results`` after a plain ``import pfedlora`` (imported on first use: pandas, torch)."""
+    if name == "results":
+        import importlib
+
+        return importlib.import_module("pfedlora.results")
+    raise AttributeError(f"module 'pfedlora' has no attribute {name!r}")
 
 
 def load_personalized(path: str | Path) -> PersonalizedClassifier:
