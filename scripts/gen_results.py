@@ -450,7 +450,7 @@ PAGES: dict[str, dict[str, Callable[[], str]]] = {
     "docs/results/nlp.md": {
         "table nlp": lambda: comparison_block(NLP),
         "verdicts nlp": lambda: comparison_verdicts_block(NLP),
-        "figure nlp": lambda: figure_note(runs(NLP), ["nlp"]),
+        "figure nlp": lambda: figure_note(runs(NLP), ["nlp"], "One seed per algorithm: no band."),
     },
 }
 
