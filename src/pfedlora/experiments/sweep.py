@@ -334,12 +334,13 @@ def write_sweep_plots(rows: list[dict[str, Any]], grid: dict[str, list[Any]], ou
                 ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
             ax.set(xlabel=key, ylabel=ylabel)
             ax.grid(True, alpha=0.3)
-        if len(lines) > 1:
-            axes[0].legend(fontsize="small")
         fig.suptitle(f"sweep over {key} (error bars: 95% t interval of the mean over seeds)")
         fig.tight_layout()
+        if len(lines) > 1:  # outside the data, right of the panels
+            fig.legend(*axes[0].get_legend_handles_labels(), loc="center left", bbox_to_anchor=(1.0, 0.5),
+                       fontsize="small", frameon=False)
         path = out / f"sweep_{re.sub(r'[^A-Za-z0-9._-]+', '_', key)}.png"
-        fig.savefig(path, dpi=100)
+        fig.savefig(path, dpi=100, bbox_inches="tight")
         plt.close(fig)
         paths.append(path)
     return paths
