@@ -1,7 +1,7 @@
 """Mean client accuracy against round, one panel per budget, one colour per algorithm.
 
 Each panel reads a ``pfedlora compare`` directory (``<dir>/<algorithm>/seed<k>/metrics.csv``): a
-line for the mean over seeds and a band from the lowest to the highest seed (no band with one seed).
+line for the mean over seeds and a band of its 95% t interval (no band with one seed).
     python scripts/plot_budgets.py OUT.png "20 rounds, 5,000 images=DIR" "50 rounds, 50,000 images=DIR"
 ``TITLE=DIR#0,1,2`` keeps only those seeds, and only the algorithms that ran every one of them.
 """
@@ -25,7 +25,7 @@ ALGORITHMS = [a for a in ALGORITHM_ORDER if a != "fedavg"]
 
 def curves(compare_dir: Path, seeds: list[int] | None = None
            ) -> dict[str, tuple[list[tuple[float, float, float, float]], int]]:
-    """algorithm -> ((round, mean, lowest, highest) at the rounds every seed evaluated, number of seeds),
+    """algorithm -> ((round, mean, 95% interval low, high) at the rounds every seed evaluated, number of seeds),
     over the finished runs. ``seeds``: only these seeds, and only algorithms that finished every one of
     them (so means compare like with like when some algorithms ran more seeds than others)."""
     out = {}
@@ -60,7 +60,7 @@ def main(out: Path, panels: list[tuple[str, Path, list[int] | None]]) -> None:
         integer_ticks(ax.xaxis)
         ax.grid(alpha=0.3)
     order = [a for a in ALGORITHMS if a in shown]
-    fig.legend([shown[a] for a in order], order, loc="center right", title="algorithm\n(band: lowest to\nhighest seed)" if band else "algorithm",
+    fig.legend([shown[a] for a in order], order, loc="center right", title="algorithm\n(band: 95% t interval\nof the mean over seeds)" if band else "algorithm",
                frameon=False)
     fig.tight_layout(rect=(0, 0, 1 - legend_width / width, 1))
     out.parent.mkdir(parents=True, exist_ok=True)
