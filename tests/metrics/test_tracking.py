@@ -184,6 +184,8 @@ def test_compare_is_one_experiment_with_a_parent_run_and_one_tensorboard_folder_
     assert sorted(r.info.run_name for r in children) == ["pfedlora seed 0", "pfedlora seed 1", "standalone seed 0",
                                                          "standalone seed 1"]
     assert {"comparison.csv", "comparison.md"} <= {f.path for f in client.list_artifacts(parents[0].info.run_id)}
+    figures = {f.path for f in client.list_artifacts(parents[0].info.run_id, "figures")}
+    assert "figures/accuracy_vs_round.png" in figures  # the comparison's report figures
     for algorithm in ("standalone", "pfedlora"):
         for seed in (0, 1):
             assert len(list((out / algorithm / f"seed{seed}").glob("events.out.tfevents.*"))) == 1
