@@ -201,6 +201,10 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     out = Path(args.out) if args.out else (Path(args.run_dirs[0]) if len(args.run_dirs) == 1 else _default_out("report"))
     report = write_report(args.run_dirs, out)
+    if len(args.run_dirs) == 1 and Path(args.run_dirs[0]).resolve() == out.resolve():
+        from pfedlora.metrics.tracking import attach_files
+
+        attach_files(out, sorted(out.glob("*.png")))  # a tracked run gets its figures (tracking.json)
     print(f"report: {report}")
     return 0
 

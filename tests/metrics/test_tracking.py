@@ -192,3 +192,20 @@ def test_compare_is_one_experiment_with_a_parent_run_and_one_tensorboard_folder_
     # the same command again reuses the finished runs and the parent run: nothing is logged twice
     compare(document, [], ["standalone", "pfedlora"], [0, 1], out, announce=lambda _: None)
     assert len(client.search_runs([experiment.experiment_id])) == 5
+
+
+def test_report_figures_of_a_tracked_run_reach_its_tracked_run(tmp_path):
+    from pfedlora.cli import main
+
+    out = tmp_path / "run"
+    run(_config(tmp_path, rounds=2), out, log=lambda _: None)
+    assert main(["report", str(out)]) == 0
+    figures = sorted(path.stem for path in out.glob("*.png"))
+    assert "accuracy_vs_round" in figures
+    client, tracked = _mlflow_run(tmp_path, out)
+    assert {f"figures/{stem}.png" for stem in figures} <= {
+        f.path for f in client.list_artifacts(tracked.info.run_id, "figures")}
+    assert tracked.info.status == "FINISHED"
+    images = _tensorboard(out).Tags()["images"]
+    assert {f"figures/{stem}" for stem in figures} <= set(images)
+    assert [e.step for e in _tensorboard(out).Scalars("mean_acc")] == [1, 2]  # nothing else logged again

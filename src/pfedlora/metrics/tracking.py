@@ -74,7 +74,8 @@ class TensorBoardSink:
 
     name = "tensorboard"
 
-    def __init__(self, log_dir: Path, config_document: Mapping[str, Any], first_round: int) -> None:
+    def __init__(self, log_dir: Path, config_document: Mapping[str, Any] | None, first_round: int) -> None:
+        """``config_document`` None: a finished run's folder reopened for more files (no hparams again)."""
         from torch.utils.tensorboard import SummaryWriter
         from torch.utils.tensorboard.summary import hparams
 
@@ -82,9 +83,9 @@ class TensorBoardSink:
         # purge_step: a resumed run drops the steps logged after its checkpoint (TensorBoard's own rule)
         self.writer = SummaryWriter(log_dir=str(log_dir), purge_step=first_round if first_round > 1 else None)
         self._session_end = None
-        params = flatten(config_document)
-        experiment, start, end = hparams(params, {"mean_acc": 0.0})
-        self._session_end = end
+        if config_document is None:
+            return
+        experiment, start, self._session_end = hparams(flatten(config_document), {"mean_acc": 0.0})
         if first_round == 1:
             file_writer = self.writer._get_file_writer()
             file_writer.add_summary(experiment)
@@ -301,6 +302,33 @@ def open_trackers(settings: TrackingConfig, config_document: Mapping[str, Any], 
     if settings.sinks:
         write_json(out / STATE_NAME, state)
     return Trackers(out, sinks, settings, warn)
+
+
+def attach_files(run_dir: Path, files: Iterable[Path], warn: Callable[[str], None] = print) -> None:
+    """Files a finished run gets later (``pfedlora report RUN_DIR``'s figures) to its tracked run: MLflow
+    artifacts, TensorBoard images at the last round. No-op for an untracked or unfinished run."""
+    run_dir = Path(run_dir)
+    saved = saved_state(run_dir)
+    files = [Path(f) for f in files if Path(f).is_file()]
+    if not saved or not files or not (run_dir / "summary.json").is_file():
+        return
+    settings = TrackingConfig.model_validate(saved.get("settings", {}))
+    try:
+        step = int(json.loads((run_dir / "summary.json").read_text()).get("rounds", 0))
+    except (OSError, ValueError, TypeError):
+        step = 0
+    for name in settings.sinks:
+        try:
+            if name == "mlflow" and saved.get("mlflow"):
+                sink: Any = MlflowSink(settings, {}, "", saved["mlflow"])
+                sink.log_files(files, step)
+                sink.close("FINISHED")
+            elif name == "tensorboard":
+                sink = TensorBoardSink(run_dir, None, 1)
+                sink.log_files(files, step)
+                sink.close("FINISHED")
+        except Exception as exc:
+            warn(f"warning: tracking: {name} did not take the report's figures ({_reason(exc)})")
 
 
 # --- compare and sweep: one experiment, one parent run ------------------------------------------
