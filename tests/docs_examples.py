@@ -361,8 +361,9 @@ def local_installs(text: str) -> list[str]:
 # --------------------------------------------------------------------------- stand-ins for a user's files
 
 
-def _digits_png_folder(root: Path, per_class: int = 6) -> None:
-    """DIR/{train,test}/<digit>/<i>.png from scikit-learn's digits (8x8, 8-bit)."""
+def _digits_png_folder(root: Path, per_class: int = 6, size: int = 28) -> None:
+    """DIR/{train,test}/<digit>/<i>.png from scikit-learn's digits, 8-bit, scaled up to size x size
+    (MNIST's 28 by default: a user's images are not 8x8)."""
     import numpy as np
     from PIL import Image
     from sklearn.datasets import load_digits
@@ -374,7 +375,8 @@ def _digits_png_folder(root: Path, per_class: int = 6) -> None:
             folder = root / split / str(label)
             folder.mkdir(parents=True, exist_ok=True)
             for i in rows:
-                Image.fromarray(np.round(bunch.images[i] * 255 / 16).astype(np.uint8)).save(folder / f"{i:04d}.png")
+                image = Image.fromarray(np.round(bunch.images[i] * 255 / 16).astype(np.uint8))
+                image.resize((size, size), Image.BILINEAR).save(folder / f"{i:04d}.png")
 
 
 def _hospitals(root: Path) -> None:
@@ -411,7 +413,7 @@ def _banking77(root: Path) -> None:
 
     intents = {"card_arrival": "when will my card arrive", "lost_card": "i lost my card",
                "top_up": "how do i top up my account"}
-    for split, count in (("train", 8), ("test", 3)):
+    for split, count in (("train", 30), ("test", 6)):  # configs/nlp/trec.yaml: 6 clients, >= 10 rows each
         root.mkdir(parents=True, exist_ok=True)
         with (root / f"{split}.csv").open("w", newline="") as handle:
             writer = csv.writer(handle)
