@@ -29,6 +29,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 RUNS = Path("docs/results/model-families/htfe-img-8")
 ORDER = ["standalone", "pfedlora", "fedproto", "fedmrl"]
+RUN_ORDER = ["standalone", "fedproto", "fedmrl", "pfedlora"]  # scripts/model_families.sh runs them in this order
 NAMES = {"standalone": "Standalone", "pfedlora": "pFedLoRA", "fedproto": "FedProto", "fedmrl": "FedMRL"}
 # the input each family kind reads here: (input shape, classes, text spec arguments)
 INPUTS = {"image": ((3, 32, 32), 10, "CIFAR-10 (3 x 32 x 32, 10 classes)"),
@@ -159,19 +160,22 @@ def _client_states(algorithm: str, config) -> float:
 def performance_block() -> str:
     from pfedlora.config import load_config
 
-    records = _records()
+    records = sorted(_records(), key=lambda r: RUN_ORDER.index(r.algorithm) if r.algorithm in RUN_ORDER else 99)
     if not records:
         return "*(no finished runs yet under docs/results/model-families/htfe-img-8)*"
-    lines = ["| algorithm | rounds | wall time | seconds per round | client states (20 clients) | peak memory (RSS) "
-             "| load average before → after |", "|---|---:|---:|---:|---:|---:|---|"]
+    lines = ["| algorithm (in the order run) | rounds | wall time | seconds per round | training per client-round "
+             "| client states (20 clients) | peak memory (RSS) | load average before → after |",
+             "|---|---:|---:|---:|---:|---:|---:|---|"]
     previous = "load-start.txt"
     for record in records:
         config = load_config(record.path / "config.yaml")
         wall, rounds = record.summary["wall_seconds"], record.summary["rounds"]
+        work = record.summary["train_flops_per_client_round"]
         rss = _peak_rss(record.algorithm)
         after = f"load-after-{record.algorithm}.txt"
         lines.append(f"| {NAMES.get(record.algorithm, record.algorithm)} | {rounds} | {wall / 60:,.1f} min | "
-                     f"{wall / rounds:,.1f} s | {_client_states(record.algorithm, config) / 1e9:.2f} GB | "
+                     f"{wall / rounds:,.1f} s | {work / 1e9:,.1f} GFLOP | "
+                     f"{_client_states(record.algorithm, config) / 1e9:.2f} GB | "
                      f"{'?' if rss is None else f'{rss / 1e9:.2f} GB'} | {_load(previous)} → {_load(after)} |")
         previous = after
     return "\n".join(lines)
