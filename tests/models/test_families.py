@@ -159,3 +159,18 @@ def test_algorithms_exchanging_the_head_refuse_mixed_head_layouts(algorithm, fam
     with pytest.raises(UserError, match=rf"{algorithm} .* needs one head layout for every client; the pool has"):
         build_config({}, [f"algorithm={algorithm}", f"model_family={family}", "dataset.name=cifar10"])
     build_config({}, [f"algorithm={algorithm}", "model_family=HtFE-img-8", "dataset.name=cifar10"])  # one layout
+
+
+def test_a_run_that_would_not_fit_is_refused_before_anything_is_written(tmp_path, monkeypatch):
+    from pfedlora.federation.simulation import run
+
+    monkeypatch.setattr(footprint, "available_bytes", lambda device: 10_000_000)  # 10 MB free
+    config = build_config({}, ["model_family=HtFE-img-2", "rounds=1", "dataset.max_train_samples=200",
+                               "engine.workers=1"])
+    with pytest.raises(UserError, match=r"clients' states need 0\.\d\d GB of cpu memory .* engine\.client_store: disk"):
+        run(config, tmp_path / "run", log=lambda _: None)
+    assert not (tmp_path / "run" / "config.yaml").exists()
+    disk = build_config(config.to_dict(), ["engine.client_store=disk"])
+    lines: list[str] = []
+    run(disk, tmp_path / "disk", log=lines.append)  # the way out the message names
+    assert any(line.startswith("client states: ") and "on disk" in line for line in lines)

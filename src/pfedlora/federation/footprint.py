@@ -69,7 +69,7 @@ def _gb(n: float) -> str:
 
 def check_client_memory(store: str, device: torch.device, archs: list[str],
                         init_client: Callable[[int], dict[str, Any]],
-                        available: Callable[[torch.device], int | None] = available_bytes) -> list[str]:
+                        available: Callable[[torch.device], int | None] | None = None) -> list[str]:
     """Header lines stating the clients' resident states; UserError (with the figure and the way out)
     when the memory store's total exceeds ``RESIDENT_SHARE`` of the device's free memory."""
     # a client's initial state is a function of its seed; measuring it must not move the run's random streams
@@ -79,7 +79,7 @@ def check_client_memory(store: str, device: torch.device, archs: list[str],
     per_arch = ", ".join(f"{arch}: {count} x {size / 1e6:,.1f} MB" for arch, (count, size) in sizes.items())
     if store != "memory":
         return [f"client states: {_gb(total)} in all ({per_arch}), on disk (engine.client_store: disk)"]
-    free = available(device)
+    free = (available or available_bytes)(device)
     if free is not None and total > RESIDENT_SHARE * free:
         raise UserError(f"config: the {len(archs)} clients' states need {_gb(total)} of {device.type} memory "
                         f"({per_arch}) but {_gb(free)} is free (at most {RESIDENT_SHARE:.0%} of it for client "
