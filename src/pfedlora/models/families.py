@@ -111,9 +111,10 @@ def parse_member(name: str) -> Member | None:
     if match is None or not _known_arch(match["arch"]):
         return None
     dim = int(match["dim"]) if match["dim"] else DEFAULT_FEATURE_DIM
-    if dim < 1 or (match["dim"] and dim == DEFAULT_FEATURE_DIM):
+    head = int(match["head"]) if match["head"] else None
+    if dim < 1 or (match["dim"] and dim == DEFAULT_FEATURE_DIM) or head == 0:
         return None  # one name per model: the default width has no suffix
-    return Member(match["arch"], dim, int(match["head"]) if match["head"] else None)
+    return Member(match["arch"], dim, head)
 
 
 def family_names() -> list[str]:
