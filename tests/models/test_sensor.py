@@ -4,6 +4,8 @@ import pytest
 import torch
 from family_checks import check_member, conv, linear
 
+from pfedlora.errors import UserError
+
 WINDOW = torch.randn(2, 9, 1, 128)
 
 
@@ -31,5 +33,5 @@ def test_wrong_input_shape_is_named():
     from pfedlora.models.registry import build_model
 
     model = build_model("htfl_harcnn_s1", 9, 6, 128)
-    with pytest.raises(ValueError, match=r"sensor windows \[B, channels, 1, 128\]"):
+    with pytest.raises(UserError, match=r"sensor windows \[B, channels, 1, 128\]"):
         model(torch.randn(2, 9, 128, 128))

@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from pfedlora.errors import UserError
 from pfedlora.models.split import SplitModel, linear_head
 
 # name -> (filters per stage, kernel width)
@@ -36,7 +37,8 @@ def flattened_width(name: str, stride: int, samples: int) -> int:
         width = (width - kernel) // stride + 1  # conv, no padding
         width = (width - 2) // 2 + 1  # max-pool (1 x 2), stride 2
     if width < 1:
-        raise ValueError(f"{name} at stride {stride} needs windows longer than {samples} samples")
+        raise ValueError(f"{name} at stride {stride} needs windows longer than {samples} samples (the HtFE-sen-* "
+                         "families read sensor windows [channels, 1, samples], UCI-HAR's are [9, 1, 128])")
     return filters[-1] * width
 
 
@@ -59,7 +61,8 @@ class HARFeatures(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or x.shape[2] != 1 or x.shape[3] != self.samples:
-            raise ValueError(f"HAR CNNs read sensor windows [B, channels, 1, {self.samples}], got {list(x.shape)}")
+            raise UserError(f"HAR CNNs (HtFE-sen-*) read sensor windows [B, channels, 1, {self.samples}], got "
+                            f"{list(x.shape)}; use data of that shape (e.g. UCI-HAR as client_npz)")
         return self.fc(torch.flatten(self.conv(x), 1))
 
 
