@@ -35,19 +35,8 @@ SECAGG_TOLERANCE = 5e-4  # as tests/federation/test_flower.py: SecAgg+'s quantis
 SEEDED = {"mode": "central", "clip_norm": 0.5, "noise_multiplier": 0.3, "noise_source": "seeded_insecure"}
 
 
-@pytest.fixture(autouse=True)
-def task_identity():
-    """Outside a Flower process, messages need the run/node identity a ServerApp process has."""
-    from flwr.supercore.task_identity import TaskIdentity
-
-    saved = dict(vars(TaskIdentity))
-    TaskIdentity.run_id = 1
-    TaskIdentity.node_id = 0
-    TaskIdentity.task_id = 0
-    yield
-    for name in ("_run_id", "_node_id", "_task_id"):
-        if name in saved:
-            setattr(TaskIdentity, name, saved[name])
+# outside a Flower process, messages need a ServerApp process's run/node identity (conftest.py)
+pytestmark = pytest.mark.usefixtures("task_identity")
 
 
 class FakeGrid:

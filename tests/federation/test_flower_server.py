@@ -17,19 +17,8 @@ from pfedlora.federation import simulation  # noqa: E402
 from pfedlora.federation.flower import client_app  # noqa: E402
 from pfedlora.federation.flower.server_app import run_server  # noqa: E402
 
-@pytest.fixture(autouse=True)
-def task_identity():
-    """Outside a Flower process, messages need the run/node identity a ServerApp process has."""
-    from flwr.supercore.task_identity import TaskIdentity
-
-    saved = dict(vars(TaskIdentity))
-    TaskIdentity.run_id = 1
-    TaskIdentity.node_id = 0
-    TaskIdentity.task_id = 0
-    yield
-    for name in ("_run_id", "_node_id", "_task_id"):
-        if name in saved:
-            setattr(TaskIdentity, name, saved[name])
+# outside a Flower process, messages need a ServerApp process's run/node identity (conftest.py)
+pytestmark = pytest.mark.usefixtures("task_identity")
 
 
 # one small architecture: this test is about the loop, not heterogeneity (test_flower.py covers it)
