@@ -8,6 +8,9 @@
 #   bash scripts/federation_map.sh map S    # step 2: the map for seeds 0..S (seed-major: every setting
 #                                           #   gets seed 0 before any gets seed 1)
 #   bash scripts/federation_map.sh fedavg   # step 3: FedAvg on homogeneous pools (reference)
+#   bash scripts/federation_map.sh long CELL [ROUNDS] [LAST_SEED]   # issue 38: Standalone, FedProto,
+#                                           #   pFedLoRA, FedGH and FD in one cell (e.g. path2-n50) for
+#                                           #   ROUNDS (default 150) rounds, seed-major
 #   python scripts/federation_map.py        # tables, heatmaps and the bytes figure from the summaries
 set -euo pipefail
 OUT=${OUT:-docs/results/map}
@@ -77,5 +80,19 @@ case ${1:-} in
           --jobs "$JOBS" --out "$OUT/fedavg/$setting-n$n"
       done
     done ;;
-  *) echo "usage: bash scripts/federation_map.sh lr | map [LAST_SEED] | fedavg" >&2; exit 2 ;;
+  long)  # does the ranking hold with more training? the values tuned for 30 rounds, evaluated every 5
+    cell=${2:?usage: bash scripts/federation_map.sh long CELL [ROUNDS] [LAST_SEED]}
+    rounds=${3:-150}; last=${4:-2}
+    setting=${cell%-n*}; n=${cell##*-n}
+    lr_file="$OUT/lr-check/chosen-n$n.txt"
+    lr_sets=("${TUNED_LR[@]}")
+    if [ -f "$lr_file" ]; then mapfile -t lr_sets < <(sed 's/^/--set-for\n/' "$lr_file"); fi
+    for seed in $(seq 0 "$last"); do
+      seeds=$(seq -s, 0 "$seed")
+      # shellcheck disable=SC2046
+      timed "long $cell $rounds rounds seeds $seeds" $PFEDLORA compare --config "$CONFIG" \
+        --algorithms standalone,fedproto,pfedlora,fedgh,fd --seeds "$seeds" $(sets_for "$setting" "$n") \
+        "${lr_sets[@]}" --set rounds="$rounds" --set eval_every=5 --jobs "$JOBS" --out "$OUT/long/$cell-r$rounds"
+    done ;;
+  *) echo "usage: bash scripts/federation_map.sh lr | map [LAST_SEED] | fedavg | long CELL [ROUNDS] [LAST_SEED]" >&2; exit 2 ;;
 esac
