@@ -29,6 +29,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 
 import federation_map  # noqa: E402
+import long_budget  # noqa: E402
+import open_questions_tables as oq  # noqa: E402
+import privacy_table  # noqa: E402
 import tuning_table  # noqa: E402
 
 from pfedlora.experiments.compare import (  # noqa: E402
@@ -358,6 +361,10 @@ def heatmap_runs() -> list[RunRecord]:
     return map_runs() + runs(extra)
 
 
+def long_runs() -> list[RunRecord]:
+    return runs([str(d) for d in long_budget.cells()])
+
+
 def budget_runs() -> list[RunRecord]:
     return runs(N10_TUNED) + [r for r in runs(N10_LONG) if r.seed in (0, 1, 2)]
 
@@ -417,12 +424,44 @@ PAGES: dict[str, dict[str, Callable[[], str]]] = {
         "verdicts": map_verdicts_block,
         "key comparisons": lambda: map_key_comparisons_block(["fedproto", "pfedlora"]),
         "time": federation_map.time_table,
+        "long verdicts": long_budget.verdicts,
+        "long tables": long_budget.tables,
+        "figure long": lambda: figure_note(long_runs(), [f"map/long/{d.name}" for d in long_budget.cells()],
+                                           "Bands: 95% t interval of the mean over seeds; the dotted line marks round 30, "
+                                           "the map's budget."),
         "figure heatmaps": lambda: figure_note(heatmap_runs(), ["map/<setting>-n<N>", "cifar10/n10-tuned",
                                                                 "cifar10/n10-tuned-pfedlora-active", "cifar10/n10-long"],
                                                 "Each cell: the mean gain and its 95% t interval over the seeds (n under "
                                                 "each column); hatched where the interval includes 0, bold where it "
                                                 "excludes 0."),
         "figure bytes": lambda: figure_note(map_runs((50,)), ["map/<setting>-n50"]),
+    },
+    "docs/results/privacy.md": {
+        "privacy tuning": privacy_table.tuning_table,
+        "privacy test": privacy_table.test_table,
+        "figure privacy": lambda: figure_note([load_run(p) for p in privacy_table.test_records()],
+                                              ["privacy/test/<algorithm>/<setting>"],
+                                              "One seed (0) per point: no band."),
+        "privacy noise": privacy_table.noise_table,
+        "privacy secagg": privacy_table.secagg_table,
+    },
+    "docs/results/open-questions.md": {
+        "oq base": lambda: oq.paired_table("base"),
+        "oq answer q1": lambda: oq.design_verdicts("q1"),
+        "oq q1": lambda: oq.design_table("q1", early=5),
+        "oq answer q2": lambda: oq.design_verdicts("q2"),
+        "oq q2": lambda: oq.design_table("q2"),
+        "oq answer q3": lambda: oq.design_verdicts("q3"),
+        "oq q3": lambda: oq.design_table("q3"),
+        "oq answer q4": lambda: oq.paired_verdicts("q4"),
+        "oq q4": lambda: oq.paired_table("q4"),
+        "oq answer q5": lambda: oq.paired_verdicts("q5-noise") + "\n" + oq.paired_verdicts("q5-imbalance"),
+        "oq q5-noise": lambda: oq.paired_table("q5-noise"),
+        "oq q5-imbalance": lambda: oq.paired_table("q5-imbalance"),
+        "oq walls": oq.walls,
+        "figure oq": lambda: figure_note(oq.all_runs(), ["open-questions/<stage>/..."],
+                                         "Bars: 95% t interval of the paired per-seed differences; a cell with one seed "
+                                         "has a point and no bar."),
     },
     "docs/results/cifar10.md": {
         "table n10-tuned": lambda: comparison_block(N10_TUNED),
@@ -459,6 +498,9 @@ def draw_figures() -> None:
     federation_map.heatmaps(federation_map.MAP)
     federation_map.bytes_figure(federation_map.MAP)
     draw_budgets()
+    privacy_table.figure()
+    oq.figure()
+    long_budget.figure(federation_map.MAP / "long_accuracy_vs_round.png")
     redraw_compare_dir(N10_TUNED, Path("docs/results/cifar10/n10-tuned-v2"))
     for directory in ("docs/results/cifar10/n10-tuned", "docs/results/cifar10/n10-tuned-pfedlora-tuned"):
         redraw_compare_dir([directory], Path(directory))  # `compare` of a subset rewrote them with that subset

@@ -24,7 +24,8 @@ def at_root(monkeypatch):
     monkeypatch.chdir(ROOT)  # the pages name their runs relative to the repository root
 
 
-PAGES = ["docs/results/when-federation-helps.md", "docs/results/cifar10.md", "docs/results/nlp.md"]
+PAGES = ["docs/results/when-federation-helps.md", "docs/results/cifar10.md", "docs/results/nlp.md",
+         "docs/results/open-questions.md", "docs/results/privacy.md"]
 
 
 @pytest.mark.parametrize("page", PAGES)
