@@ -32,6 +32,7 @@ import federation_map  # noqa: E402
 import long_budget  # noqa: E402
 import open_questions_tables as oq  # noqa: E402
 import privacy_table  # noqa: E402
+from page_blocks import block_pattern, fill  # noqa: E402
 import tuning_table  # noqa: E402
 
 from pfedlora.experiments.compare import (  # noqa: E402
@@ -511,20 +512,9 @@ def draw_figures() -> None:
             redraw_compare_dir([str(directory)], directory)
 
 
-def block_pattern(name: str) -> re.Pattern:
-    return re.compile(re.escape(f"<!-- {name}: start -->") + r"\n(.*?)\n?" + re.escape(f"<!-- {name}: end -->"), re.S)
-
-
 def render(page: str) -> str:
     """The page with every generated block rewritten."""
-    text = Path(page).read_text()
-    for name, make in PAGES[page].items():
-        pattern = block_pattern(name)
-        if not pattern.search(text):
-            raise SystemExit(f"{page}: no <!-- {name}: start --> ... <!-- {name}: end --> block to fill")
-        body = make()
-        text = pattern.sub(lambda _: f"<!-- {name}: start -->\n{body}\n<!-- {name}: end -->", text)
-    return text
+    return fill(Path(page).read_text(), PAGES[page], page)
 
 
 def stale_blocks(page: str) -> list[str]:

@@ -119,42 +119,48 @@ def verdicts() -> str:
 
 
 def figure(out: Path) -> None:
-    """Mean accuracy against round per cell, one colour per algorithm, 95% bands, round 30 marked."""
+    """Each algorithm's gain over Standalone against round, paired by seed (mean and 95% t band over
+    seeds), one panel per cell, one colour per algorithm, round 30 marked."""
     import matplotlib.pyplot as plt
 
-    from pfedlora.experiments.report import BAND_TITLE, algorithm_colour
+    from pfedlora.experiments.report import algorithm_colour
     from pfedlora.experiments.stats import t_interval
 
     directories = cells()
     if not directories:
         return
-    fig, axes = plt.subplots(1, len(directories), figsize=(6.4 * len(directories) + 1.8, 4.4), squeeze=False)
+    fig, axes = plt.subplots(1, len(directories), figsize=(6.2 * len(directories) + 2.6, 4.6), squeeze=False)
     shown = {}
     for ax, directory in zip(axes[0], directories):
         data = curves(directory)
+        standalone = data.get("standalone", {})
         for algorithm in ordered(data):
-            by_seed = data[algorithm]
-            rounds = sorted(set.intersection(*(set(rows) for rows in by_seed.values())))
-            values = [[rows[r] for rows in by_seed.values()] for r in rounds]
-            means = [statistics.fmean(v) for v in values]
+            if algorithm == "standalone":
+                continue
+            seeds = [s for s in data[algorithm] if s in standalone]
+            if not seeds:
+                continue
+            rounds = sorted(set.intersection(*(set(data[algorithm][s]) & set(standalone[s]) for s in seeds)))
+            gains = [[data[algorithm][s][r] - standalone[s][r] for s in seeds] for r in rounds]
             colour = algorithm_colour(algorithm)
-            line, = ax.plot(rounds, means, color=colour, linewidth=2.2 if algorithm == "pfedlora" else 1.4)
-            if len(by_seed) > 1:
-                bands = [t_interval(v) for v in values]
-                ax.fill_between(rounds, [b[0] for b in bands], [b[1] for b in bands], color=colour, alpha=0.15,
+            line, = ax.plot(rounds, [statistics.fmean(g) for g in gains], color=colour,
+                            linewidth=2.2 if algorithm == "pfedlora" else 1.4)
+            if len(seeds) > 1:
+                bands = [t_interval(g) for g in gains]
+                ax.fill_between(rounds, [b[0] for b in bands], [b[1] for b in bands], color=colour, alpha=0.12,
                                 linewidth=0)
             shown[algorithm] = line
+        ax.axhline(0, color=algorithm_colour("standalone"), linewidth=1.2)
         ax.axvline(AT, color="0.4", linestyle=":", linewidth=1)
         ax.text(AT, 0.02, f" round {AT}: the map's budget", transform=ax.get_xaxis_transform(), fontsize="small",
                 color="0.3")
-        seeds = sorted({len(v) for v in data.values()})
-        ax.set(title=f"{cell_label(directory)}\n{'-'.join(map(str, sorted(set(seeds))))} seeds per algorithm",
-               xlabel="round", ylabel="mean client test accuracy (%)")
+        counts = sorted({len(v) for v in data.values()})
+        ax.set(title=f"{cell_label(directory)}\n{'-'.join(map(str, counts))} seeds per algorithm",
+               xlabel="round", ylabel="gain over Standalone (accuracy points)")
         ax.grid(alpha=0.3)
     order = ordered(shown)
-    fig.legend([shown[a] for a in order], [NAMES.get(a, a) for a in order], loc="center left",
-               bbox_to_anchor=(1 - 1.7 / fig.get_figwidth(), 0.5), frameon=False,
-               title=BAND_TITLE.replace(" of the", "\nof the"), fontsize="small")
-    fig.tight_layout(rect=(0, 0, 1 - 1.8 / fig.get_figwidth(), 1))
+    fig.legend([shown[a] for a in order], [NAMES.get(a, a) for a in order], loc="center right", frameon=False,
+               title="paired by seed;\nband: 95% t interval\nover seeds;\n0 = Standalone", fontsize="small")
+    fig.tight_layout(rect=(0, 0, 1 - 2.5 / fig.get_figwidth(), 1))
     fig.savefig(out, dpi=110)
     plt.close(fig)

@@ -27,6 +27,10 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+
+from page_blocks import fill  # noqa: E402
+
 RUNS = Path("docs/results/model-families/htfe-img-8")
 ORDER = ["standalone", "pfedlora", "fedproto", "fedmrl"]
 RUN_ORDER = ["standalone", "fedproto", "fedmrl", "pfedlora"]  # scripts/model_families.sh runs them in this order
@@ -188,19 +192,8 @@ PAGES: dict[str, dict[str, Callable[[], str]]] = {
 }
 
 
-def block_pattern(name: str) -> re.Pattern:
-    return re.compile(re.escape(f"<!-- {name}: start -->") + r"\n(.*?)\n?" + re.escape(f"<!-- {name}: end -->"), re.S)
-
-
 def render(page: str) -> str:
-    text = (ROOT / page).read_text()
-    for name, make in PAGES[page].items():
-        pattern = block_pattern(name)
-        if not pattern.search(text):
-            raise SystemExit(f"{page}: no <!-- {name}: start --> ... <!-- {name}: end --> block to fill")
-        body = make()
-        text = pattern.sub(lambda _: f"<!-- {name}: start -->\n{body}\n<!-- {name}: end -->", text)
-    return text
+    return fill((ROOT / page).read_text(), PAGES[page], page)
 
 
 def main() -> int:

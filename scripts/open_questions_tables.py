@@ -13,6 +13,7 @@ import statistics
 from pathlib import Path
 
 import yaml
+from federation_map import cell as _cell  # mean [95% t interval] (n), bold where it excludes 0
 
 from pfedlora.experiments.records import RunRecord, human, load_run
 from pfedlora.experiments.stats import PairedDifference, paired_difference
@@ -37,16 +38,6 @@ def _base_runs() -> list[RunRecord]:
 
 def _diff(reference: dict[int, float], candidate: dict[int, float]) -> PairedDifference | None:
     return paired_difference(reference, candidate) if set(reference) & set(candidate) else None
-
-
-def _cell(d: PairedDifference | None) -> str:
-    """mean [95% t interval] (n), bold where the interval excludes 0."""
-    if d is None:
-        return "–"
-    if d.ci_low is None:
-        return f"{d.mean:+.2f} (n=1, no interval)"
-    text = f"{d.mean:+.2f} [{d.ci_low:+.2f}, {d.ci_high:+.2f}]"
-    return f"**{text}** (n={d.n})" if d.excludes_zero else f"{text} (n={d.n})"
 
 
 def _mean(values: list[float | None]) -> str:
@@ -97,6 +88,15 @@ def variant_label(question: str, adapter: dict) -> str:
     return f"{adapter.get('placement')}, μ = {adapter.get('mu'):g}"
 
 
+def short_label(question: str, adapter: dict) -> str:
+    """The variant in a few words (the figure's axis)."""
+    if question == "q1":
+        if adapter.get("schedule") == "synchronous":
+            return "synchronous"
+        return "iterative, adapter at 10 × lr (base)" if adapter.get("lr_scale", 1) != 1 else "iterative, adapter at lr"
+    return variant_label(question, adapter)
+
+
 def _points(question: str) -> list[Path]:
     points = [p for p in sorted((OQ / question).glob("*")) if p.is_dir() and any(p.glob("pfedlora/seed*/summary.json"))]
     if question == "q2":
@@ -110,8 +110,8 @@ def design_table(question: str, early: int | None = None) -> str:
     """Questions 1-3: each pFedLoRA variant against the base's Standalone and against the base;
     ``early``: also the accuracy at that round and the difference to the base there."""
     standalone, base = base_standalone(), base_pfedlora()
-    early_head = f" accuracy at round {early} % | − the base at round {early} [95% CI] |" if early else ""
-    lines = ["| variant | final accuracy % (seeds) | − Standalone [95% CI] | − the base [95% CI] |" + early_head
+    early_head = f" accuracy at round {early} % | − the base at round {early} [95% CI] (n) |" if early else ""
+    lines = ["| variant | final accuracy % (seeds) | − Standalone [95% CI] (n) | − the base [95% CI] (n) |" + early_head
              + " adapter_share % | adapter_flips % | adapter parameters | compute / client / round | comm / client / round |",
              "|---|---|---|---|" + ("---|---|" if early else "") + "---|---|---|---|---|"]
     if standalone:
@@ -159,7 +159,7 @@ def paired_table(question: str) -> str:
     """Questions 4-5: Standalone and pFedLoRA side by side at each setting, paired by seed."""
     head = {"base": "setting", "q5-noise": "symmetric label noise", "q5-imbalance": "partition",
             "q4": "clients and pool"}[question]
-    lines = [f"| {head} | Standalone % (seeds) | pFedLoRA % (seeds) | pFedLoRA − Standalone [95% CI] | adapter_share % "
+    lines = [f"| {head} | Standalone % (seeds) | pFedLoRA % (seeds) | pFedLoRA − Standalone [95% CI] (n) | adapter_share % "
              "| adapter_flips % | clients ever selected | comm / client / round |", "|---|---|---|---|---|---|---|---|"]
     for label, directory in settings(question):
         standalone, pfedlora = _runs(directory / "standalone"), _runs(directory / "pfedlora")
@@ -232,16 +232,16 @@ def figure(out: Path = OQ / "gains_over_standalone.png") -> None:
     for question in ("q1", "q2", "q3"):
         for point in _points(question):
             finals = _finals(_runs(point / "pfedlora"))
-            label = variant_label(question, _adapter(point)).replace(" (the base)", " (base)")
-            rows.append((titles[question], label[:60], _diff(standalone, finals)))
+            rows.append((titles[question], short_label(question, _adapter(point)), _diff(standalone, finals)))
     for question in ("q4", "q5-noise", "q5-imbalance"):
         for label, directory in settings(question):
             pf, st = _finals(_runs(directory / "pfedlora")), _finals(_runs(directory / "standalone"))
             if pf:
-                rows.append((titles[question], label[:60], _diff(st, pf)))
+                rows.append((titles[question], label.replace(", long-tailed sizes", "").replace(" (the base)", ""),
+                             _diff(st, pf)))
     if not rows:
         return
-    fig, ax = plt.subplots(figsize=(10.5, 0.32 * len(rows) + 1.6))
+    fig, ax = plt.subplots(figsize=(10, 0.32 * len(rows) + 1.9))
     colour = algorithm_colour("pfedlora")
     ys = list(range(len(rows)))[::-1]
     for y, (group, label, d) in zip(ys, rows):
@@ -253,8 +253,9 @@ def figure(out: Path = OQ / "gains_over_standalone.png") -> None:
         ax.text(1.01, y, f"n={d.n}", transform=ax.get_yaxis_transform(), va="center", fontsize="x-small", color="0.3")
     ax.axvline(0, color="0.3", linewidth=1)
     ax.set_yticks(ys, [f"{group}: {label}" for group, label, _ in rows], fontsize="small")
-    ax.set_xlabel("pFedLoRA − Standalone, final test accuracy (percentage points); bar: 95% t interval over seeds")
-    ax.set_title("Each cell of the five questions against Standalone (filled: the interval excludes 0)")
+    ax.set_xlabel("pFedLoRA − Standalone, final test accuracy (percentage points)\nbar: 95% t interval of the "
+                  "paired differences over seeds; filled: the interval excludes 0")
+    ax.set_title("The five questions: each pFedLoRA cell against Standalone")
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     fig.savefig(out, dpi=110)
