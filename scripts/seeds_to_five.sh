@@ -6,12 +6,14 @@
 # an interrupted script continues where it stopped. Wall times go to docs/results/map/wall_times.txt
 # ("issue36 ..." lines; a compare's wall time covers its runs executed two at a time, --jobs auto).
 #   bash scripts/seeds_to_five.sh cifar10        # the 20-round table's five named algorithms
-#   bash scripts/seeds_to_five.sh map [ALGS]     # the map's cells (default ALGS: the five named most)
+#   bash scripts/seeds_to_five.sh map [ALGS]     # the map's cells (default ALGS: the five named most;
+#                                                #   PER_CLIENT_ONLY=50: the 50-image cells only)
 #   bash scripts/seeds_to_five.sh cifar10-named  # FD, FedTGP and FedL2G in the 20-round table
 #   bash scripts/seeds_to_five.sh held-rows      # FedL2G in the map again at seeds 0-2 (FedTGP: map ...,fedtgp)
-# Session 12 ran `map fd,fedkd,fedgh,fedtgp`, `cifar10-named` and `held-rows` after removing FedTGP's and
-# FedL2G's runs made before 2026-12-07 (they uploaded dense [C, d] tables; today a client sends the
-# rows of the classes it holds): those runs are in git history (`git log -- docs/results/map`).
+# Session 12 ran `cifar10-named` after removing the 20-round table's FedTGP and FedL2G runs made before
+# 2026-12-07 (they uploaded dense [C, d] tables; today a client sends the rows of the classes it holds;
+# the accuracy is bit for bit the same): those runs are in git history. It also ran
+# `PER_CLIENT_ONLY=50 ... map fd,fedkd,fedgh`; the 250-image cells and FedTGP's map runs are not done.
 # Afterwards `python scripts/gen_results.py` rewrites the pages' tables and figures from the runs.
 set -euo pipefail
 PFEDLORA=${PFEDLORA:-pfedlora}
@@ -56,6 +58,7 @@ case ${1:-} in
     )
     if [ -n "${2:-}" ]; then
       PLAN=("50 $2" "250 $2")
+      [ -n "${PER_CLIENT_ONLY:-}" ] && PLAN=("$PER_CLIENT_ONLY $2")  # e.g. PER_CLIENT_ONLY=50: that column only
     else
       PLAN=("50 standalone,pfedlora,fedproto,fedmrl,lg_fedavg" "250 standalone,pfedlora,fedproto" "250 fedmrl,lg_fedavg")
     fi
