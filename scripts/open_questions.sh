@@ -69,6 +69,11 @@ stage() {
     *) echo "usage: bash scripts/open_questions.sh [base q1 q2 q3 q5-noise q5-imbalance q4]" >&2; exit 2 ;;
   esac
 }
+drop_checkpoints() {  # a finished run's checkpoint is not kept under docs/results (6 GB at 1,000 clients)
+  find "$OUT" -name checkpoint.pt | while read -r file; do
+    if [ -f "$(dirname "$file")/summary.json" ]; then rm -f "$file"; fi
+  done
+}
 for name in "${@:-base q1 q2 q3 q5-noise q5-imbalance q4}"; do
-  for each in $name; do stage "$each"; done
+  for each in $name; do stage "$each"; drop_checkpoints; done
 done
