@@ -10,10 +10,12 @@
 #                                                #   PER_CLIENT_ONLY=50: the 50-image cells only)
 #   bash scripts/seeds_to_five.sh cifar10-named  # FD, FedTGP and FedL2G in the 20-round table
 #   bash scripts/seeds_to_five.sh held-rows      # FedL2G in the map again at seeds 0-2 (FedTGP: map ...,fedtgp)
-# Session 12 ran `cifar10-named` after removing the 20-round table's FedTGP and FedL2G runs made before
-# 2026-12-07 (they uploaded dense [C, d] tables; today a client sends the rows of the classes it holds;
-# the accuracy is bit for bit the same): those runs are in git history. It also ran
-# `PER_CLIENT_ONLY=50 ... map fd,fedkd,fedgh`; the 250-image cells and FedTGP's map runs are not done.
+# Session 12 (2026-12-07) ran `cifar10-named` after removing the 20-round table's FedTGP and FedL2G runs
+# made before that day (they uploaded dense [C, d] tables; today a client sends the rows of the classes
+# it holds, and the accuracy is bit for bit the same): the old runs are in git history. It then ran
+# `PER_CLIENT_ONLY=50 ... map fd,fedkd,fedgh`, removed FedTGP's 50-image map runs and made them again
+# (`PER_CLIENT_ONLY=50 ... map fedtgp`), ran `PER_CLIENT_ONLY=250 ... map fd,fedkd,fedgh`, and did the
+# same for FedTGP at 250 images. FedL2G's map runs (`held-rows`) are not redone.
 # Afterwards `python scripts/gen_results.py` rewrites the pages' tables and figures from the runs.
 set -euo pipefail
 PFEDLORA=${PFEDLORA:-pfedlora}
